@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * natra.h - the one description of every layout that the BPF program
+ * (bpf/natra.bpf.c), the loader (natra/layout.py) and the reference model
+ * (reference/) share.  Units are on every field.
+ *
+ * Rule kept here: a layout changes in this file first; natra/layout.py mirrors
+ * it and tests/test_layout.py checks the mirror against the compiled object's
+ * BTF, so the two can never drift silently.
+ *
+ * This header knows nothing about how maps are created or attached.  It is
+ * included by BPF C and must stay free of user-space headers.
+ */
+#ifndef NATRA_H
+#define NATRA_H
+
+/* ---- Directions, named from the Pod's point of view ------------------- */
+/* Traffic into the Pod: host-veth egress, kubernetes.io/ingress-bandwidth. */
+#define NATRA_DIR_TO_POD 0
+/* Traffic out of the Pod: host-veth ingress, kubernetes.io/egress-bandwidth. */
+#define NATRA_DIR_FROM_POD 1
+#define NATRA_NDIRS 2
+
+/* ---- Named limits, each with the reason for its value ------------------ */
+/* Rows of the sketch; the program unrolls its row loop to this bound. */
+#define NATRA_MAX_DEPTH 8
+/* Columns per row; a power of two so that a mask picks the column. 2^16
+ * columns x 8 rows x 2 directions x 24 B = 25 MiB, the most one Pod may ask. */
+#define NATRA_MAX_WIDTH 65536
+/* Bytes one frame is charged at most.  skb->len of a GSO/BIG TCP super-packet
+ * stays below 512 KiB; 1 MiB keeps len * 8e9 * NATRA_MAX_SHARE_FLOWS < 2^64. */
+#define NATRA_MAX_ACCOUNTED_LEN (1u << 20)
+/* The fair share divides the rate by at most this many heavy flows; keeps the
+ * per-flow cost (cost * N) below 2^63. */
+#define NATRA_MAX_SHARE_FLOWS 1024
+/* Rate bounds in bit/s: 1 kbit/s .. 1 Pbit/s (Kubernetes' accepted range). */
+#define NATRA_MIN_RATE_BPS 1000ULL
+#define NATRA_MAX_RATE_BPS 1000000000000000ULL
+/* Burst bound in bits: tau = burst * 1e9 must stay below 2^64 with one frame
+ * cost on top.  2^34 bits = 2 GiB of bytes; runtimes send at most ~2^32 bits. */
+#define NATRA_MAX_BURST_BITS (1ULL << 34)
+/* Extension headers walked in an IPv6 packet before giving up on the ports. */
+#define NATRA_MAX_IPV6_EXT 4
+
+#define NATRA_NS_PER_SEC 1000000000ULL
+/* One byte costs this many nano-bits: 8 bits * 1e9. */
+#define NATRA_NBIT_PER_BYTE 8000000000ULL
+
+/* Seeds of the two MurmurHash3 (x86_32) passes over the flow key. Row i of
+ * the sketch uses column (h1 + i * h2) & (width - 1), h2 forced odd. */
+#define NATRA_HASH_SEED1 0x4e415452u /* "NATR" */
+#define NATRA_HASH_SEED2 0x41534b45u /* "ASKE" */
+
+/* ---- Flow key: 40 bytes, hashed as ten little-endian 32-bit words -------- */
+/* IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d).  Ports and the
+ * EtherType are copied in network byte order, exactly as on the wire.
+ * Non-IP frames carry only the EtherType; truncated IP headers carry only the
+ * EtherType and NATRA_KEY_TRUNCATED; fragments and truncated L4 headers carry
+ * the addresses and protocol with ports 0. */
+#define NATRA_KEY_IPV6 0x01
+#define NATRA_KEY_FRAGMENT 0x02
+#define NATRA_KEY_TRUNCATED 0x04
+
+struct natra_flow_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;      /* network byte order; 0 when absent */
+	__u16 dport;      /* network byte order; 0 when absent */
+	__u16 ethertype;  /* network byte order, as in the Ethernet header */
+	__u8 proto;       /* IP protocol / IPv6 final next header; 0 for non-IP */
+	__u8 flags;       /* NATRA_KEY_* */
+};
+
+/* ---- Per-direction configuration (ARRAY natra_config, 2 entries) -------- */
+#define NATRA_CFG_ENABLED 0x01    /* 0: direction not limited, frames counted and passed */
+#define NATRA_CFG_ECN 0x02        /* mark CE on ECT heavy frames in the early zone */
+#define NATRA_CFG_TEST_CLOCK 0x04 /* take `now` from __sk_buff.tstamp (tests only) */
+
+struct natra_config {
+	__u64 rate_bps;        /* bit/s, NATRA_MIN_RATE_BPS..NATRA_MAX_RATE_BPS */
+	__u64 tau_nbit;        /* nano-bits: burst_bits * 1e9 (the bucket's depth) */
+	__u64 heavy_line_nbit; /* nano-bits: tau - reserve; heavy frames stay below */
+	__u64 early_line_nbit; /* nano-bits: above it heavy frames must be in share */
+	__u64 window_ns;       /* ns: the sketch's window length, >= 1 */
+	__u64 threshold_bytes; /* bytes per window that make a flow heavy, >= 1 */
+	__u32 width;           /* sketch columns, power of two <= NATRA_MAX_WIDTH */
+	__u32 depth;           /* sketch rows, 1..NATRA_MAX_DEPTH */
+	__u32 flags;           /* NATRA_CFG_* */
+	__u32 pad;
+};
+
+/* ---- Sketch cell (ARRAY natra_sketch, 2 * depth * width entries) -------- */
+/* Entry index: dir * depth * width + row * width + column. */
+struct natra_cell {
+	__u64 epoch; /* window number (now / window_ns) the counts belong to */
+	__u64 cur;   /* bytes in window `epoch` (conservative update) */
+	__u64 prev;  /* bytes in window `epoch - 1` */
+};
+
+/* ---- Per-direction state (ARRAY natra_state, 2 entries) ----------------- */
+/* The aggregate bucket is a GCRA kept as a backlog in nano-bits: a frame of
+ * len bytes costs len * 8e9, the backlog drains by rate_bps per ns.  All of it
+ * is changed only under `lock`. */
+struct natra_state {
+	struct bpf_spin_lock lock;
+	__u32 heavy_now;     /* distinct heavy flows seen in window `epoch` */
+	__u32 heavy_prev;    /* ... in window `epoch - 1` */
+	__u32 pad;
+	__u64 epoch;         /* window of heavy_now */
+	__u64 backlog_nbit;  /* nano-bits owed; <= tau_nbit after every admission */
+	__u64 last_ns;       /* ns: time of the last drain (never decreases) */
+};
+
+/* ---- Heavy flow (LRU_HASH natra_flows, key struct natra_flow_key) ------- */
+/* Only flows classified heavy get an entry; mice never allocate. */
+struct natra_flow {
+	__u64 backlog_nbit;   /* nano-bits owed at the fair-share rate (cost * N) */
+	__u64 last_ns;        /* ns: time of the last drain */
+	__u64 counted_epoch;  /* window + 1 in which it was last counted in heavy_now */
+	__u64 estimate_bytes; /* sketch estimate (current window) at its last frame */
+	__u64 passed_bytes;   /* bytes let through while heavy */
+	__u64 dropped_bytes;  /* bytes dropped while heavy */
+	__u64 marked_packets; /* frames marked CE */
+};
+
+/* ---- Verdicts: what the policy decided for one frame -------------------- */
+#define NATRA_V_PASS_MOUSE 0
+#define NATRA_V_PASS_HEAVY 1
+#define NATRA_V_MARK 2        /* heavy, passed with CE set */
+#define NATRA_V_DROP_MOUSE 3  /* the whole bucket (tau) could not pay */
+#define NATRA_V_DROP_HEAVY 4  /* paying would cut into the mice reserve */
+#define NATRA_V_DROP_SHARE 5  /* early zone and the flow is over its fair share */
+#define NATRA_V_PASS_UNLIMITED 6
+#define NATRA_V_PASS_ERROR 7  /* a map entry was missing: fail open, counted */
+#define NATRA_NVERDICTS 8
+
+/* ---- Counters (PERCPU_ARRAY natra_counters, 2 entries) ------------------ */
+/* Verdict v counts packets at index 2*v and bytes at 2*v+1; parse counters
+ * follow.  Bytes are skb->len (the whole frame, all GSO segments). */
+#define NATRA_C_VERDICT_BASE 0
+#define NATRA_C_FRAMES 16
+#define NATRA_C_BYTES 17
+#define NATRA_C_IPV4 18
+#define NATRA_C_IPV6 19
+#define NATRA_C_NON_IP 20
+#define NATRA_C_FRAGMENT 21
+#define NATRA_C_TRUNCATED 22
+#define NATRA_C_FLOW_NEW 23     /* heavy-flow entries created */
+#define NATRA_C_FLOW_MISSING 24 /* heavy frame decided without its flow entry */
+#define NATRA_C_MARK_FAILED 25  /* CE rewrite failed; the frame still passed */
+#define NATRA_NCOUNTERS 32
+
+struct natra_counters {
+	__u64 c[NATRA_NCOUNTERS];
+};
+
+/* ---- Trace record (RINGBUF natra_trace; test builds, -DNATRA_TRACE) ----- */
+struct natra_trace_rec {
+	__u64 now_ns;
+	__u32 len;
+	__u8 dir;
+	__u8 verdict;
+	__u8 heavy;
+	__u8 pad;
+};
+
+#endif /* NATRA_H */

@@ -1,0 +1,155 @@
+"""Data-path parameters of one Pod direction, and the config the kernel gets.
+
+Owns: the user-facing tuning of the data path (rate, burst, reserve, sketch
+size, threshold, window, ECN) with units, the default rules that fill what a
+user did not say (burst clamp, reserve, threshold), and `to_config`, the one
+function that turns parameters into the integers of `struct natra_config`.
+The model and the loader both call it, so they cannot disagree.
+Rule: pure integer arithmetic, no I/O, no clock, no numpy.
+Must not know: CNI, maps, attach modes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from natra import layout as L
+
+# Defaults, each with its reason (docs/tuning.md has the evidence).
+DEFAULT_WIDTH = 1024  # columns; 4 x 1024 cells keep recall 1.0 at 1 % thresholds
+DEFAULT_DEPTH = 4
+DEFAULT_WINDOW_NS = 100_000_000  # 100 ms: ages a stopped flow out within 200 ms
+DEFAULT_EARLY_PERCENT = 50  # yellow zone starts half-way up the heavy part
+DEFAULT_FLOW_TABLE = 4096  # heavy-flow entries per Pod (LRU)
+# A drop policer needs hundreds of ms of rate for TCP to reach the limit
+# (DATAPATH.md: 0.97 of the limit at 500 ms, 0.50 at 100 ms).
+DEFAULT_BURST_TIME_NS = 500_000_000
+# Never smaller than four 64 KiB GSO super-packets: one for the heavy zone,
+# the reserve for two, and room for the early zone.
+MIN_DEFAULT_BURST_BITS = 4 * 65536 * 8
+# The reserve holds two GSO super-packets of mice, or 5 % of the burst if more.
+MIN_RESERVE_BITS = 2 * 65536 * 8
+RESERVE_PERCENT = 5
+# A flow is heavy above 1/100 of what the Pod may send in a window, and never
+# below 64 KiB: a 10 KB request or a 64 KB response stays a mouse.
+THRESHOLD_DIVISOR = 100
+MIN_THRESHOLD_BYTES = 64 * 1024
+MIN_WINDOW_NS = 1_000_000  # 1 ms
+MAX_WINDOW_NS = 60 * L.NS_PER_SEC
+MAX_FLOW_TABLE = 1 << 20
+
+
+class ParamError(ValueError):
+    """A parameter outside what the data path can represent; says which."""
+
+
+@dataclass(frozen=True)
+class DataPathParams:
+    """Everything that shapes one direction of one Pod."""
+
+    rate_bps: int  # bit/s
+    burst_bits: int  # bits: the bucket depth B
+    reserve_bits: int  # bits of B only mice may spend
+    width: int = DEFAULT_WIDTH  # sketch columns (power of two)
+    depth: int = DEFAULT_DEPTH  # sketch rows
+    threshold_bytes: int = MIN_THRESHOLD_BYTES  # bytes per window that make a flow heavy
+    window_ns: int = DEFAULT_WINDOW_NS  # ns
+    ecn: bool = True  # mark CE instead of signalling by loss where possible
+    early_percent: int = DEFAULT_EARLY_PERCENT  # % of the heavy zone that is green
+
+    def validate(self) -> DataPathParams:
+        checks = [
+            (L.MIN_RATE_BPS <= self.rate_bps <= L.MAX_RATE_BPS,
+             f"rate {self.rate_bps} bit/s outside 1 kbit/s .. 1 Pbit/s"),
+            (0 < self.burst_bits <= L.MAX_BURST_BITS,
+             f"burst {self.burst_bits} bits outside 1 .. 2^34"),
+            (0 <= self.reserve_bits < self.burst_bits,
+             f"reserve {self.reserve_bits} bits must be below the burst {self.burst_bits}"),
+            (self.width > 0 and self.width & (self.width - 1) == 0 and self.width <= L.MAX_WIDTH,
+             f"width {self.width} must be a power of two <= {L.MAX_WIDTH}"),
+            (1 <= self.depth <= L.MAX_DEPTH, f"depth {self.depth} outside 1..{L.MAX_DEPTH}"),
+            (self.threshold_bytes >= 1, f"threshold {self.threshold_bytes} bytes must be >= 1"),
+            (MIN_WINDOW_NS <= self.window_ns <= MAX_WINDOW_NS,
+             f"window {self.window_ns} ns outside 1 ms .. 60 s"),
+            (0 <= self.early_percent <= 100, f"early percent {self.early_percent} outside 0..100"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ParamError(message)
+        return self
+
+    def with_(self, **changes) -> DataPathParams:
+        return replace(self, **changes)
+
+
+def default_burst_bits(rate_bps: int, requested_bits: int | None,
+                       burst_time_ns: int = DEFAULT_BURST_TIME_NS) -> int:
+    """The burst Natra applies: what was asked, clamped to `burst_time_ns` of rate.
+
+    Runtimes send 2^32-1 bits (containerd) or ~4 GiB (CRI-O) when the Pod says
+    nothing; taken literally that is seconds of line rate. A burst asked for
+    below the clamp is kept exactly (it is the user's conformance promise).
+    """
+    cap = max(rate_bps * burst_time_ns // L.NS_PER_SEC, MIN_DEFAULT_BURST_BITS)
+    if not requested_bits:
+        return min(cap, L.MAX_BURST_BITS)
+    return min(requested_bits, cap, L.MAX_BURST_BITS)
+
+
+def default_reserve_bits(burst_bits: int) -> int:
+    """Mice reserve: 5 % of the burst or two GSO super-packets, at most half."""
+    return min(max(burst_bits * RESERVE_PERCENT // 100, MIN_RESERVE_BITS), burst_bits // 2)
+
+
+def default_threshold_bytes(rate_bps: int, window_ns: int) -> int:
+    per_window_bytes = rate_bps * window_ns // (8 * L.NS_PER_SEC)
+    return max(per_window_bytes // THRESHOLD_DIVISOR, MIN_THRESHOLD_BYTES)
+
+
+def params_for(rate_bps: int, burst_bits: int | None = None, **tuning) -> DataPathParams:
+    """Parameters for a rate (and optional asked burst) with every default applied."""
+    burst = default_burst_bits(rate_bps, burst_bits, tuning.pop("burst_time_ns", DEFAULT_BURST_TIME_NS))
+    window = tuning.get("window_ns", DEFAULT_WINDOW_NS)
+    tuning.setdefault("threshold_bytes", default_threshold_bytes(rate_bps, window))
+    reserve = tuning.pop("reserve_bits", None)
+    if reserve is None:
+        reserve = default_reserve_bits(burst)
+    return DataPathParams(rate_bps=rate_bps, burst_bits=burst, reserve_bits=reserve, **tuning).validate()
+
+
+@dataclass(frozen=True)
+class ConfigValues:
+    """The integers of struct natra_config (field names and units as there)."""
+
+    rate_bps: int
+    tau_nbit: int
+    heavy_line_nbit: int
+    early_line_nbit: int
+    window_ns: int
+    threshold_bytes: int
+    width: int
+    depth: int
+    flags: int
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return (self.rate_bps, self.tau_nbit, self.heavy_line_nbit, self.early_line_nbit,
+                self.window_ns, self.threshold_bytes, self.width, self.depth, self.flags)
+
+
+def to_config(params: DataPathParams | None, *, test_clock: bool = False,
+              width: int = DEFAULT_WIDTH, depth: int = DEFAULT_DEPTH) -> ConfigValues:
+    """struct natra_config for one direction; None means 'not limited'.
+
+    An unlimited direction still carries the sketch shape (width, depth), since
+    both directions share one sketch map.
+    """
+    clock = L.CFG_TEST_CLOCK if test_clock else 0
+    if params is None:
+        return ConfigValues(0, 0, 0, 0, DEFAULT_WINDOW_NS, 1, width, depth, clock)
+    p = params.validate()
+    tau = p.burst_bits * 1_000_000_000
+    heavy_line = tau - p.reserve_bits * 1_000_000_000
+    early_line = heavy_line * p.early_percent // 100
+    flags = L.CFG_ENABLED | (L.CFG_ECN if p.ecn else 0) | clock
+    return ConfigValues(p.rate_bps, tau, heavy_line, early_line, p.window_ns,
+                        p.threshold_bytes, p.width, p.depth, flags)

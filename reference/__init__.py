@@ -1,0 +1,1 @@
+"""natra.reference: the numpy model, the executable specification of the data path."""

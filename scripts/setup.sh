@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Natra's set-up on a fresh Debian 12 machine, as root: system packages, the
+# Python package (editable) with its test and simulation extras, the BPF
+# objects, and bpffs. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  clang llvm libbpf-dev libbpf1 bpftool linux-libc-dev
+  iproute2 iperf3 containernetworking-plugins
+  make gcc python3-dev
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e ".[test,sim]"
+make -s bpf
+
+if ! mountpoint -q /sys/fs/bpf; then
+  mount -t bpf bpf /sys/fs/bpf
+fi
+echo "natra: set-up done"

@@ -1,0 +1,1 @@
+"""natra.simulations: workloads, metrics and sweeps over the reference model."""

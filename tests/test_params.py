@@ -1,0 +1,68 @@
+"""natra.params: defaults, clamps and the derived kernel config."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from natra import layout as L
+from natra.params import (
+    MIN_DEFAULT_BURST_BITS,
+    MIN_RESERVE_BITS,
+    DataPathParams,
+    ParamError,
+    default_burst_bits,
+    default_reserve_bits,
+    params_for,
+    to_config,
+)
+
+rates = st.integers(L.MIN_RATE_BPS, L.MAX_RATE_BPS)
+
+
+def test_containerd_burst_is_clamped_to_half_a_second_of_rate():
+    p = params_for(10_000_000, 2**32 - 1)
+    assert p.burst_bits == 5_000_000
+
+
+def test_small_asked_burst_is_kept():
+    assert default_burst_bits(10_000_000, 80_000) == 80_000
+
+
+def test_burst_never_below_four_gso_packets_when_unasked():
+    assert default_burst_bits(1000, None) == MIN_DEFAULT_BURST_BITS
+
+
+@given(rates, st.one_of(st.none(), st.integers(1, 2**40)))
+@settings(max_examples=300)
+def test_defaults_always_validate_and_fit_u64(rate, burst):
+    p = params_for(rate, burst)
+    cfg = to_config(p)
+    assert 0 < p.burst_bits <= L.MAX_BURST_BITS
+    assert p.reserve_bits < p.burst_bits
+    assert 0 <= cfg.early_line_nbit <= cfg.heavy_line_nbit <= cfg.tau_nbit < 2**64
+    assert cfg.tau_nbit + L.MAX_ACCOUNTED_LEN * L.NBIT_PER_BYTE < 2**64
+    assert L.MAX_ACCOUNTED_LEN * L.NBIT_PER_BYTE * L.MAX_SHARE_FLOWS < 2**64
+
+
+def test_reserve_holds_two_gso_packets_but_at_most_half():
+    assert default_reserve_bits(100 * MIN_RESERVE_BITS) == 5 * MIN_RESERVE_BITS
+    assert default_reserve_bits(4 * MIN_RESERVE_BITS) == MIN_RESERVE_BITS
+    assert default_reserve_bits(MIN_RESERVE_BITS) == MIN_RESERVE_BITS // 2
+
+
+@pytest.mark.parametrize("change", [
+    {"rate_bps": 999}, {"rate_bps": L.MAX_RATE_BPS + 1}, {"width": 1000}, {"depth": 9},
+    {"depth": 0}, {"burst_bits": 2**34 + 1}, {"reserve_bits": 10_000}, {"window_ns": 10},
+    {"threshold_bytes": 0},
+])
+def test_invalid_parameters_say_which(change):
+    base = dict(rate_bps=10**7, burst_bits=10_000, reserve_bits=1000)
+    base.update(change)
+    with pytest.raises(ParamError):
+        DataPathParams(**base).validate()
+
+
+def test_unlimited_direction_keeps_sketch_shape():
+    cfg = to_config(None, width=256, depth=2)
+    assert cfg.flags & L.CFG_ENABLED == 0
+    assert (cfg.width, cfg.depth) == (256, 2)
