@@ -7,7 +7,7 @@ OBJECTS := $(OUT)/natra.bpf.o $(OUT)/natra_trace.bpf.o $(OUT)/natra_parse.bpf.o
 
 .PHONY: all bpf clean check-clang test lint
 
-all: bpf
+all: bpf reference/_natra_fast.so
 
 bpf: check-clang $(OBJECTS)
 
@@ -32,3 +32,25 @@ lint:
 
 clean:
 	rm -f $(OBJECTS)
+
+# The reference model's optional C accelerator (loaded with ctypes; the model
+# falls back to pure Python without it). Needs only gcc, no BPF tool chain.
+reference/_natra_fast.so: reference/_fast.c bpf/natra.h
+	$(CC) -O2 -shared -fPIC -Wall -Werror -I bpf -o $@ $<
+
+# Natra's node bundle (dist/natra/natra, PyInstaller onedir with libbpf.so.1 and
+# the BPF objects inside); deploy/Containerfile builds it on glibc 2.31.
+.PHONY: node-bundle
+node-bundle: bpf
+	bash packaging/build_bundle.sh
+
+# Benchmarks (issue 8): every scenario through the real CNI chain, ~25 min,
+# writes docs/benchmarks.md and docs/img/bench-*.png. bench-smoke only checks
+# that the scripts still run (about a minute, output under /tmp).
+.PHONY: bench bench-smoke
+bench: bpf
+	python3 -m bench.run_all
+
+bench-smoke: bpf
+	python3 -m bench.run_all --smoke --out /tmp/natra-bench-smoke/benchmarks.md \
+	  --img-dir /tmp/natra-bench-smoke/img --json /tmp/natra-bench-smoke/record.json

@@ -1,0 +1,64 @@
+"""`natra-sim`: the command line of simulations and replays.
+
+Owns: the subcommand table and `main`, which only wires argv to a
+subcommand's `run(args) -> exit code`.
+Rule: subcommands are pluggable: `SUBCOMMANDS[name] = (add_arguments, run)`.
+A module listed in PLUGIN_MODULES that exists is imported first and may
+register itself, either by calling `register` or by exposing its own
+`SUBCOMMANDS` dict of the same shape; a missing one is skipped silently.
+Must not know: what any subcommand does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+
+from natra.simulations import replay
+
+AddArguments = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+
+SUBCOMMANDS: dict[str, tuple[AddArguments, Run]] = {
+    "replay": (replay.add_arguments, replay.run),
+}
+# Modules that add subcommands (sweep, bench) when they exist.
+PLUGIN_MODULES = ("natra.simulations.sweep", "natra.simulations.bench", "natra.simulations.commands")
+
+
+def register(name: str, add_arguments: AddArguments, run: Run) -> None:
+    SUBCOMMANDS[name] = (add_arguments, run)
+
+
+def _load_plugins() -> None:
+    for module_name in PLUGIN_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name == module_name:
+                continue
+            raise
+        SUBCOMMANDS.update(getattr(module, "SUBCOMMANDS", {}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_plugins()
+    parser = argparse.ArgumentParser(prog="natra-sim", description="Natra simulations and capture replays")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_arguments, run) in sorted(SUBCOMMANDS.items()):
+        doc = (run.__doc__ or "").strip().splitlines()
+        p = sub.add_parser(name, help=doc[0] if doc else None)
+        add_arguments(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args._run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

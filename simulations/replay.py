@@ -1,0 +1,269 @@
+"""`natra-sim replay`: a capture through the data path, with a per-flow summary.
+
+Owns: turning capture records into batches (time from the capture), running
+them through an engine (the reference model; `kernel` and `both` plug in
+through `ENGINES`), and the summary (totals and per-flow bytes by verdict),
+as JSON, a table, or a per-frame CSV.
+Rule: the deciding part (`replay_records`, `summarize`) is pure; reading the
+file, the progress bar and printing live in `run` at the edge.
+Must not know: how an engine decides (it only calls `process_batch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from natra.reference.engine import Batch, BatchResult, Model, process_batch
+from natra.reference.key import KEY_LEN, format_key, parse_frame
+from natra.simulations.pcapio import Record, read_capture
+
+from natra import layout as L
+from natra.params import DEFAULT_DEPTH, DEFAULT_FLOW_TABLE, DEFAULT_WIDTH, ConfigValues, params_for, to_config
+
+CHUNK_FRAMES = 65536  # frames per batch: bounds memory and paces the progress bar
+PROGRESS_MIN_FRAMES = 200_000  # captures at least this large show a progress bar
+TABLE_FLOWS = 20  # flows listed in the table output (largest first)
+DIRECTIONS = {"ingress": L.DIR_TO_POD, "egress": L.DIR_FROM_POD}
+VERDICT_CLASS = {v: ("mark" if v == L.V_MARK else "pass" if v in L.PASSING_VERDICTS else "drop")
+                 for v in range(L.NVERDICTS)}
+
+
+class ModelEngine:
+    """The reference model as a replay engine."""
+
+    def __init__(self, configs: Sequence[ConfigValues], flow_table: int):
+        self.model = Model(configs, flow_table=flow_table)
+
+    def process_batch(self, batch: Batch) -> BatchResult:
+        return process_batch(self.model, batch)
+
+
+# Engine name -> factory(configs, flow_table) returning an object with
+# process_batch(Batch) -> BatchResult, or "module:attribute" naming that
+# factory (imported only when chosen, so the kernel engine's dependencies stay
+# out of model replays).
+ENGINES: dict[str, Callable | str] = {"model": ModelEngine}
+
+
+def register_engine(name: str, factory: Callable | str) -> None:
+    ENGINES[name] = factory
+
+
+def make_engine(name: str, configs: Sequence[ConfigValues], flow_table: int = DEFAULT_FLOW_TABLE):
+    """An engine by name (`model`, and whatever was registered)."""
+    try:
+        factory = ENGINES[name]
+    except KeyError:
+        raise ValueError(f"unknown engine {name!r}; known: {', '.join(sorted(ENGINES))}") from None
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+    return factory(configs, flow_table)
+
+
+@dataclass
+class ReplayResult:
+    """Per-frame outcome of a replay (arrays in capture order) and the flows seen."""
+
+    time_ns: np.ndarray  # uint64
+    wire_len: np.ndarray  # uint32 bytes
+    verdicts: np.ndarray  # uint8 layout.V_*
+    heavy: np.ndarray  # bool
+    flow_id: np.ndarray  # int64 index into `flows`
+    flows: list[bytes]  # distinct flow keys
+
+
+def replay_records(records: Iterable[Record], engine, direction: int,
+                   progress: Callable[[int], None] | None = None) -> ReplayResult:
+    """Run every record through `engine` in order, CHUNK_FRAMES at a time."""
+    times, lens, verdicts, heavy, keys = [], [], [], [], []
+    chunk: list[Record] = []
+
+    def flush():
+        n = len(chunk)
+        kb = np.empty((n, KEY_LEN), dtype=np.uint8)
+        ect = np.empty(n, dtype=bool)
+        for i, rec in enumerate(chunk):
+            parsed = parse_frame(rec.frame)
+            kb[i] = np.frombuffer(parsed.key, dtype=np.uint8)
+            ect[i] = parsed.ecn != 0
+        t = np.fromiter((r.time_ns for r in chunk), dtype=np.uint64, count=n)
+        wl = np.fromiter((r.orig_len for r in chunk), dtype=np.uint32, count=n)
+        res = engine.process_batch(Batch(t, wl, np.full(n, direction, dtype=np.uint8), kb, ect))
+        times.append(t), lens.append(wl), verdicts.append(res.verdicts), heavy.append(res.heavy)
+        keys.append(kb)
+        if progress:
+            progress(n)
+        chunk.clear()
+
+    for rec in records:
+        chunk.append(rec)
+        if len(chunk) == CHUNK_FRAMES:
+            flush()
+    if chunk:
+        flush()
+    if not times:
+        empty = np.zeros(0, dtype=np.uint64)
+        return ReplayResult(empty, empty.astype(np.uint32), empty.astype(np.uint8), empty.astype(bool),
+                            empty.astype(np.int64), [])
+    allkeys = np.concatenate(keys)
+    _, first, inverse = np.unique(allkeys.view(f"V{KEY_LEN}").reshape(-1), return_index=True,
+                                  return_inverse=True)
+    flows = [allkeys[i].tobytes() for i in first.tolist()]
+    return ReplayResult(np.concatenate(times), np.concatenate(lens), np.concatenate(verdicts),
+                        np.concatenate(heavy), inverse.reshape(-1).astype(np.int64), flows)
+
+
+def _sum_by(ids: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n, dtype=np.int64)
+    np.add.at(out, ids, values.astype(np.int64))
+    return out
+
+
+def summarize(result: ReplayResult, settings: dict | None = None) -> dict:
+    """Totals and per-flow figures; `passed` includes the marked frames (they pass)."""
+    v, wl = result.verdicts, result.wire_len.astype(np.int64)
+    is_mark = v == L.V_MARK
+    is_pass = np.isin(v, list(L.PASSING_VERDICTS))
+    is_drop = ~is_pass
+
+    def tally(mask):
+        return {"packets": int(mask.sum()), "bytes": int(wl[mask].sum())}
+
+    n = len(result.flows)
+    fid = result.flow_id
+    packets = np.bincount(fid, minlength=n)
+    total = _sum_by(fid, wl, n)
+    passed = _sum_by(fid, wl * is_pass, n)
+    dropped = _sum_by(fid, wl * is_drop, n)
+    marked = np.bincount(fid, weights=is_mark, minlength=n).astype(np.int64)
+    heavy = np.bincount(fid, weights=result.heavy, minlength=n) > 0
+    flows = [{"flow": format_key(key), "packets": int(packets[i]), "bytes": int(total[i]),
+              "passed_bytes": int(passed[i]), "dropped_bytes": int(dropped[i]),
+              "marked_packets": int(marked[i]), "heavy": bool(heavy[i])}
+             for i, key in enumerate(result.flows)]
+    flows.sort(key=lambda f: (-f["bytes"], f["flow"]))
+    span = int(result.time_ns.max() - result.time_ns.min()) if len(result.time_ns) else 0
+    summary = {"packets": int(len(v)), "bytes": int(wl.sum()), "duration_ns": span,
+               "passed": tally(is_pass), "dropped": tally(is_drop), "marked": tally(is_mark),
+               "verdicts": {L.VERDICT_NAMES[k]: int((v == k).sum()) for k in range(L.NVERDICTS)}}
+    if settings is not None:
+        summary["settings"] = settings
+    summary["flows"] = flows
+    return summary
+
+
+def verdict_rows(result: ReplayResult) -> Iterable[tuple]:
+    """CSV rows: index, time in ns, pass/drop/mark, flow, heavy (1/0)."""
+    names = [format_key(k) for k in result.flows]
+    for i, (t, v, h, f) in enumerate(zip(result.time_ns.tolist(), result.verdicts.tolist(),
+                                         result.heavy.tolist(), result.flow_id.tolist(), strict=True)):
+        yield i, t, VERDICT_CLASS[v], names[f], int(h)
+
+
+def format_table(summary: dict, limit: int = TABLE_FLOWS) -> str:
+    lines = [f"{summary['packets']} frames, {summary['bytes']} bytes over "
+             f"{summary['duration_ns'] / 1e9:.3f} s"]
+    for name in ("passed", "marked", "dropped"):
+        t = summary[name]
+        share = 100.0 * t["bytes"] / summary["bytes"] if summary["bytes"] else 0.0
+        lines.append(f"  {name:8} {t['packets']:>10} frames {t['bytes']:>14} bytes  {share:6.2f} %")
+    flows = summary["flows"]
+    width = max([len(f["flow"]) for f in flows[:limit]] + [4])
+    lines.append("")
+    lines.append(f"{'flow':<{width}}  {'frames':>9} {'bytes':>13} {'passed':>13} {'dropped':>13} "
+                 f"{'marked':>7}  heavy")
+    for f in flows[:limit]:
+        lines.append(f"{f['flow']:<{width}}  {f['packets']:>9} {f['bytes']:>13} {f['passed_bytes']:>13} "
+                     f"{f['dropped_bytes']:>13} {f['marked_packets']:>7}  {'yes' if f['heavy'] else 'no'}")
+    if len(flows) > limit:
+        lines.append(f"... and {len(flows) - limit} more flows (--json lists all)")
+    return "\n".join(lines)
+
+
+# ---- the command line (the edge: files, progress bar, stdout) ------------
+def _parse_bits(text: str, what: str) -> int:
+    from math import ceil
+
+    from natra.cni.quantity import QuantityError, parse_bandwidth, parse_quantity
+    try:
+        return parse_bandwidth(text) if what == "rate" else ceil(parse_quantity(text))
+    except QuantityError as e:
+        raise argparse.ArgumentTypeError(f"--{what} {text!r}: {e}") from e
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pcap", help="capture file (pcap or pcapng, Ethernet)")
+    parser.add_argument("--rate", required=True, type=lambda s: _parse_bits(s, "rate"),
+                        help="limit in bit/s, a Kubernetes quantity (10M, 1G)")
+    parser.add_argument("--burst", type=lambda s: _parse_bits(s, "burst"), default=None,
+                        help="bucket depth in bits, a Kubernetes quantity (default: clamp of natra.params)")
+    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="sketch columns (power of two)")
+    parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, help="sketch rows (1..8)")
+    parser.add_argument("--threshold", type=int, default=None, help="heavy-hitter threshold, bytes/window")
+    parser.add_argument("--window", type=int, default=None, help="sketch window in ns")
+    parser.add_argument("--flow-table", type=int, default=DEFAULT_FLOW_TABLE, help="heavy-flow LRU entries")
+    parser.add_argument("--no-ecn", action="store_true", help="drop instead of marking ECT heavy frames")
+    parser.add_argument("--engine", default="model", help=f"engine ({', '.join(sorted(ENGINES))})")
+    parser.add_argument("--direction", choices=sorted(DIRECTIONS), default="ingress",
+                        help="ingress = traffic into the Pod (host-veth egress), egress = out of it")
+    parser.add_argument("--verdicts", metavar="FILE", help="write one CSV line per frame")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def build_configs(args) -> tuple[list[ConfigValues], dict]:
+    tuning = {"width": args.width, "depth": args.depth}
+    if args.window is not None:
+        tuning["window_ns"] = args.window
+    if args.threshold is not None:
+        tuning["threshold_bytes"] = args.threshold
+    if args.no_ecn:
+        tuning["ecn"] = False
+    params = params_for(args.rate, args.burst, **tuning)
+    direction = DIRECTIONS[args.direction]
+    configs = [to_config(None, width=params.width, depth=params.depth) for _ in range(L.NDIRS)]
+    configs[direction] = to_config(params)
+    settings = {"engine": args.engine, "direction": args.direction, "rate_bps": params.rate_bps,
+                "burst_bits": params.burst_bits, "reserve_bits": params.reserve_bits, "width": params.width,
+                "depth": params.depth, "threshold_bytes": params.threshold_bytes,
+                "window_ns": params.window_ns, "ecn": params.ecn}
+    return configs, settings
+
+
+def run(args) -> int:
+    """Replay a capture through the data path and summarise per flow."""
+    from natra.simulations.pcapio import CaptureError
+
+    from natra.params import ParamError
+
+    try:
+        configs, settings = build_configs(args)
+        engine = make_engine(args.engine, configs, args.flow_table)
+        records = list(read_capture(args.pcap))
+    except (ParamError, CaptureError, ValueError) as e:
+        print(f"natra-sim replay: {e}", file=sys.stderr)
+        return 2
+    bar = None
+    if len(records) >= PROGRESS_MIN_FRAMES:
+        from tqdm import tqdm
+        bar = tqdm(total=len(records), unit="frame", file=sys.stderr)
+    try:
+        result = replay_records(records, engine, DIRECTIONS[args.direction], bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    if args.verdicts:
+        with open(args.verdicts, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(("index", "time_ns", "verdict", "flow", "heavy"))
+            writer.writerows(verdict_rows(result))
+    summary = summarize(result, settings)
+    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
+    return 0
