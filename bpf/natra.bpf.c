@@ -1,0 +1,757 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * natra.bpf.c - Natra's data path: one SCHED_CLS program per direction on a
+ * Pod's host-side veth (natra_to_pod on egress, natra_from_pod on ingress).
+ *
+ * Owns: the per-frame algorithm of docs/design.md, step for step and in the
+ * same order (parse, count, sketch with conservative update, heavy census,
+ * aggregate GCRA with a mice reserve, per-flow fair-share GCRA, CE marking).
+ * The numpy model in reference/ is its executable specification; every value
+ * here is u64/u32 integer arithmetic identical to the model's.
+ *
+ * Rules kept:
+ *  - every frame is keyed and counted; nothing bypasses the policy;
+ *  - bounds are checked before every packet read, every loop has a stated bound;
+ *  - a counter for every way out (natra_counters, per CPU);
+ *  - no helper call while a direction's spin lock is held: map lookups happen
+ *    before the lock, and a heavy frame drops the lock around its flow-table
+ *    lookup/insert (design.md, "Concurrency");
+ *  - a passing frame returns NATRA_TCX_NEXT so the rest of a tcx chain (another
+ *    CNI, a policy agent) still runs; under clsact the same value is
+ *    TC_ACT_UNSPEC, which also continues with the next filter.
+ *
+ * What can race: the clock is read before the lock, so two CPUs may enter the
+ * lock with slightly out-of-order times; drain() and roll() never move state
+ * backwards, so this only delays draining (tighter than the limit).  A heavy
+ * frame whose flow entry was found before the lock is decided in one locked
+ * section; one whose entry must be created drops the lock around the insert,
+ * and its two halves may interleave with another CPU's frame (that frame then
+ * sees the census and bucket a step earlier than the model's order would).
+ * The flow entry is only changed under the lock.  LRU eviction may recycle an
+ * entry while a CPU holds its pointer; the worst case is one frame charged to
+ * the wrong flow's share bucket.  Per-CPU counters only add up.
+ *
+ * Builds: -DNATRA_PARSE_ONLY keeps only the parser and the frame counters (the
+ * benchmark's baseline); -DNATRA_TRACE adds one natra_trace_rec per frame in a
+ * ring buffer (tests replaying real traffic).
+ *
+ * Must not know: how it is loaded, attached or pinned; Kubernetes.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "natra.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* TCX_NEXT is -1; this system's uapi headers predate tcx, so name it here. */
+#define NATRA_TCX_NEXT (-1)
+
+_Static_assert(sizeof(struct natra_flow_key) == 40, "flow key is hashed as ten u32 words");
+_Static_assert(sizeof(struct natra_config) == 64, "natra_config layout");
+_Static_assert(sizeof(struct natra_cell) == 24, "natra_cell layout");
+_Static_assert(sizeof(struct natra_state) == 40, "natra_state layout");
+_Static_assert(sizeof(struct natra_flow) == 56, "natra_flow layout");
+_Static_assert(sizeof(struct natra_counters) == 8 * NATRA_NCOUNTERS, "natra_counters layout");
+_Static_assert(sizeof(struct natra_trace_rec) == 16, "natra_trace_rec layout");
+
+/* ---- Maps ------------------------------------------------------------------ */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NATRA_NDIRS);
+	__type(key, __u32);
+	__type(value, struct natra_config);
+} natra_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NATRA_NDIRS);
+	__type(key, __u32);
+	__type(value, struct natra_state);
+} natra_state SEC(".maps");
+
+/* Placeholder size: the loader sets 2 * depth * width before loading. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct natra_cell);
+} natra_sketch SEC(".maps");
+
+/* Placeholder size: the loader sets the Pod's flow-table size before loading. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct natra_flow_key);
+	__type(value, struct natra_flow);
+} natra_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NATRA_NDIRS);
+	__type(key, __u32);
+	__type(value, struct natra_counters);
+} natra_counters SEC(".maps");
+
+#ifdef NATRA_TRACE
+/* 1 MiB holds ~43k records (24 B each with the ring's header): a replay test's
+ * whole capture between two reads. */
+#define NATRA_TRACE_RING_BYTES (1 << 20)
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, NATRA_TRACE_RING_BYTES);
+} natra_trace SEC(".maps");
+#endif
+
+/* ---- Parsing ----------------------------------------------------------------- */
+
+#define NATRA_ETH_HLEN 14
+#define NATRA_IPV4_MIN_HLEN 20
+#define NATRA_IPV6_HLEN 40
+#define NATRA_PORTS_LEN 4        /* sport + dport: the first 4 bytes of TCP/UDP/SCTP */
+#define NATRA_IPV6_EXT_MIN_HLEN 8 /* every IPv6 extension header is a multiple of 8 */
+#define NATRA_IPV6_FRAG_HLEN 8
+#define NATRA_IPV4_MF 0x2000
+#define NATRA_IPV4_OFFSET_MASK 0x1fff
+#define NATRA_ECN_MASK 0x03
+/* L4 protocols whose first 4 bytes are the ports (linux/in.h not included). */
+#define NATRA_IPPROTO_TCP 6
+#define NATRA_IPPROTO_UDP 17
+#define NATRA_IPPROTO_SCTP 132
+#define NATRA_NEXTHDR_HOP 0
+#define NATRA_NEXTHDR_ROUTING 43
+#define NATRA_NEXTHDR_FRAGMENT 44
+#define NATRA_NEXTHDR_DEST 60
+/* Offsets beyond this are never read: it covers an IPv6 header and four
+ * extension headers of the largest size ((255 + 1) * 8 bytes each), and keeps
+ * the verifier's packet-offset arithmetic far below its 64 KiB limit. */
+#define NATRA_MAX_PARSE_OFF (NATRA_ETH_HLEN + NATRA_IPV6_HLEN + NATRA_MAX_IPV6_EXT * 2048)
+/* A frame whose headers are not all in the linear part of the skb (rare: the
+ * stack keeps headers linear) is pulled once, this far, and parsed again. */
+#define NATRA_PULL_LEN 512
+
+/* Where the parser found the IP header, for CE marking. */
+#define NATRA_L3_NONE 0
+#define NATRA_L3_IPV4 1
+#define NATRA_L3_IPV6 2
+
+struct parsed {
+	union {
+		struct natra_flow_key key;
+		__u32 words[10]; /* the key as the hash reads it: ten LE u32 blocks */
+	};
+	__u8 ecn;      /* ECN field of the IP header, 0 without one */
+	__u8 l3;       /* NATRA_L3_* */
+	__u8 short_linear; /* a read failed although skb->len says the bytes exist */
+};
+
+static __always_inline int is_ported(__u8 proto)
+{
+	return proto == NATRA_IPPROTO_TCP || proto == NATRA_IPPROTO_UDP || proto == NATRA_IPPROTO_SCTP;
+}
+
+static __always_inline int is_ipv6_ext(__u8 nh)
+{
+	return nh == NATRA_NEXTHDR_HOP || nh == NATRA_NEXTHDR_ROUTING ||
+	       nh == NATRA_NEXTHDR_FRAGMENT || nh == NATRA_NEXTHDR_DEST;
+}
+
+/* Reading [off, off + n) would leave the linear data: note whether the frame
+ * itself is that short (a real truncation) or only its linear part is. */
+static __always_inline void missed(struct parsed *p, __u32 off, __u32 n, __u32 frame_len)
+{
+	if (off + n <= frame_len)
+		p->short_linear = 1;
+}
+
+/* Ports of an unfragmented TCP/UDP/SCTP header at `off`; others keep ports 0. */
+static __always_inline void parse_ports(struct parsed *p, void *data, void *data_end,
+					__u32 off, __u32 frame_len)
+{
+	__u8 *l4;
+
+	if (!is_ported(p->key.proto))
+		return;
+	if (off > NATRA_MAX_PARSE_OFF)
+		goto truncated;
+	l4 = data + off;
+	if ((void *)(l4 + NATRA_PORTS_LEN) > data_end) {
+		missed(p, off, NATRA_PORTS_LEN, frame_len);
+		goto truncated;
+	}
+	__builtin_memcpy(&p->key.sport, l4, 2);
+	__builtin_memcpy(&p->key.dport, l4 + 2, 2);
+	return;
+truncated:
+	p->key.flags |= NATRA_KEY_TRUNCATED;
+}
+
+static __always_inline void parse_ipv4(struct parsed *p, void *data, void *data_end, __u32 frame_len)
+{
+	struct iphdr *ip = data + NATRA_ETH_HLEN;
+	__u32 ihl;
+
+	if ((void *)ip + NATRA_IPV4_MIN_HLEN > data_end) {
+		missed(p, NATRA_ETH_HLEN, NATRA_IPV4_MIN_HLEN, frame_len);
+		goto truncated;
+	}
+	ihl = (__u32)ip->ihl * 4;
+	if (ihl < NATRA_IPV4_MIN_HLEN)
+		goto truncated;
+	if ((void *)ip + ihl > data_end) {
+		missed(p, NATRA_ETH_HLEN, ihl, frame_len);
+		goto truncated;
+	}
+	p->ecn = ip->tos & NATRA_ECN_MASK;
+	p->l3 = NATRA_L3_IPV4;
+	p->key.proto = ip->protocol;
+	p->key.saddr[10] = 0xff;
+	p->key.saddr[11] = 0xff;
+	__builtin_memcpy(&p->key.saddr[12], &ip->saddr, 4);
+	p->key.daddr[10] = 0xff;
+	p->key.daddr[11] = 0xff;
+	__builtin_memcpy(&p->key.daddr[12], &ip->daddr, 4);
+	if (ip->frag_off & bpf_htons(NATRA_IPV4_MF | NATRA_IPV4_OFFSET_MASK)) {
+		p->key.flags = NATRA_KEY_FRAGMENT;
+		return;
+	}
+	parse_ports(p, data, data_end, NATRA_ETH_HLEN + ihl, frame_len);
+	return;
+truncated:
+	p->key.flags = NATRA_KEY_TRUNCATED;
+}
+
+static __always_inline void parse_ipv6(struct parsed *p, void *data, void *data_end, __u32 frame_len)
+{
+	struct ipv6hdr *ip6 = data + NATRA_ETH_HLEN;
+	__u32 off = NATRA_ETH_HLEN + NATRA_IPV6_HLEN;
+	__u8 nh;
+	int i;
+
+	if ((void *)ip6 + NATRA_IPV6_HLEN > data_end) {
+		missed(p, NATRA_ETH_HLEN, NATRA_IPV6_HLEN, frame_len);
+		p->key.flags = NATRA_KEY_TRUNCATED;
+		return;
+	}
+	p->ecn = (ip6->flow_lbl[0] >> 4) & NATRA_ECN_MASK;
+	p->l3 = NATRA_L3_IPV6;
+	p->key.flags = NATRA_KEY_IPV6;
+	__builtin_memcpy(p->key.saddr, &ip6->saddr, 16);
+	__builtin_memcpy(p->key.daddr, &ip6->daddr, 16);
+	nh = ip6->nexthdr;
+
+	/* Bound: at most NATRA_MAX_IPV6_EXT extension headers are walked. */
+#pragma unroll
+	for (i = 0; i < NATRA_MAX_IPV6_EXT; i++) {
+		__u8 *ext;
+		__u32 hlen;
+
+		if (!is_ipv6_ext(nh))
+			goto ports;
+		if (off > NATRA_MAX_PARSE_OFF)
+			goto truncated;
+		ext = data + off;
+		if ((void *)(ext + NATRA_IPV6_EXT_MIN_HLEN) > data_end) {
+			missed(p, off, NATRA_IPV6_EXT_MIN_HLEN, frame_len);
+			goto truncated;
+		}
+		hlen = nh == NATRA_NEXTHDR_FRAGMENT ? NATRA_IPV6_FRAG_HLEN : ((__u32)ext[1] + 1) * 8;
+		if ((void *)(ext + hlen) > data_end) {
+			missed(p, off, hlen, frame_len);
+			goto truncated;
+		}
+		if (nh == NATRA_NEXTHDR_FRAGMENT) {
+			p->key.flags |= NATRA_KEY_FRAGMENT;
+			p->key.proto = ext[0];
+			return;
+		}
+		nh = ext[0];
+		off += hlen;
+	}
+	/* A fifth extension header: give up on the ports. */
+	if (is_ipv6_ext(nh))
+		goto truncated;
+ports:
+	p->key.proto = nh;
+	parse_ports(p, data, data_end, off, frame_len);
+	return;
+truncated:
+	p->key.proto = nh;
+	p->key.flags |= NATRA_KEY_TRUNCATED;
+}
+
+/* design.md "The flow key": every frame gets a key. */
+static __always_inline void parse_frame(struct __sk_buff *skb, struct parsed *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 frame_len = skb->len;
+	struct ethhdr *eth = data;
+
+	__builtin_memset(p, 0, sizeof(*p));
+	if ((void *)(eth + 1) > data_end) {
+		missed(p, 0, NATRA_ETH_HLEN, frame_len);
+		p->key.flags = NATRA_KEY_TRUNCATED;
+		return;
+	}
+	p->key.ethertype = eth->h_proto;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		parse_ipv4(p, data, data_end, frame_len);
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		parse_ipv6(p, data, data_end, frame_len);
+}
+
+/* Parse; if the headers straddle the skb's linear part, pull and parse again. */
+static __always_inline void parse_skb(struct __sk_buff *skb, struct parsed *p)
+{
+	parse_frame(skb, p);
+	if (p->short_linear) {
+		__u32 pull = skb->len < NATRA_PULL_LEN ? skb->len : NATRA_PULL_LEN;
+
+		bpf_skb_pull_data(skb, pull);
+		parse_frame(skb, p);
+	}
+}
+
+/* ---- Counting ---------------------------------------------------------------- */
+
+static __always_inline void count_frame(struct natra_counters *ctr, const struct parsed *p, __u32 skb_len)
+{
+	ctr->c[NATRA_C_FRAMES] += 1;
+	ctr->c[NATRA_C_BYTES] += skb_len;
+	if (p->key.ethertype == bpf_htons(ETH_P_IP))
+		ctr->c[NATRA_C_IPV4] += 1;
+	else if (p->key.ethertype == bpf_htons(ETH_P_IPV6))
+		ctr->c[NATRA_C_IPV6] += 1;
+	else
+		ctr->c[NATRA_C_NON_IP] += 1;
+	if (p->key.flags & NATRA_KEY_FRAGMENT)
+		ctr->c[NATRA_C_FRAGMENT] += 1;
+	if (p->key.flags & NATRA_KEY_TRUNCATED)
+		ctr->c[NATRA_C_TRUNCATED] += 1;
+}
+
+#ifndef NATRA_PARSE_ONLY
+
+/* ---- Hashing: MurmurHash3 x86_32 over the ten key words ------------------------- */
+
+#define MURMUR_C1 0xcc9e2d51u
+#define MURMUR_C2 0x1b873593u
+#define MURMUR_ROUND_ADD 0xe6546b64u
+#define MURMUR_FMIX1 0x85ebca6bu
+#define MURMUR_FMIX2 0xc2b2ae35u
+#define NATRA_KEY_WORDS 10
+
+static __always_inline __u32 rotl32(__u32 x, __u32 r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+static __always_inline __u32 murmur3_key(const __u32 *words, __u32 seed)
+{
+	__u32 h = seed;
+	int i;
+
+	/* Bound: the key is exactly NATRA_KEY_WORDS blocks, no tail. */
+#pragma unroll
+	for (i = 0; i < NATRA_KEY_WORDS; i++) {
+		__u32 k = words[i] * MURMUR_C1;
+
+		k = rotl32(k, 15) * MURMUR_C2;
+		h ^= k;
+		h = rotl32(h, 13) * 5 + MURMUR_ROUND_ADD;
+	}
+	h ^= NATRA_KEY_WORDS * 4;
+	h ^= h >> 16;
+	h *= MURMUR_FMIX1;
+	h ^= h >> 13;
+	h *= MURMUR_FMIX2;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Bytes 8-11 of an IPv4-mapped address (00 00 ff ff) read as a LE u32. */
+#define NATRA_V4_MAPPED_WORD 0xffff0000u
+
+/* h1 and h2 (forced odd) of a key.  For an IPv4 key six of the ten words are
+ * known constants (the IPv4-mapped prefixes), so the compiler folds their
+ * rounds: the same hash, less work on the common path. */
+static __always_inline void key_hashes(const struct parsed *p, __u32 *h1, __u32 *h2)
+{
+	if (p->l3 == NATRA_L3_IPV4) {
+		__u32 w[NATRA_KEY_WORDS] = {
+			0, 0, NATRA_V4_MAPPED_WORD, p->words[3],
+			0, 0, NATRA_V4_MAPPED_WORD, p->words[7],
+			p->words[8], p->words[9],
+		};
+
+		*h1 = murmur3_key(w, NATRA_HASH_SEED1);
+		*h2 = murmur3_key(w, NATRA_HASH_SEED2) | 1;
+		return;
+	}
+	*h1 = murmur3_key(p->words, NATRA_HASH_SEED1);
+	*h2 = murmur3_key(p->words, NATRA_HASH_SEED2) | 1;
+}
+
+/* ---- Arithmetic of design.md ------------------------------------------------------ */
+
+/* GCRA drain in nano-bits; never moves `last` backwards, never overflows. */
+static __always_inline void drain(__u64 *backlog, __u64 *last, __u64 now, __u64 rate)
+{
+	if (now > *last) {
+		__u64 dt = now - *last;
+
+		if (dt > *backlog / rate)
+			*backlog = 0;
+		else
+			*backlog -= dt * rate;
+		*last = now;
+	}
+}
+
+/* Lazy window roll of one sketch cell. */
+static __always_inline void roll(struct natra_cell *cell, __u64 epoch)
+{
+	if (cell->epoch < epoch) {
+		cell->prev = cell->epoch + 1 == epoch ? cell->cur : 0;
+		cell->cur = 0;
+		cell->epoch = epoch;
+	}
+}
+
+/* ---- CE marking ------------------------------------------------------------------- */
+
+#define NATRA_IPV4_TOS_WORD_OFF NATRA_ETH_HLEN /* version/IHL and TOS: one 16-bit word */
+#define NATRA_IPV4_CSUM_OFF (NATRA_ETH_HLEN + 10)
+#define NATRA_IPV6_TCLASS_LOW_OFF (NATRA_ETH_HLEN + 1) /* low TC nibble + flow label */
+#define NATRA_IPV6_ECN_BITS 0x30                        /* ECN bits inside that byte */
+
+/* Set CE; returns 0 on success.  IPv4 updates the header checksum the way the
+ * kernel's csum_replace2 does (bpf_l3_csum_replace on the 16-bit word); the
+ * header's one's-complement sum is unchanged, so skb->csum needs no update. */
+static __always_inline int mark_ce(struct __sk_buff *skb, __u8 l3)
+{
+	if (l3 == NATRA_L3_IPV4) {
+		__u16 old_word, new_word;
+
+		if (bpf_skb_load_bytes(skb, NATRA_IPV4_TOS_WORD_OFF, &old_word, 2))
+			return -1;
+		new_word = old_word | bpf_htons(NATRA_ECN_MASK);
+		if (bpf_l3_csum_replace(skb, NATRA_IPV4_CSUM_OFF, old_word, new_word, 2))
+			return -1;
+		return bpf_skb_store_bytes(skb, NATRA_IPV4_TOS_WORD_OFF, &new_word, 2, 0) ? -1 : 0;
+	}
+	if (l3 == NATRA_L3_IPV6) {
+		__u8 b;
+
+		if (bpf_skb_load_bytes(skb, NATRA_IPV6_TCLASS_LOW_OFF, &b, 1))
+			return -1;
+		b |= NATRA_IPV6_ECN_BITS;
+		/* No IPv6 header checksum; a CHECKSUM_COMPLETE skb->csum follows the byte. */
+		return bpf_skb_store_bytes(skb, NATRA_IPV6_TCLASS_LOW_OFF, &b, 1, BPF_F_RECOMPUTE_CSUM) ? -1 : 0;
+	}
+	return -1;
+}
+
+/* ---- The policy --------------------------------------------------------------------- */
+
+struct step {
+	__u64 now;      /* ns */
+	__u64 epoch;    /* now / window_ns */
+	__u64 len;      /* bytes charged: min(skb->len, NATRA_MAX_ACCOUNTED_LEN) */
+	__u64 cost;     /* nano-bits: len * NATRA_NBIT_PER_BYTE */
+	__u64 new_cur;  /* sketch estimate of the key in this window, this frame included */
+	int heavy;
+};
+
+/* The sketch step and heavy census (design.md), under the lock.  `cells` hold
+ * `depth` valid pointers; rows past depth repeat row 0 and are skipped. */
+static __always_inline void sketch_step(struct natra_cell **cells, __u32 depth,
+					const struct natra_config *cfg, struct natra_state *st,
+					struct step *s)
+{
+	__u64 cur_min = ~0ULL, prev_min = ~0ULL;
+	int r;
+
+	/* Bound: NATRA_MAX_DEPTH rows, unrolled. */
+#pragma unroll
+	for (r = 0; r < NATRA_MAX_DEPTH; r++) {
+		if (r < depth) {
+			roll(cells[r], s->epoch);
+			if (cells[r]->cur < cur_min)
+				cur_min = cells[r]->cur;
+			if (cells[r]->prev < prev_min)
+				prev_min = cells[r]->prev;
+		}
+	}
+	s->new_cur = cur_min + s->len;
+#pragma unroll
+	for (r = 0; r < NATRA_MAX_DEPTH; r++) {
+		if (r < depth && cells[r]->cur < s->new_cur)
+			cells[r]->cur = s->new_cur;
+	}
+	s->heavy = s->new_cur >= cfg->threshold_bytes || prev_min >= cfg->threshold_bytes;
+
+	if (s->epoch > st->epoch) {
+		st->heavy_prev = s->epoch == st->epoch + 1 ? st->heavy_now : 0;
+		st->heavy_now = 0;
+		st->epoch = s->epoch;
+	}
+}
+
+/* A guess, without the lock, whether the sketch step will call this frame
+ * heavy: the same minima read racily and without rolling (a cell of an older
+ * window still shows its bytes, which errs towards "heavy"). */
+static __always_inline int looks_heavy(struct natra_cell **cells, __u32 depth,
+				       const struct natra_config *cfg, const struct step *s)
+{
+	__u64 cur_min = ~0ULL, prev_min = ~0ULL;
+	int r;
+
+	/* Bound: NATRA_MAX_DEPTH rows, unrolled. */
+#pragma unroll
+	for (r = 0; r < NATRA_MAX_DEPTH; r++) {
+		if (r < depth) {
+			__u64 cur = cells[r]->cur, prev = cells[r]->prev;
+
+			if (cur < cur_min)
+				cur_min = cur;
+			if (prev < prev_min)
+				prev_min = prev;
+		}
+	}
+	return s->len >= cfg->threshold_bytes || cur_min >= cfg->threshold_bytes - s->len ||
+	       prev_min >= cfg->threshold_bytes;
+}
+
+/* A mouse pays from the whole bucket (reserve included). */
+static __always_inline int decide_mouse(const struct natra_config *cfg, struct natra_state *st,
+					const struct step *s)
+{
+	__u64 f;
+
+	drain(&st->backlog_nbit, &st->last_ns, s->now, cfg->rate_bps);
+	f = st->backlog_nbit + s->cost;
+	if (f <= cfg->tau_nbit) {
+		st->backlog_nbit = f;
+		return NATRA_V_PASS_MOUSE;
+	}
+	return NATRA_V_DROP_MOUSE;
+}
+
+/* A heavy frame: never into the reserve; in the yellow zone only within its
+ * fair share; ECT frames there are marked.  `flow` may be NULL (no entry). */
+static __always_inline int decide_heavy(const struct natra_config *cfg, struct natra_state *st,
+					struct natra_flow *flow, const struct step *s, __u8 ecn)
+{
+	__u64 heavy_line = cfg->heavy_line_nbit;
+	__u64 early_line = cfg->early_line_nbit;
+	__u64 f, fb = 0, fcost = 0;
+	__u32 n;
+	int over_share = 0, verdict;
+
+	if (flow) {
+		if (flow->counted_epoch < s->epoch + 1) {
+			flow->counted_epoch = s->epoch + 1;
+			if (st->heavy_now != 0xffffffffu)
+				st->heavy_now += 1;
+		}
+		n = st->heavy_now > st->heavy_prev ? st->heavy_now : st->heavy_prev;
+		if (n < 1)
+			n = 1;
+		if (n > NATRA_MAX_SHARE_FLOWS)
+			n = NATRA_MAX_SHARE_FLOWS;
+		drain(&st->backlog_nbit, &st->last_ns, s->now, cfg->rate_bps);
+		drain(&flow->backlog_nbit, &flow->last_ns, s->now, cfg->rate_bps);
+		flow->estimate_bytes = s->new_cur;
+		fb = flow->backlog_nbit < heavy_line ? flow->backlog_nbit : heavy_line;
+		fcost = s->cost * n;
+		over_share = fcost > heavy_line - fb;
+	} else {
+		drain(&st->backlog_nbit, &st->last_ns, s->now, cfg->rate_bps);
+	}
+	f = st->backlog_nbit + s->cost;
+
+	if (f > heavy_line) {
+		verdict = NATRA_V_DROP_HEAVY;
+	} else if (f > early_line && over_share) {
+		verdict = NATRA_V_DROP_SHARE;
+	} else {
+		st->backlog_nbit = f;
+		if (flow)
+			flow->backlog_nbit = over_share ? heavy_line : fb + fcost;
+		verdict = (f > early_line && (cfg->flags & NATRA_CFG_ECN) && ecn != 0)
+				  ? NATRA_V_MARK : NATRA_V_PASS_HEAVY;
+	}
+	if (flow) {
+		if (verdict == NATRA_V_PASS_HEAVY || verdict == NATRA_V_MARK)
+			flow->passed_bytes += s->len;
+		else
+			flow->dropped_bytes += s->len;
+		if (verdict == NATRA_V_MARK)
+			flow->marked_packets += 1;
+	}
+	return verdict;
+}
+
+/* The flow-table entry of a heavy key, created zeroed if missing.  Called
+ * without the lock (it calls helpers). */
+static __always_inline struct natra_flow *heavy_flow(const struct natra_flow_key *key,
+						     struct natra_counters *ctr)
+{
+	struct natra_flow *flow = bpf_map_lookup_elem(&natra_flows, key);
+	struct natra_flow zero = {};
+
+	if (flow)
+		return flow;
+	/* NOEXIST: if another CPU created it meanwhile, use theirs. */
+	if (bpf_map_update_elem(&natra_flows, key, &zero, BPF_NOEXIST) == 0)
+		ctr->c[NATRA_C_FLOW_NEW] += 1;
+	flow = bpf_map_lookup_elem(&natra_flows, key);
+	if (!flow)
+		ctr->c[NATRA_C_FLOW_MISSING] += 1;
+	return flow;
+}
+
+/* Everything after parsing and counting, for an enabled direction. */
+static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct natra_config *cfg,
+				  struct parsed *p, struct natra_counters *ctr, struct step *s)
+{
+	struct natra_cell *cells[NATRA_MAX_DEPTH];
+	struct natra_state *st;
+	struct natra_flow *flow;
+	__u32 width = cfg->width, depth = cfg->depth;
+	__u32 h1, h2, base;
+	int r, verdict;
+
+	if (depth < 1 || depth > NATRA_MAX_DEPTH || width == 0)
+		return NATRA_V_PASS_ERROR;
+	st = bpf_map_lookup_elem(&natra_state, &dir);
+	if (!st)
+		return NATRA_V_PASS_ERROR;
+
+	s->now = (cfg->flags & NATRA_CFG_TEST_CLOCK) ? skb->tstamp : bpf_ktime_get_ns();
+	s->epoch = s->now / cfg->window_ns;
+
+	key_hashes(p, &h1, &h2);
+	base = dir * depth * width;
+	/* Bound: NATRA_MAX_DEPTH rows, unrolled; lookups before the lock. */
+#pragma unroll
+	for (r = 0; r < NATRA_MAX_DEPTH; r++) {
+		if (r < depth) {
+			__u32 idx = base + r * width + ((h1 + (__u32)r * h2) & (width - 1));
+			struct natra_cell *c = bpf_map_lookup_elem(&natra_sketch, &idx);
+
+			if (!c)
+				return NATRA_V_PASS_ERROR;
+			cells[r] = c;
+		} else {
+			cells[r] = cells[0];
+		}
+	}
+
+	/* Only a lookup (never an insert) happens on a guess, so the outcome does
+	 * not depend on it: a heavy flow whose entry exists is decided in one
+	 * locked section, a wrong guess costs one lookup or one relock. */
+	flow = looks_heavy(cells, depth, cfg, s) ? bpf_map_lookup_elem(&natra_flows, &p->key) : NULL;
+
+	bpf_spin_lock(&st->lock);
+	sketch_step(cells, depth, cfg, st, s);
+	if (!s->heavy) {
+		verdict = decide_mouse(cfg, st, s);
+		bpf_spin_unlock(&st->lock);
+		return verdict;
+	}
+	if (!flow) {
+		/* Helpers may not run under the lock: drop it to find or create the entry. */
+		bpf_spin_unlock(&st->lock);
+		flow = heavy_flow(&p->key, ctr);
+		bpf_spin_lock(&st->lock);
+	}
+	verdict = decide_heavy(cfg, st, flow, s, p->ecn);
+	bpf_spin_unlock(&st->lock);
+	return verdict;
+}
+
+#endif /* !NATRA_PARSE_ONLY */
+
+/* ---- Entry --------------------------------------------------------------------------- */
+
+static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
+{
+	struct natra_counters *ctr;
+	struct parsed p;
+	__u32 skb_len = skb->len;
+#ifndef NATRA_PARSE_ONLY
+	struct natra_config *cfg;
+	struct step s = {};
+	int verdict;
+#endif
+
+	parse_skb(skb, &p);
+	ctr = bpf_map_lookup_elem(&natra_counters, &dir);
+	if (!ctr)
+		return NATRA_TCX_NEXT; /* cannot happen for dir < 2; fail open */
+	count_frame(ctr, &p, skb_len);
+
+#ifdef NATRA_PARSE_ONLY
+	return NATRA_TCX_NEXT;
+#else
+	s.len = skb_len < NATRA_MAX_ACCOUNTED_LEN ? skb_len : NATRA_MAX_ACCOUNTED_LEN;
+	s.cost = s.len * NATRA_NBIT_PER_BYTE;
+	cfg = bpf_map_lookup_elem(&natra_config, &dir);
+	if (!cfg)
+		verdict = NATRA_V_PASS_ERROR;
+	else if (!(cfg->flags & NATRA_CFG_ENABLED))
+		verdict = NATRA_V_PASS_UNLIMITED;
+	else
+		verdict = police(skb, dir, cfg, &p, ctr, &s);
+
+	verdict &= NATRA_NVERDICTS - 1;
+	ctr->c[NATRA_C_VERDICT_BASE + 2 * verdict] += 1;
+	ctr->c[NATRA_C_VERDICT_BASE + 2 * verdict + 1] += skb_len;
+
+	if (verdict == NATRA_V_MARK && mark_ce(skb, p.l3))
+		ctr->c[NATRA_C_MARK_FAILED] += 1;
+
+#ifdef NATRA_TRACE
+	{
+		struct natra_trace_rec rec = {
+			.now_ns = s.now,
+			.len = skb_len,
+			.dir = dir,
+			.verdict = verdict,
+			.heavy = s.heavy,
+		};
+
+		bpf_ringbuf_output(&natra_trace, &rec, sizeof(rec), 0);
+	}
+#endif
+
+	/* Drop only what the policy refused; everything else continues the chain. */
+	if (verdict == NATRA_V_DROP_MOUSE || verdict == NATRA_V_DROP_HEAVY ||
+	    verdict == NATRA_V_DROP_SHARE)
+		return TC_ACT_SHOT;
+	return NATRA_TCX_NEXT;
+#endif
+}
+
+/* Traffic into the Pod: host-veth egress. */
+SEC("tc")
+int natra_to_pod(struct __sk_buff *skb)
+{
+	return handle(skb, NATRA_DIR_TO_POD);
+}
+
+/* Traffic out of the Pod: host-veth ingress. */
+SEC("tc")
+int natra_from_pod(struct __sk_buff *skb)
+{
+	return handle(skb, NATRA_DIR_FROM_POD);
+}

@@ -1,0 +1,145 @@
+"""Read and write Natra's maps through their file descriptors.
+
+Owns: the conversion between map bytes (layouts of bpf/natra.h, mirrored in
+natra.layout) and Python values: config per direction, state, sketch cells,
+the heavy-flow table, per-CPU counters summed over possible CPUs, and
+`snapshot`, the whole state in exactly the shape of the model's
+`Model.snapshot()` so model and kernel can be compared with `==`.
+Rule: works on plain fds, so a tool can read maps pinned by another process
+(open them with bpfsys.obj_get). Reads are not atomic across entries.
+Must not know: libbpf, loading, attach modes; numpy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from functools import lru_cache
+from typing import Protocol
+
+from natra import bpfsys
+from natra import layout as L
+from natra.params import ConfigValues
+
+POSSIBLE_CPUS_FILE = "/sys/devices/system/cpu/possible"
+_U32 = struct.Struct("=I")
+PERCPU_VALUE_ALIGN = 8  # the kernel lays per-CPU values out rounded up to 8 bytes
+
+
+class HasMapFds(Protocol):
+    def map_fd(self, name: str) -> int: ...
+
+
+def _key(index: int) -> bytes:
+    return _U32.pack(index)
+
+
+def _fields(struct_type: type[ctypes.Structure], raw: bytes, skip: tuple[str, ...] = ()) -> dict:
+    value = struct_type.from_buffer_copy(raw[:ctypes.sizeof(struct_type)])
+    return {name: int(getattr(value, name)) for name, _ in struct_type._fields_ if name not in skip}
+
+
+def _lookup(fd: int, index: int, struct_type: type[ctypes.Structure]) -> bytes:
+    raw = bpfsys.map_lookup(fd, _key(index), ctypes.sizeof(struct_type))
+    if raw is None:
+        raise KeyError(f"array map fd {fd} has no entry {index}")
+    return raw
+
+
+# ---- config -----------------------------------------------------------------------------
+
+_CONFIG_NAMES = ("rate_bps", "tau_nbit", "heavy_line_nbit", "early_line_nbit", "window_ns",
+                 "threshold_bytes", "width", "depth", "flags")
+
+
+def write_config(fd: int, direction: int, config: ConfigValues) -> None:
+    value = L.Config(*config.as_tuple(), 0)
+    bpfsys.map_update(fd, _key(direction), bytes(value))
+
+
+def read_config(fd: int, direction: int) -> ConfigValues:
+    fields = _fields(L.Config, _lookup(fd, direction, L.Config))
+    return ConfigValues(*(fields[name] for name in _CONFIG_NAMES))
+
+
+def _config_dict(fd: int, direction: int) -> dict:
+    return _fields(L.Config, _lookup(fd, direction, L.Config))
+
+
+# ---- state and sketch -----------------------------------------------------------------------
+
+def read_state(fd: int, direction: int) -> dict:
+    """natra_state fields of a direction, except the lock word."""
+    return _fields(L.State, _lookup(fd, direction, L.State), skip=("lock",))
+
+
+def read_sketch(fd: int, n: int) -> list[tuple[int, int, int]]:
+    """(epoch, cur, prev) of cells 0..n-1 (n = 2 * depth * width)."""
+    rows = bpfsys.map_lookup_batch(fd, _U32.size, ctypes.sizeof(L.Cell))
+    cells = {_U32.unpack(k)[0]: struct.unpack("=QQQ", v) for k, v in rows}
+    missing = [i for i in range(n) if i not in cells]
+    if missing:
+        raise KeyError(f"sketch map fd {fd} has no cell {missing[0]} (it holds {len(cells)})")
+    return [cells[i] for i in range(n)]
+
+
+# ---- heavy flows ----------------------------------------------------------------------------
+
+def read_flows(fd: int) -> dict[bytes, dict]:
+    """Every heavy-flow entry: key bytes -> natra_flow fields."""
+    rows = bpfsys.map_lookup_batch(fd, ctypes.sizeof(L.FlowKey), ctypes.sizeof(L.Flow))
+    return {key: _fields(L.Flow, raw) for key, raw in rows}
+
+
+# ---- counters -------------------------------------------------------------------------------
+
+def _parse_cpu_list(text: str) -> int:
+    """Number of CPUs in a list such as '0-3,5' (the kernel uses max index + 1)."""
+    highest = -1
+    for part in text.strip().split(","):
+        if part:
+            highest = max(highest, int(part.split("-")[-1]))
+    return highest + 1
+
+
+@lru_cache(maxsize=1)
+def possible_cpus() -> int:
+    with open(POSSIBLE_CPUS_FILE) as f:
+        return _parse_cpu_list(f.read())
+
+
+def read_counters(fd: int, direction: int) -> list[int]:
+    """NCOUNTERS counters of a direction, summed over every possible CPU."""
+    per_cpu = ctypes.sizeof(L.Counters)
+    stride = (per_cpu + PERCPU_VALUE_ALIGN - 1) // PERCPU_VALUE_ALIGN * PERCPU_VALUE_ALIGN
+    ncpu = possible_cpus()
+    raw = bpfsys.map_lookup(fd, _key(direction), stride * ncpu)
+    if raw is None:
+        raise KeyError(f"counters map fd {fd} has no entry {direction}")
+    totals = [0] * L.NCOUNTERS
+    for cpu in range(ncpu):
+        values = struct.unpack_from(f"={L.NCOUNTERS}Q", raw, cpu * stride)
+        totals = [t + v for t, v in zip(totals, values, strict=True)]
+    return [t & 0xFFFFFFFFFFFFFFFF for t in totals]
+
+
+# ---- everything -------------------------------------------------------------------------------
+
+def snapshot(obj_or_fds: HasMapFds | dict[str, int]) -> dict:
+    """The whole map state, shaped like reference Model.snapshot().
+
+    Accepts a loaded BpfObject (anything with map_fd(name)) or a dict of map
+    name -> fd (for pinned maps).
+    """
+    def fd(name: str) -> int:
+        return obj_or_fds[name] if isinstance(obj_or_fds, dict) else obj_or_fds.map_fd(name)
+
+    configs = [_config_dict(fd("natra_config"), d) for d in range(L.NDIRS)]
+    width, depth = configs[0]["width"], configs[0]["depth"]
+    return {
+        "config": configs,
+        "state": [read_state(fd("natra_state"), d) for d in range(L.NDIRS)],
+        "sketch": read_sketch(fd("natra_sketch"), L.NDIRS * depth * width),
+        "flows": read_flows(fd("natra_flows")),
+        "counters": [read_counters(fd("natra_counters"), d) for d in range(L.NDIRS)],
+    }

@@ -1,0 +1,290 @@
+"""The kernel program on crafted frames through BPF_PROG_TEST_RUN: clear cases.
+
+Each test loads a private object with the test clock (time fed through
+__sk_buff.tstamp), sends scapy-built frames, and checks verdicts, the frames
+that come out and the counters and maps read back. Expected numbers are
+derived from the configuration in the test, not copied from a run.
+(tests/kernel/test_differential.py compares everything with the model.)
+"""
+
+from __future__ import annotations
+
+import pytest
+from natra.reference.key import parse_frame
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.packet import Raw
+
+from natra import layout as L
+from natra import maps, testrun
+from natra.params import DataPathParams, to_config
+
+TEST_WIDTH = 64  # a small sketch: snapshots stay quick
+TEST_DEPTH = 4
+RATE_BPS = 8_000_000  # 1 byte per microsecond: times below are easy to read
+BURST_BYTES = 100_000
+RESERVE_BYTES = 20_000
+THRESHOLD_BYTES = 10_000
+WINDOW_NS = 1_000_000_000
+FRAME_LEN = 1000  # every test frame is exactly this long (skb->len)
+T0 = 10 * WINDOW_NS  # a start time well past zero, inside window 10
+ECT0 = 0x02
+
+
+def _params(ecn: bool = True) -> DataPathParams:
+    return DataPathParams(rate_bps=RATE_BPS, burst_bits=BURST_BYTES * 8, reserve_bits=RESERVE_BYTES * 8,
+                          width=TEST_WIDTH, depth=TEST_DEPTH, threshold_bytes=THRESHOLD_BYTES,
+                          window_ns=WINDOW_NS, ecn=ecn, early_percent=50).validate()
+
+
+def _configs(ecn: bool = True, from_pod: bool = False):
+    p = _params(ecn)
+    return [to_config(p, test_clock=True, width=TEST_WIDTH, depth=TEST_DEPTH),
+            to_config(p if from_pod else None, test_clock=True, width=TEST_WIDTH, depth=TEST_DEPTH)]
+
+
+def _pad(pkt, length: int = FRAME_LEN) -> bytes:
+    raw = bytes(pkt)
+    assert len(raw) <= length
+    return bytes(pkt / Raw(b"\x00" * (length - len(raw))))
+
+
+def tcp4(sport: int, tos: int = 0, length: int = FRAME_LEN) -> bytes:
+    return _pad(Ether() / IP(src="10.1.0.1", dst="10.1.0.2", tos=tos) / TCP(sport=sport, dport=80), length)
+
+
+def tcp6(sport: int, tc: int = 0) -> bytes:
+    return _pad(Ether() / IPv6(src="fd00::1", dst="fd00::2", tc=tc) / TCP(sport=sport, dport=80))
+
+
+def _cost_nbit(length: int = FRAME_LEN) -> int:
+    return length * L.NBIT_PER_BYTE
+
+
+def _send(obj, frame: bytes, now: int, direction: int = L.DIR_TO_POD) -> testrun.RunResult:
+    return testrun.run(obj.prog_fd(direction), frame, now)
+
+
+def _counter(obj, index: int, direction: int = L.DIR_TO_POD) -> int:
+    return maps.read_counters(obj.map_fd("natra_counters"), direction)[index]
+
+
+def _verdict_count(obj, verdict: int, direction: int = L.DIR_TO_POD) -> int:
+    return _counter(obj, L.verdict_packets_index(verdict), direction)
+
+
+def _ipv4_checksum_ok(header: bytes) -> bool:
+    total = sum((header[i] << 8) | header[i + 1] for i in range(0, len(header), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total == 0xFFFF
+
+
+def _fill_with_heavy(obj, frame_of, now: int) -> list[testrun.RunResult]:
+    """One flow sends FRAME_LEN frames at `now` until its first drop; the results."""
+    cfg = _configs()[0]
+    limit = cfg.tau_nbit // _cost_nbit() + 2  # it must be dropped before the bucket's depth
+    results = []
+    for _ in range(limit):
+        results.append(_send(obj, frame_of(), now))
+        if results[-1].retval == testrun.TC_ACT_SHOT:
+            return results
+    raise AssertionError("a bulk flow was never dropped")
+
+
+@pytest.mark.root
+def test_mice_pass_while_the_bucket_can_pay_and_then_are_dropped(load_natra):
+    obj = load_natra(_configs())
+    cfg = _configs()[0]
+    can_pay = cfg.tau_nbit // _cost_nbit()  # frames the full bucket pays for at one instant
+    per_flow = (THRESHOLD_BYTES - 1) // FRAME_LEN  # frames a flow may send and stay a mouse
+    results = [_send(obj, tcp4(sport=20000 + i // per_flow), T0) for i in range(can_pay + 1)]
+    assert [r.retval for r in results[:can_pay]] == [testrun.TCX_NEXT] * can_pay
+    assert results[-1].retval == testrun.TC_ACT_SHOT
+    assert _verdict_count(obj, L.V_PASS_MOUSE) == can_pay
+    assert _verdict_count(obj, L.V_DROP_MOUSE) == 1
+    assert _counter(obj, L.verdict_bytes_index(L.V_PASS_MOUSE)) == can_pay * FRAME_LEN
+    assert _counter(obj, L.C_FRAMES) == can_pay + 1
+    assert _counter(obj, L.C_IPV4) == can_pay + 1
+    assert maps.read_flows(obj.map_fd("natra_flows")) == {}  # mice never allocate
+    state = maps.read_state(obj.map_fd("natra_state"), L.DIR_TO_POD)
+    assert state["backlog_nbit"] == can_pay * _cost_nbit()
+    assert state["last_ns"] == T0
+
+
+@pytest.mark.root
+def test_bulk_flow_turns_heavy_is_dropped_at_heavy_line_and_a_mouse_still_passes(load_natra):
+    obj = load_natra(_configs(ecn=False))
+    cfg = _configs(ecn=False)[0]
+    results = _fill_with_heavy(obj, lambda: tcp4(sport=40000), T0)
+    passed = len(results) - 1
+    assert passed == cfg.heavy_line_nbit // _cost_nbit()  # dropped exactly where it would cross the line
+    mice_frames = (THRESHOLD_BYTES - 1) // FRAME_LEN + 1  # frames before the sketch says heavy
+    assert _verdict_count(obj, L.V_PASS_MOUSE) == mice_frames - 1
+    assert _verdict_count(obj, L.V_PASS_HEAVY) == passed - (mice_frames - 1)
+    assert _verdict_count(obj, L.V_DROP_HEAVY) == 1
+    assert _counter(obj, L.C_FLOW_NEW) == 1
+
+    key = parse_frame(tcp4(sport=40000)).key
+    flows = maps.read_flows(obj.map_fd("natra_flows"))
+    assert list(flows) == [key]
+    assert flows[key]["passed_bytes"] == (passed - (mice_frames - 1)) * FRAME_LEN
+    assert flows[key]["dropped_bytes"] == FRAME_LEN
+    assert flows[key]["counted_epoch"] == T0 // WINDOW_NS + 1
+    assert maps.read_state(obj.map_fd("natra_state"), L.DIR_TO_POD)["heavy_now"] == 1
+
+    # The reserve is for mice: a new small flow still gets through.
+    mouse = _send(obj, tcp4(sport=50000), T0)
+    assert mouse.retval == testrun.TCX_NEXT
+    assert _verdict_count(obj, L.V_PASS_MOUSE) == mice_frames
+    assert _send(obj, tcp4(sport=40000), T0).retval == testrun.TC_ACT_SHOT  # the bulk flow still not
+
+
+@pytest.mark.root
+def test_ect_heavy_frame_in_the_yellow_zone_is_marked_with_a_valid_ipv4_checksum(load_natra):
+    obj = load_natra(_configs(ecn=True))
+    cfg = _configs()[0]
+    frame = tcp4(sport=40001, tos=ECT0)
+    marked = None
+    for i in range(cfg.heavy_line_nbit // _cost_nbit()):
+        r = _send(obj, frame, T0)
+        assert r.retval == testrun.TCX_NEXT
+        if (i + 1) * _cost_nbit() > cfg.early_line_nbit:
+            marked = r
+            break
+        assert r.frame_out == frame  # green zone: untouched
+    assert marked is not None
+    assert _verdict_count(obj, L.V_MARK) == 1
+    out = marked.frame_out
+    assert out[15] & 0x03 == 0x03  # CE
+    assert out[15] & 0xFC == frame[15] & 0xFC  # DSCP kept
+    assert out[16:24] == frame[16:24] and out[26:] == frame[26:] and out[:15] == frame[:15]
+    assert out[24:26] != frame[24:26]
+    assert _ipv4_checksum_ok(out[14:34])
+    assert _ipv4_checksum_ok(frame[14:34])
+    flow = maps.read_flows(obj.map_fd("natra_flows"))[parse_frame(frame).key]
+    assert flow["marked_packets"] == 1
+
+
+@pytest.mark.root
+def test_non_ect_heavy_frame_in_the_yellow_zone_is_not_marked(load_natra):
+    obj = load_natra(_configs(ecn=True))
+    cfg = _configs()[0]
+    frame = tcp4(sport=40002, tos=0)
+    n = cfg.early_line_nbit // _cost_nbit() + 1
+    outs = [_send(obj, frame, T0) for _ in range(n)]
+    assert all(r.frame_out == frame and r.retval == testrun.TCX_NEXT for r in outs)
+    assert _verdict_count(obj, L.V_MARK) == 0
+
+
+@pytest.mark.root
+def test_ipv6_ect_heavy_frame_is_marked_in_the_traffic_class(load_natra):
+    obj = load_natra(_configs(ecn=True))
+    cfg = _configs()[0]
+    frame = tcp6(sport=40003, tc=ECT0)
+    n = cfg.early_line_nbit // _cost_nbit() + 1
+    outs = [_send(obj, frame, T0) for _ in range(n)]
+    assert all(r.retval == testrun.TCX_NEXT for r in outs)
+    assert all(r.frame_out == frame for r in outs[:-1])
+    out = outs[-1].frame_out
+    assert IPv6(out[14:]).tc == ECT0 | 0x03
+    assert out[:15] == frame[:15] and out[16:] == frame[16:]
+    assert _verdict_count(obj, L.V_MARK) == 1
+    assert _counter(obj, L.C_IPV6) == n
+
+
+@pytest.mark.root
+def test_non_ip_frames_are_counted_keyed_by_ethertype_and_policed(load_natra):
+    obj = load_natra(_configs())
+    arp = _pad(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.1.0.2"), 60)
+    vlan = _pad(Ether() / Dot1Q(vlan=7) / IP(dst="10.1.0.2") / UDP(), 200)
+    assert _send(obj, arp, T0).retval == testrun.TCX_NEXT
+    assert _send(obj, vlan, T0).retval == testrun.TCX_NEXT
+    assert _counter(obj, L.C_NON_IP) == 2
+    assert _counter(obj, L.C_IPV4) == 0
+    assert _counter(obj, L.C_FRAMES) == 2
+    assert _counter(obj, L.C_BYTES) == 60 + 200
+    assert _verdict_count(obj, L.V_PASS_MOUSE) == 2  # accounted like any mouse
+    state = maps.read_state(obj.map_fd("natra_state"), L.DIR_TO_POD)
+    assert state["backlog_nbit"] == _cost_nbit(60) + _cost_nbit(200)
+
+
+@pytest.mark.root
+def test_fragments_and_truncated_headers_are_counted(load_natra):
+    obj = load_natra(_configs())
+    frag = _pad(Ether() / IP(dst="10.1.0.2", flags="MF", frag=0) / UDP(sport=1, dport=2), 300)
+    later = _pad(Ether() / IP(dst="10.1.0.2", frag=100, proto=17) / Raw(b"x" * 8), 300)
+    # IHL says 60 header bytes, the frame holds 20 (test runs refuse IPv4 frames under 34 bytes).
+    truncated = bytes(Ether(type=0x0800)) + b"\x4f" + b"\x00" * 19
+    icmp = _pad(Ether() / IP(dst="10.1.0.2") / ICMP(), 100)
+    for frame in (frag, later, truncated, icmp):
+        assert _send(obj, frame, T0).retval == testrun.TCX_NEXT
+    assert _counter(obj, L.C_FRAGMENT) == 2
+    assert _counter(obj, L.C_TRUNCATED) == 1
+    assert _counter(obj, L.C_IPV4) == 4
+
+
+@pytest.mark.root
+def test_a_disabled_direction_passes_everything_and_keeps_no_state(load_natra):
+    obj = load_natra(_configs(from_pod=False))
+    cfg = _configs()[0]
+    n = cfg.tau_nbit // _cost_nbit() + 5  # more than the to_pod bucket could pay
+    results = [_send(obj, tcp4(sport=40004), T0, L.DIR_FROM_POD) for _ in range(n)]
+    assert all(r.retval == testrun.TCX_NEXT for r in results)
+    assert _verdict_count(obj, L.V_PASS_UNLIMITED, L.DIR_FROM_POD) == n
+    assert _counter(obj, L.C_FRAMES, L.DIR_FROM_POD) == n
+    assert _counter(obj, L.C_FRAMES, L.DIR_TO_POD) == 0
+    state = maps.read_state(obj.map_fd("natra_state"), L.DIR_FROM_POD)
+    assert state["backlog_nbit"] == 0 and state["last_ns"] == 0
+    assert all(cell == (0, 0, 0) for cell in maps.read_sketch(obj.map_fd("natra_sketch"),
+                                                               L.NDIRS * TEST_DEPTH * TEST_WIDTH))
+
+
+@pytest.mark.root
+def test_both_directions_keep_separate_buckets(load_natra):
+    obj = load_natra(_configs(from_pod=True))
+    cfg = _configs()[0]
+    can_pay = cfg.tau_nbit // _cost_nbit()
+    per_flow = (THRESHOLD_BYTES - 1) // FRAME_LEN
+    for direction in (L.DIR_TO_POD, L.DIR_FROM_POD):
+        verdicts = [_send(obj, tcp4(sport=20000 + i // per_flow), T0, direction).retval
+                    for i in range(can_pay + 1)]
+        assert verdicts == [testrun.TCX_NEXT] * can_pay + [testrun.TC_ACT_SHOT]
+
+
+@pytest.mark.root
+def test_time_comes_from_tstamp_and_drains_the_bucket(load_natra):
+    obj = load_natra(_configs())
+    cfg = _configs()[0]
+    can_pay = cfg.tau_nbit // _cost_nbit()
+    per_flow = (THRESHOLD_BYTES - 1) // FRAME_LEN
+    for i in range(can_pay):
+        _send(obj, tcp4(sport=20000 + i // per_flow), T0)
+    probe = tcp4(sport=30000)
+    assert _send(obj, probe, T0).retval == testrun.TC_ACT_SHOT
+    one_frame_ns = _cost_nbit() // cfg.rate_bps  # time the bucket needs to drain one frame
+    assert _send(obj, probe, T0 + one_frame_ns - 1).retval == testrun.TC_ACT_SHOT
+    assert _send(obj, probe, T0 + one_frame_ns).retval == testrun.TCX_NEXT
+    state = maps.read_state(obj.map_fd("natra_state"), L.DIR_TO_POD)
+    assert state["last_ns"] == T0 + one_frame_ns
+    assert state["backlog_nbit"] == cfg.tau_nbit
+    # A clock that steps back never drains nor moves `last` backwards.
+    assert _send(obj, probe, T0).retval == testrun.TC_ACT_SHOT
+    assert maps.read_state(obj.map_fd("natra_state"), L.DIR_TO_POD)["last_ns"] == T0 + one_frame_ns
+
+
+@pytest.mark.root
+def test_heavy_flow_ages_out_within_two_windows(load_natra):
+    obj = load_natra(_configs(ecn=False))
+    frame = tcp4(sport=40005)
+    mice_first = (THRESHOLD_BYTES - 1) // FRAME_LEN  # frames before the estimate reaches T
+    n = mice_first + 2
+    verdicts = [_send(obj, frame, T0).retval for _ in range(n)]
+    assert verdicts == [testrun.TCX_NEXT] * n
+    assert _verdict_count(obj, L.V_PASS_HEAVY) == 2
+    _send(obj, frame, T0 + WINDOW_NS)  # next window: prev holds its bytes, still heavy
+    assert _verdict_count(obj, L.V_PASS_HEAVY) == 3
+    _send(obj, frame, T0 + 3 * WINDOW_NS)  # two windows on: a mouse again
+    assert _verdict_count(obj, L.V_PASS_HEAVY) == 3
+    assert _verdict_count(obj, L.V_PASS_MOUSE) == mice_first + 1
