@@ -1,0 +1,335 @@
+"""The data path as the CNI plugin sees it: install, inspect, remove, list, probe.
+
+Owns: the order of the kernel steps for one container, nothing else:
+    install: find the host veth -> remove a previous install -> load the object
+             -> make the pin directory -> write meta -> pin maps and programs
+             -> attach each limited direction (links pinned) -> final meta
+    remove:  detach (tcx links; our clsact filters while the veth exists)
+             -> unpin everything -> remove the directory
+It is pure orchestration of natra.loader, natra.attach, natra.pins and
+natra.meta.
+
+Rules kept:
+- Per-container state lives only in the pin directory (its name derives from
+  the container ID), so DEL, CHECK and GC need no state file.
+- install is idempotent: a second install for the same container removes the
+  first completely before building the new one (no duplicate links or filters,
+  no leaked pins). If it fails midway it removes what it made and raises
+  DatapathError(step, cause).
+- remove succeeds when everything is already gone, when the veth or the netns
+  vanished, and when called twice.
+- inspect reports what the kernel really has (link attached to the expected
+  ifindex, our filter present and running our program), not what files exist.
+- probe answers in a few ms: no object load, no netlink.
+
+Must not know: CNI, quantities, annotations. No pyroute2 at module level: only
+the clsact path (natra.attach) imports it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from natra import attach, bpfsys, maps, meta, pins
+from natra import layout as L
+from natra.params import ConfigValues
+
+BPF_FS_MAGIC = 0xCAFE4A11
+LIBBPF_SONAME = "libbpf.so.1"
+META_VERSION = 1
+MODE_PENDING = "pending"  # meta written, attach not finished (a crash leaves this)
+
+
+class DatapathError(Exception):
+    """A data-path step failed: `step` names it, `cause` keeps the original error."""
+
+    def __init__(self, step: str, cause: BaseException | str):
+        self.step = step
+        self.cause = cause
+        super().__init__(f"{step}: {cause}")
+
+
+@dataclass(frozen=True)
+class Installed:
+    container_id: str
+    pin_dir: str  # bpffs directory holding every pin of this container
+    mode: str  # 'tcx' or 'clsact': what was really used
+    ifindex: int
+    host_ifname: str
+    directions: tuple[int, ...]
+    tcx_error: str | None = None  # why 'auto' fell back to clsact
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One direction's attachment as the kernel reports it."""
+
+    direction: int
+    attached: bool
+    detail: str  # what was found, or what is wrong
+
+
+@dataclass(frozen=True)
+class Inspection:
+    container_id: str
+    pin_dir: str
+    mode: str | None
+    ifindex: int | None
+    host_ifname: str | None
+    hooks: dict[int, Hook]
+    configs: dict[int, ConfigValues]  # read back from the pinned natra_config map
+    meta: dict
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# ---- install ----------------------------------------------------------------------
+
+def install(container_id: str, host_ifname: str, configs: Sequence[ConfigValues], *,
+            directions: set[int], mode: str = "auto", flow_table: int = 4096,
+            meta: dict | None = None, root: str | None = None,
+            object_path: str | None = None) -> Installed:
+    """Load, pin and attach Natra for one container (replacing a previous install)."""
+    from natra import loader  # libbpf binding: only install needs it
+
+    try:
+        pd = pins.pin_dir(container_id, root)
+    except pins.PinError as e:
+        raise DatapathError("container id", e) from e
+    wanted = tuple(sorted(directions))
+    if not wanted or any(d not in L.DIRECTION_NAMES for d in wanted):
+        raise DatapathError("directions", f"{sorted(directions)} must be a non-empty subset of "
+                            f"{sorted(L.DIRECTION_NAMES)}")
+    if mode not in attach.MODES:
+        raise DatapathError("attach mode", f"unknown mode {mode!r} (one of {', '.join(attach.MODES)})")
+    try:
+        ifindex = socket.if_nametoindex(host_ifname)
+    except OSError as e:
+        raise DatapathError(f"find host interface {host_ifname}", e) from e
+    if pd.exists():
+        remove(container_id, root=root)
+
+    record = {**(meta or {}), "version": META_VERSION, "container_id": container_id,
+              "host_ifname": host_ifname, "ifindex": ifindex, "mode": MODE_PENDING,
+              "requested_mode": mode, "directions": list(wanted), "created_qdisc": False,
+              "flow_table": flow_table}
+    step = "load object"
+    obj = None
+    try:
+        obj = loader.BpfObject.load(configs, flow_table=flow_table, path=object_path)
+        step = f"make pin directory {pd.path}"
+        pins.make(pd)
+        step = "write meta"
+        _write_meta(pd, record)
+        step = "pin maps"
+        obj.pin_maps(pd.path)
+        step = "pin programs"
+        for direction in wanted:
+            bpfsys.obj_pin(obj.prog_fd(direction), pd.prog(direction))
+        for name in pd.entries():
+            pins.secure(os.path.join(pd.path, name))
+        used, tcx_error = mode, None
+        for direction in wanted:
+            step = f"attach {L.DIRECTION_NAMES[direction]}"
+            done = attach.attach(obj.prog_fd(direction), ifindex, direction, mode=used,
+                                 link_pin=pd.link(direction), name=L.PROG_NAMES[direction])
+            used, tcx_error = done.mode, tcx_error or done.tcx_error
+            record["created_qdisc"] = record["created_qdisc"] or done.created_qdisc
+            record["mode"] = used  # known after the first hook; kept for cleanup
+            step = "write meta"
+            _write_meta(pd, record)
+        record["tcx_error"] = tcx_error
+        _write_meta(pd, record)
+    except BaseException as e:
+        _undo(container_id, root)
+        if isinstance(e, attach.AttachError):
+            raise DatapathError(e.step, e.cause) from e
+        if isinstance(e, Exception):
+            raise DatapathError(step, e) from e
+        raise
+    finally:
+        if obj is not None:
+            obj.close()
+    return Installed(container_id=container_id, pin_dir=pd.path, mode=used, ifindex=ifindex,
+                     host_ifname=host_ifname, directions=wanted, tcx_error=tcx_error)
+
+
+def _write_meta(pd: pins.PinDir, record: dict) -> None:
+    meta.write(pd.meta, record)
+
+
+def _undo(container_id: str, root: str | None) -> None:
+    """Best-effort removal after a failed install; the install's error wins."""
+    try:
+        remove(container_id, root=root)
+    except Exception:  # noqa: BLE001 - the caller raises the original failure
+        pass
+
+
+# ---- remove -------------------------------------------------------------------------
+
+def _same_interface(ifindex: int | None, ifname: str | None) -> bool:
+    """True if `ifindex` still exists and still carries the name it had at install."""
+    if not ifindex:
+        return False
+    try:
+        return socket.if_indextoname(ifindex) == ifname
+    except OSError:
+        return False
+
+
+def remove(container_id: str, *, root: str | None = None) -> None:
+    """Detach and unpin everything of this container; fine if it is already gone."""
+    try:
+        pd = pins.pin_dir(container_id, root)
+    except pins.PinError as e:
+        raise DatapathError("container id", e) from e
+    if not pd.exists():
+        return
+    record = meta.read(pd.meta) or {}
+    for direction in L.DIRECTION_NAMES:
+        try:
+            attach.detach_tcx(pd.link(direction))
+        except attach.AttachError:
+            pass  # unpinning below drops the last reference, which detaches it too
+    if record.get("mode") != attach.MODE_TCX and _same_interface(record.get("ifindex"),
+                                                                 record.get("host_ifname")):
+        present = [d for d in L.DIRECTION_NAMES if os.path.exists(pd.prog(d))]
+        for i, direction in enumerate(present):
+            try:
+                attach.detach_clsact(record["ifindex"], direction,
+                                     prog_id=attach.pinned_prog_id(pd.prog(direction)),
+                                     delete_qdisc=bool(record.get("created_qdisc")) and i == len(present) - 1)
+            except attach.AttachError as e:
+                raise DatapathError(e.step, e.cause) from e
+    try:
+        pins.clear(pd)
+    except OSError as e:
+        raise DatapathError(f"unpin {pd.path}", e) from e
+
+
+# ---- inspect ------------------------------------------------------------------------
+
+def _read_configs(pd: pins.PinDir) -> dict[int, ConfigValues]:
+    try:
+        fd = bpfsys.obj_get(pd.map("natra_config"))
+    except OSError:
+        return {}
+    try:
+        return {direction: maps.read_config(fd, direction) for direction in L.DIRECTION_NAMES}
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
+
+
+def _tcx_hook(pd: pins.PinDir, direction: int, ifindex: int | None) -> Hook:
+    link = attach.tcx_link(pd.link(direction))
+    want_prog = attach.pinned_prog_id(pd.prog(direction))
+    if link is None:
+        return Hook(direction, False, f"no tcx link pinned at {pd.link(direction)}")
+    if link.ifindex == 0:
+        return Hook(direction, False, f"tcx link {link.link_id} is defunct (its device is gone)")
+    if link.ifindex != ifindex or link.attach_type != attach.TCX_ATTACH_TYPE[direction]:
+        return Hook(direction, False, f"tcx link {link.link_id} is on ifindex {link.ifindex} "
+                    f"type {link.attach_type}, expected ifindex {ifindex} "
+                    f"type {attach.TCX_ATTACH_TYPE[direction]}")
+    if want_prog is not None and link.prog_id != want_prog:
+        return Hook(direction, False,
+                    f"tcx link {link.link_id} runs prog {link.prog_id}, not ours ({want_prog})")
+    return Hook(direction, True, f"tcx {attach.HOOK_NAME[direction]} link {link.link_id} prog {link.prog_id}")
+
+
+def _clsact_hook(pd: pins.PinDir, direction: int, ifindex: int | None) -> Hook:
+    want_prog = attach.pinned_prog_id(pd.prog(direction))
+    found = attach.our_clsact_filter(ifindex, direction) if ifindex else None
+    hook = attach.HOOK_NAME[direction]
+    if found is None:
+        return Hook(direction, False, f"no natra filter (prio {attach.CLSACT_PRIO}) on clsact {hook} "
+                    f"of ifindex {ifindex}")
+    if found.prog_id != want_prog:
+        return Hook(direction, False,
+                    f"clsact {hook} filter runs prog {found.prog_id}, not ours ({want_prog})")
+    return Hook(direction, True, f"clsact {hook} filter prio {found.prio} prog {found.prog_id}")
+
+
+def inspect(container_id: str, *, root: str | None = None) -> Inspection | None:
+    """What is really installed for this container, or None if it has no pin directory."""
+    try:
+        pd = pins.pin_dir(container_id, root)
+    except pins.PinError as e:
+        raise DatapathError("container id", e) from e
+    if not pd.exists():
+        return None
+    record = meta.read(pd.meta) or {}
+    problems = [] if record else [f"no readable meta record at {pd.meta}"]
+    mode, ifindex, ifname = record.get("mode"), record.get("ifindex"), record.get("host_ifname")
+    if record and not _same_interface(ifindex, ifname):
+        problems.append(f"host interface {ifname} (ifindex {ifindex}) is gone")
+    hooks = {}
+    for direction in record.get("directions", []):
+        if mode == attach.MODE_TCX:
+            hooks[direction] = _tcx_hook(pd, direction, ifindex)
+        elif mode == attach.MODE_CLSACT:
+            hooks[direction] = _clsact_hook(pd, direction, ifindex)
+        else:
+            hooks[direction] = Hook(direction, False, f"install did not finish (mode {mode!r})")
+        if not hooks[direction].attached:
+            problems.append(f"{L.DIRECTION_NAMES[direction]}: {hooks[direction].detail}")
+    configs = _read_configs(pd)
+    if not configs:
+        problems.append(f"no readable natra_config map in {pd.path}")
+    return Inspection(container_id=container_id, pin_dir=pd.path, mode=mode, ifindex=ifindex,
+                      host_ifname=ifname, hooks=hooks, configs=configs, meta=record, problems=problems)
+
+
+# ---- list and probe -------------------------------------------------------------------
+
+def list_installed(*, root: str | None = None) -> list[str]:
+    """Container IDs that have a pin directory (what GC compares with the valid list)."""
+    return pins.list_containers(root)
+
+
+class _StatFs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
+
+
+def _fs_type(path: str) -> int | None:
+    buf = _StatFs()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+        return None
+    return buf.f_type & 0xFFFFFFFF
+
+
+def probe(*, root: str | None = None) -> list[str]:
+    """Problems that make an install impossible here; [] means ready. A few ms."""
+    problems = []
+    base = pins.resolve_root(root)
+    existing = base
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing) or "/"
+    if _fs_type(existing) != BPF_FS_MAGIC:
+        problems.append(f"bpffs is not mounted at {existing} (needed for {base}): "
+                        f"mount -t bpf bpf {existing}")
+    try:
+        from natra import loader
+
+        loader.object_path()
+    except FileNotFoundError as e:
+        problems.append(f"BPF object missing: {e}")
+    except Exception as e:  # noqa: BLE001 - any import failure makes ADD impossible
+        problems.append(f"loader unavailable: {e}")
+    try:
+        ctypes.CDLL(LIBBPF_SONAME)
+    except OSError as e:
+        problems.append(f"{LIBBPF_SONAME} missing (apt-get install libbpf1): {e}")
+    return problems
+

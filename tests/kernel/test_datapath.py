@@ -1,0 +1,280 @@
+"""Tests of natra/datapath.py, the facade the CNI plugin calls, on real veths.
+
+Each test gets a private bpffs instance (unmounted afterwards, so even a
+failing test leaves no pin) and a throw-away veth. What is attached is read
+back from the kernel (BPF_PROG_QUERY, netlink filter dumps, `tc qdisc`), not
+only from the pin directory.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+import netns
+import pytest
+
+from natra import attach, bpfsys, datapath, meta, pins
+from natra import layout as L
+from natra.params import params_for, to_config
+
+
+def _skip_reason() -> str | None:
+    reason = netns.have_root_kernel()
+    if reason:
+        return reason
+    from natra.loader import LoadError, object_path
+
+    try:
+        object_path()
+    except LoadError as e:
+        return str(e)
+    return None
+
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))]
+
+MODES = ["tcx", "clsact"]
+BOTH = {L.DIR_TO_POD, L.DIR_FROM_POD}
+CID = "0123abcd.pod-1_x"
+POD_META = {"pod_namespace": "default", "pod_name": "web-1", "pod_uid": "6f1c", "ifname": "eth0"}
+PROBE_BUDGET_S = 0.020  # the brief's "fast": containerd polls STATUS
+
+
+def configs(to_pod_bps: int | None = 10_000_000, from_pod_bps: int | None = 20_000_000):
+    return [to_config(params_for(r) if r else None) for r in (to_pod_bps, from_pod_bps)]
+
+
+@pytest.fixture
+def root():
+    with netns.private_bpffs() as mnt:
+        yield os.path.join(mnt, "natra")
+        # The (empty) root directory may stay, as /sys/fs/bpf/natra does on a node.
+        assert set(netns.bpffs_entries(mnt)) <= netns.BPFFS_PRESETS | {"natra"}
+
+
+@pytest.fixture
+def veth():
+    with netns.endpoint("d", netns.unique_tag(), quiet=True, address=False) as ep:
+        yield ep
+
+
+def attached_programs(ep: netns.Endpoint) -> dict[str, list[int]]:
+    """Every program on the veth's four hooks, as the kernel reports them."""
+    idx = ep.host_ifindex
+    out = {}
+    for d in (L.DIR_TO_POD, L.DIR_FROM_POD):
+        out[f"tcx {attach.HOOK_NAME[d]}"] = attach.tcx_prog_ids(idx, d)
+        out[f"clsact {attach.HOOK_NAME[d]}"] = [f.prog_id for f in attach.clsact_filters(idx, d)]
+    return out
+
+
+def nothing_attached(ep: netns.Endpoint) -> bool:
+    return (not any(attached_programs(ep).values())
+            and "clsact" not in netns.run("tc", "qdisc", "show", "dev", ep.host_if))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_install_inspect_remove(root, veth, mode):
+    cfgs = configs()
+    done = datapath.install(CID, veth.host_if, cfgs, directions=BOTH, mode=mode, meta=POD_META, root=root)
+    assert done.mode == mode and done.ifindex == veth.host_ifindex and done.directions == (0, 1)
+    assert os.path.isdir(done.pin_dir) and "." not in os.path.basename(done.pin_dir)
+
+    progs = attached_programs(veth)
+    for d in BOTH:
+        ours = attach.pinned_prog_id(pins.pin_dir(CID, root).prog(d))
+        assert progs[f"{mode} {attach.HOOK_NAME[d]}"] == [ours]
+    other = "clsact" if mode == "tcx" else "tcx"
+    assert all(progs[f"{other} {h}"] == [] for h in ("egress", "ingress"))
+
+    seen = datapath.inspect(CID, root=root)
+    assert seen.ok, seen.problems
+    assert seen.mode == mode and seen.ifindex == veth.host_ifindex and seen.host_ifname == veth.host_if
+    assert all(seen.hooks[d].attached for d in BOTH)
+    assert seen.configs == {0: cfgs[0], 1: cfgs[1]}
+    assert {k: seen.meta[k] for k in POD_META} == POD_META
+    assert seen.meta["container_id"] == CID and seen.meta["mode"] == mode
+    assert datapath.list_installed(root=root) == [CID]
+
+    datapath.remove(CID, root=root)
+    assert nothing_attached(veth)
+    assert datapath.inspect(CID, root=root) is None
+    assert datapath.list_installed(root=root) == []
+    assert os.listdir(root) == []
+
+
+def test_pins_are_private(root, veth):
+    done = datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode="tcx", root=root)
+    assert stat.S_IMODE(os.stat(done.pin_dir).st_mode) == pins.DIR_MODE
+    names = sorted(os.listdir(done.pin_dir))
+    assert names == sorted(["link_to_pod", "link_from_pod", "prog_to_pod", "prog_from_pod", "meta",
+                            *L.MAP_NAMES])
+    for name in names:
+        assert stat.S_IMODE(os.stat(os.path.join(done.pin_dir, name)).st_mode) == pins.PIN_MODE, name
+    datapath.remove(CID, root=root)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_install_twice_replaces(root, veth, mode):
+    datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode=mode, root=root)
+    first = attached_programs(veth)
+    new_cfgs = configs(30_000_000, None)
+    datapath.install(CID, veth.host_if, new_cfgs, directions={L.DIR_TO_POD}, mode=mode, root=root)
+    now = attached_programs(veth)
+    assert len(now[f"{mode} egress"]) == 1 and now[f"{mode} egress"] != first[f"{mode} egress"]
+    assert now[f"{mode} ingress"] == []  # the direction no longer limited is gone
+    seen = datapath.inspect(CID, root=root)
+    assert seen.ok, seen.problems
+    assert seen.configs[L.DIR_TO_POD] == new_cfgs[0]
+    links = ["link_to_pod"] if mode == "tcx" else []
+    assert sorted(os.listdir(seen.pin_dir)) == sorted([*links, "prog_to_pod", "meta", *L.MAP_NAMES])
+    datapath.remove(CID, root=root)
+    assert nothing_attached(veth)
+
+
+def test_switching_mode_on_reinstall_leaves_no_trace_of_the_old_mode(root, veth):
+    datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode="clsact", root=root)
+    datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode="tcx", root=root)
+    progs = attached_programs(veth)
+    assert progs["clsact egress"] == progs["clsact ingress"] == []
+    assert "clsact" not in netns.run("tc", "qdisc", "show", "dev", veth.host_if)
+    assert len(progs["tcx egress"]) == len(progs["tcx ingress"]) == 1
+    datapath.remove(CID, root=root)
+    assert nothing_attached(veth)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_remove_after_the_veth_is_gone(root, mode):
+    with netns.endpoint("d", netns.unique_tag(), quiet=True, address=False) as ep:
+        datapath.install(CID, ep.host_if, configs(), directions=BOTH, mode=mode, root=root)
+    # The netns and the veth are deleted now.
+    seen = datapath.inspect(CID, root=root)
+    assert not seen.ok and any("is gone" in p for p in seen.problems)
+    datapath.remove(CID, root=root)
+    datapath.remove(CID, root=root)
+    assert datapath.list_installed(root=root) == []
+
+
+def test_remove_twice_and_remove_unknown(root, veth):
+    datapath.remove("never-installed", root=root)
+    datapath.install(CID, veth.host_if, configs(), directions=BOTH, root=root)
+    datapath.remove(CID, root=root)
+    datapath.remove(CID, root=root)
+    assert nothing_attached(veth)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_inspect_sees_drift(root, veth, mode):
+    """Something else took our program off the veth: CHECK must notice."""
+    pd = pins.pin_dir(CID, root)
+    datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode=mode, root=root)
+    if mode == "tcx":
+        fd = bpfsys.obj_get(pd.link(L.DIR_TO_POD))
+        try:
+            bpfsys.link_detach(fd)
+        finally:
+            os.close(fd)
+    else:
+        netns.run("tc", "filter", "del", "dev", veth.host_if, "egress", "prio", str(attach.CLSACT_PRIO))
+    seen = datapath.inspect(CID, root=root)
+    assert not seen.ok
+    assert not seen.hooks[L.DIR_TO_POD].attached and seen.hooks[L.DIR_FROM_POD].attached
+    assert len(seen.problems) == 1 and seen.problems[0].startswith("to_pod:")
+    datapath.remove(CID, root=root)
+    assert nothing_attached(veth)
+
+
+def test_auto_uses_tcx_on_this_kernel(root, veth):
+    done = datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode="auto", root=root)
+    assert done.mode == "tcx" and done.tcx_error is None
+    assert datapath.inspect(CID, root=root).meta["requested_mode"] == "auto"
+    datapath.remove(CID, root=root)
+
+
+def test_list_installed_finds_every_container(root, veth):
+    ids = ["c1", "c.2", "c_3"]
+    for cid in ids:  # three installs on one veth: clsact prio is shared, so use tcx
+        datapath.install(cid, veth.host_if, configs(), directions={L.DIR_TO_POD}, mode="tcx", root=root)
+    assert datapath.list_installed(root=root) == sorted(ids)
+    assert len(attach.tcx_prog_ids(veth.host_ifindex, L.DIR_TO_POD)) == 3
+    for cid in ids:
+        datapath.remove(cid, root=root)
+    assert datapath.list_installed(root=root) == []
+    assert nothing_attached(veth)
+
+
+def test_failure_before_any_pin_leaves_nothing(root, veth):
+    with pytest.raises(datapath.DatapathError) as info:
+        datapath.install(CID, "nt3-absent0", configs(), directions=BOTH, root=root)
+    assert info.value.step == "find host interface nt3-absent0"
+    with pytest.raises(datapath.DatapathError) as info:
+        datapath.install(CID, veth.host_if, configs(), directions=BOTH, root=root,
+                         object_path="/nonexistent/natra.bpf.o")
+    assert info.value.step == "load object" and "does not exist" in str(info.value)
+    assert datapath.list_installed(root=root) == []
+    assert nothing_attached(veth)
+
+
+def test_failure_midway_removes_what_was_made(tmp_path, veth):
+    """A root that is not bpffs: the directory is made, then pinning fails (EPERM)."""
+    root = str(tmp_path / "natra")
+    with pytest.raises(datapath.DatapathError) as info:
+        datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode="tcx", root=root)
+    assert info.value.step == "write meta"
+    assert os.listdir(root) == []
+    assert nothing_attached(veth)
+
+
+@pytest.mark.parametrize("bad", [{"directions": set()}, {"directions": {5}}, {"mode": "xdp"}])
+def test_bad_arguments_are_refused_before_touching_anything(root, veth, bad):
+    args = {"directions": BOTH, "mode": "auto", **bad}
+    with pytest.raises(datapath.DatapathError):
+        datapath.install(CID, veth.host_if, configs(), root=root, **args)
+    assert not os.path.exists(root)
+
+
+def test_invalid_container_id(root):
+    for call in (lambda: datapath.remove("bad/id", root=root), lambda: datapath.inspect("", root=root)):
+        with pytest.raises(datapath.DatapathError) as info:
+            call()
+        assert info.value.step == "container id"
+
+
+def test_meta_record_survives_in_bpffs(root):
+    os.makedirs(root)
+    path = os.path.join(root, "meta")
+    meta.write(path, {"a": 1})
+    meta.write(path, {"a": 2, "b": "x"})  # overwrite in place
+    assert meta.read(path) == {"a": 2, "b": "x"}
+    assert stat.S_IMODE(os.stat(path).st_mode) == pins.PIN_MODE
+    assert meta.read(os.path.join(root, "absent")) is None
+    os.unlink(path)
+    os.rmdir(root)
+
+
+def test_probe_is_ready_and_fast(root):
+    assert datapath.probe(root=root) == []
+    times = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        datapath.probe(root=root)
+        times.append(time.perf_counter() - t0)
+    assert sorted(times)[len(times) // 2] < PROBE_BUDGET_S
+
+
+def test_probe_reports_a_missing_bpffs(tmp_path):
+    problems = datapath.probe(root=str(tmp_path / "natra"))
+    assert len(problems) == 1 and "bpffs is not mounted" in problems[0]
+
+
+def test_overlong_container_id_is_found_through_its_meta(root, veth):
+    cid = "k8s." + "x" * 300  # its encoded name would pass NAME_MAX: the directory is hashed
+    done = datapath.install(cid, veth.host_if, configs(), directions={L.DIR_TO_POD}, mode="tcx", root=root)
+    assert os.path.basename(done.pin_dir).startswith(pins.HASHED_PREFIX)
+    assert datapath.list_installed(root=root) == [cid]
+    assert datapath.inspect(cid, root=root).ok
+    datapath.remove(cid, root=root)
+    assert datapath.list_installed(root=root) == []
+    assert nothing_attached(veth)

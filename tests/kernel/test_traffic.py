@@ -1,0 +1,145 @@
+"""Real TCP through the limited host veth: conformance (R*t + B) and goodput (> 80 % of R).
+
+A "remote node" namespace and a "Pod" namespace are joined through the host
+(tests/kernel/netns.py), Natra is installed on the Pod's host veth through the
+facade (natra/datapath.py) in tcx and in clsact mode, and iperf3 runs a few
+seconds of bulk TCP: remote -> Pod (DIR_TO_POD, host-veth egress) and
+Pod -> remote (DIR_FROM_POD, host-veth ingress). The receiving iperf3 reports
+bytes per interval (JSON); every run of consecutive intervals must stay within
+R*t + B (R the rate in bytes/s, B the burst Natra applied), and the whole
+transfer must reach 80 % of R. iperf3 counts TCP payload only, so headers give
+the check a few % of room that the kernel does not have.
+
+Measured goodput ratios are printed (run with -s to see them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import netns
+import pytest
+
+from natra import datapath, maps, pins
+from natra import layout as L
+from natra.params import params_for, to_config
+
+
+def _skip_reason() -> str | None:
+    reason = netns.have_root_kernel()
+    if reason:
+        return reason
+    if not _which("iperf3"):
+        return "needs iperf3"
+    from natra.loader import LoadError, object_path
+
+    try:
+        object_path()
+    except LoadError as e:
+        return str(e)
+    return None
+
+
+def _which(tool: str) -> bool:
+    import shutil
+
+    return shutil.which(tool) is not None
+
+
+pytestmark = [pytest.mark.root, pytest.mark.slow,
+              pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))]
+
+DURATION_S = 3  # per run; 8 runs keep the module near 30 s
+INTERVAL_S = 0.5  # iperf3's reporting interval
+MIN_GOODPUT_RATIO = 0.80
+STEADY_AFTER_S = 1.0  # the default burst (500 ms of R) is spent by then
+SERVER_START_S = 0.3  # time the iperf3 server needs to listen
+PORT = 5301
+CID = "nt3-traffic"
+
+
+@pytest.fixture(scope="module")
+def topology():
+    with netns.pod_and_remote() as t:
+        yield t
+
+
+@pytest.fixture
+def root():
+    with netns.private_bpffs() as mnt:
+        yield os.path.join(mnt, "natra")
+
+
+def iperf(topology: netns.Topology, direction: int) -> dict:
+    """Bulk TCP in `direction`; returns the receiving server's JSON report."""
+    if direction == L.DIR_TO_POD:
+        receiver, sender = topology.pod, topology.remote
+    else:
+        receiver, sender = topology.remote, topology.pod
+    with netns.process(["iperf3", "-s", "-1", "-J", "-p", str(PORT)], ns=receiver.ns) as server:
+        time.sleep(SERVER_START_S)
+        netns.run("iperf3", "-c", receiver.ip, "-p", str(PORT), "-t", str(DURATION_S), "-i", str(INTERVAL_S),
+                  "-J", ns=sender.ns, timeout=DURATION_S + 20)
+        out, err = server.communicate(timeout=20)
+    assert server.returncode == 0, err
+    return json.loads(out)
+
+
+def worst_excess(intervals: list[tuple[float, float, int]], rate_bytes: float, burst_bytes: float) -> float:
+    """max over runs of consecutive intervals of bytes - (R*t + B); <= 0 means conforming."""
+    worst = float("-inf")
+    for i in range(len(intervals)):
+        total = 0
+        for j in range(i, len(intervals)):
+            total += intervals[j][2]
+            span = intervals[j][1] - intervals[i][0]
+            worst = max(worst, total - (rate_bytes * span + burst_bytes))
+    return worst
+
+
+RATES = {"10M": 10_000_000, "100M": 100_000_000}
+CASES = [(mode, rate, d) for d in (L.DIR_TO_POD, L.DIR_FROM_POD)
+         for mode in ("tcx", "clsact") for rate in RATES]
+
+
+@pytest.mark.parametrize("mode, rate, direction", CASES,
+                         ids=[f"{L.DIRECTION_NAMES[d]}-{m}-{r}" for m, r, d in CASES])
+def test_tcp_stays_within_the_limit_and_reaches_it(topology, root, mode, rate, direction):
+    rate_bps = RATES[rate]
+    params = params_for(rate_bps)
+    cfgs = [to_config(params if d == direction else None) for d in (L.DIR_TO_POD, L.DIR_FROM_POD)]
+    done = datapath.install(CID, topology.pod.host_if, cfgs, directions={direction}, mode=mode, root=root)
+    try:
+        assert done.mode == mode
+        report = iperf(topology, direction)
+        fd_path = pins.pin_dir(CID, root).map("natra_counters")
+        from natra import bpfsys
+
+        fd = bpfsys.obj_get(fd_path)
+        try:
+            counters = maps.read_counters(fd, direction)
+        finally:
+            os.close(fd)
+    finally:
+        datapath.remove(CID, root=root)
+
+    intervals = [(iv["sum"]["start"], iv["sum"]["end"], iv["sum"]["bytes"]) for iv in report["intervals"]]
+    rate_bytes, burst_bytes = rate_bps / 8, params.burst_bits / 8
+    excess = worst_excess(intervals, rate_bytes, burst_bytes)
+    received = report["end"]["sum_received"]
+    goodput_ratio = received["bytes"] * 8 / received["seconds"] / rate_bps
+    # After the first second the initial burst B is spent: what TCP sustains at R.
+    steady = [iv for iv in intervals if iv[0] >= STEADY_AFTER_S]
+    steady_ratio = sum(b for _, _, b in steady) * 8 / (steady[-1][1] - steady[0][0]) / rate_bps
+    drops = sum(counters[L.verdict_packets_index(v)] for v in L.DROPPING_VERDICTS)
+    marks = counters[L.verdict_packets_index(L.V_MARK)]
+    print(f"\n{L.DIRECTION_NAMES[direction]} {mode} {rate}: goodput {goodput_ratio:.3f} of R over "
+          f"{received['seconds']:.2f} s ({steady_ratio:.3f} after {STEADY_AFTER_S:.0f} s), "
+          f"worst window {excess / 1e3:+.0f} kB vs R*t+B, "
+          f"frames {counters[L.C_FRAMES]}, drops {drops}, CE marks {marks}")
+    assert counters[L.C_FRAMES] > 0  # the traffic really crossed our program
+    assert excess <= 0, f"{excess:.0f} bytes above R*t+B"
+    assert goodput_ratio > MIN_GOODPUT_RATIO
+    assert steady_ratio > MIN_GOODPUT_RATIO
