@@ -1,0 +1,235 @@
+"""Carry a Plan out: the only part of the plugin with effects.
+
+Owns: the peer check (the host interface named in prevResult must be the veth
+peer of CNI_IFNAME inside the Pod's namespace), the calls into natra.datapath
+for each command, the fail-open rule and its marker files (so a CHECK right
+after a failed-open ADD passes, as CRI-O needs), and the log line each
+command leaves.
+Rule: after a request is understood, ADD and DEL never fail: every error is
+one log line and the Pod keeps working unlimited. Only CHECK, STATUS and GC
+report kernel problems, as CNI errors. natra.datapath is imported lazily so
+the pure core never needs it.
+Must not know: how limits are read or configs computed (the Plan says it),
+how results are printed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from natra import layout as L
+from natra.cni.errors import CniError, Kind
+from natra.cni.log import Log
+from natra.cni.plan import Attachment, Plan, drift, keeps
+
+FAIL_OPEN_DIR = "fail-open"  # under Settings.state_dir: one file per failed-open container
+
+
+class FailOpen(Exception):
+    """Limiting this Pod is impossible; the message is the log line's cause."""
+
+
+def _datapath():
+    try:
+        from natra import datapath
+    except Exception as exc:  # noqa: BLE001 - a broken install must not break Pods
+        raise FailOpen(f"natra.datapath cannot be imported: {exc}") from exc
+    return datapath
+
+
+def _marker(plan: Plan) -> str:
+    return os.path.join(plan.settings.state_dir, FAIL_OPEN_DIR, plan.container_id)
+
+
+def _write_marker(plan: Plan, cause: str) -> None:
+    path = _marker(plan)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(cause + "\n")
+    except OSError:
+        pass  # CHECK will report the missing state instead; ADD still succeeds
+
+
+def _read_marker(plan: Plan) -> str | None:
+    try:
+        with open(_marker(plan)) as f:
+            return f.read().strip() or "unknown cause"
+    except OSError:
+        return None
+
+
+def _clear_marker(plan: Plan) -> None:
+    try:
+        os.unlink(_marker(plan))
+    except OSError:
+        pass
+
+
+def host_interface(attachment: Attachment) -> str:
+    """The prevResult host interface that really is the peer of the Pod's interface."""
+    from natra import netlink
+
+    try:
+        peer = netlink.peer_ifindex(attachment.netns, attachment.pod_ifname)
+        name = socket.if_indextoname(peer)
+    except OSError as exc:
+        raise FailOpen(f"peer check: cannot find the peer of {attachment.pod_ifname} "
+                       f"in {attachment.netns}: {exc}") from exc
+    if name not in attachment.host_candidates:
+        raise FailOpen(f"peer check: the peer of {attachment.pod_ifname} is {name} (ifindex {peer}), "
+                       f"which prevResult does not list (host interfaces: "
+                       f"{', '.join(attachment.host_candidates) or 'none'})")
+    return name
+
+
+def _describe(attachment: Attachment) -> str:
+    parts = []
+    for direction in sorted(attachment.directions):
+        name = L.DIRECTION_NAMES[direction]
+        limit = attachment.meta.get("limits", {}).get(name, {})
+        parts.append(f"{name} {limit.get('rate_bps')} bit/s burst {limit.get('burst_bits')} bits")
+    return "; ".join(parts)
+
+
+def add(plan: Plan, log: Log, now: int) -> dict:
+    """Limit the Pod if it has limits; return the result to print. Never raises."""
+    for note in plan.notes:
+        log.warn(now, note)
+    attachment = plan.attachment
+    try:
+        if plan.cause:
+            raise FailOpen(plan.cause)
+        if attachment is None:
+            log.info(now, "ADD: no bandwidth limits; result passed through")
+            return plan.result
+        host = host_interface(attachment)
+        datapath = _datapath()
+        settings = plan.settings
+        try:
+            installed = datapath.install(
+                attachment.container_id, host, attachment.configs, directions=set(attachment.directions),
+                mode=attachment.mode, flow_table=attachment.flow_table, meta=dict(attachment.meta),
+                root=settings.bpffs_root, object_path=settings.object_path)
+        except Exception as exc:  # noqa: BLE001 - DatapathError and anything unforeseen
+            raise FailOpen(f"data path: {exc}") from exc
+    except FailOpen as exc:
+        _cleanup_after_failure(plan, log, now)
+        _write_marker(plan, str(exc))
+        log.error(now, f"ADD failed open, Pod is NOT limited: {exc}")
+        return plan.result
+    _clear_marker(plan)
+    log.info(now, f"ADD: limited {_describe(attachment)} on {host} via {installed.mode}"
+             + (f" (tcx unavailable: {installed.tcx_error})" if installed.tcx_error else ""))
+    return plan.result
+
+
+def _cleanup_after_failure(plan: Plan, log: Log, now: int) -> None:
+    """Leave nothing half-made behind a failed ADD (a previous ADD's state included)."""
+    try:
+        _datapath().remove(plan.container_id, root=plan.settings.bpffs_root)
+    except Exception as exc:  # noqa: BLE001 - the Pod works without us; say so and go on
+        log.warn(now, f"cleanup after failed ADD: {exc}")
+
+
+def delete(plan: Plan, log: Log, now: int) -> None:
+    """Remove everything of this container. Never raises."""
+    for note in plan.notes:
+        log.warn(now, note)
+    _clear_marker(plan)
+    try:
+        _datapath().remove(plan.container_id, root=plan.settings.bpffs_root)
+    except Exception as exc:  # noqa: BLE001 - DEL must succeed; GC retries later
+        log.error(now, f"DEL: could not remove everything (GC will retry): {exc}")
+        return
+    log.info(now, "DEL: removed")
+
+
+def check(plan: Plan, log: Log, now: int) -> None:
+    """Compare the kernel with the plan; CniError(100-102) on drift."""
+    attachment = plan.attachment
+    if attachment is None:
+        return
+    earlier = plan.cause or _read_marker(plan)
+    try:
+        inspection = _datapath().inspect(plan.container_id, root=plan.settings.bpffs_root)
+    except Exception as exc:  # noqa: BLE001
+        if earlier:
+            log.warn(now, f"CHECK passes: ADD failed open ({earlier}); state unreadable: {exc}")
+            return
+        raise CniError.of(Kind.STATE_UNREADABLE, "cannot read Natra's kernel state", str(exc)) from exc
+    if inspection is None:
+        if earlier:
+            log.warn(now, f"CHECK passes: ADD failed open earlier, Pod is not limited: {earlier}")
+            return
+        raise CniError.of(Kind.STATE_MISSING, "Natra state missing",
+                          f"container {plan.container_id} has bandwidth limits but no Natra "
+                          "programs or pins (ADD not run, or removed since)")
+    attached = [d for d, hook in inspection.hooks.items() if hook.attached]
+    problems = list(inspection.problems) + drift(attachment, inspection.mode, attached, inspection.configs)
+    if attachment.host_candidates and inspection.host_ifname not in attachment.host_candidates:
+        problems.append(f"attached to {inspection.host_ifname}, prevResult lists "
+                        f"{', '.join(attachment.host_candidates)}")
+    if problems:
+        raise CniError.of(Kind.STATE_DRIFT, "Natra state differs from the config", "; ".join(problems))
+    log.info(now, f"CHECK: {inspection.mode} programs and configs match on {inspection.host_ifname}")
+
+
+def status(plan: Plan, log: Log, now: int) -> None:
+    """Silent when ready (containerd polls it every few seconds); CniError(50) otherwise."""
+    try:
+        problems = _datapath().probe(root=plan.settings.bpffs_root)
+    except FailOpen as exc:
+        problems = [str(exc)]
+    except Exception as exc:  # noqa: BLE001
+        problems = [f"probe failed: {exc}"]
+    if plan.settings.object_path and not os.path.isfile(plan.settings.object_path):
+        problems.append(f"BPF object {plan.settings.object_path} (objectPath) does not exist")
+    if problems:
+        raise CniError.of(Kind.NOT_AVAILABLE, "Natra cannot limit Pods on this node", "; ".join(problems))
+
+
+def gc(plan: Plan, log: Log, now: int) -> None:
+    """Remove every installed container GC's valid list does not name."""
+    datapath = _datapath()
+    root = plan.settings.bpffs_root
+    failed = []
+    try:
+        installed = datapath.list_installed(root=root)
+    except Exception as exc:  # noqa: BLE001
+        raise CniError.of(Kind.IO_FAILURE, "cannot list Natra's pinned state", str(exc)) from exc
+    removed = 0
+    for container_id in installed:
+        ifname = None
+        try:
+            found = datapath.inspect(container_id, root=root)
+            ifname = (found.meta or {}).get("ifname") if found else None
+        except Exception:  # noqa: BLE001 - unreadable state is stale state
+            pass
+        if keeps(plan, container_id, ifname):
+            continue
+        try:
+            datapath.remove(container_id, root=root)
+            removed += 1
+        except Exception as exc:  # noqa: BLE001
+            failed.append(f"{container_id}: {exc}")
+    _gc_markers(plan)
+    log.info(now, f"GC: removed {removed} stale of {len(installed)} installed")
+    if failed:
+        raise CniError.of(Kind.GC_INCOMPLETE, "GC could not remove every stale attachment", "; ".join(failed))
+
+
+def _gc_markers(plan: Plan) -> None:
+    directory = os.path.join(plan.settings.state_dir, FAIL_OPEN_DIR)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    valid = {cid for cid, _ in plan.keep}
+    for name in names:
+        if name not in valid:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass

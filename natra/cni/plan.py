@@ -1,0 +1,199 @@
+"""Decide what one CNI call should do, without doing any of it.
+
+Owns: Request -> Plan. For ADD and CHECK: which directions to limit, the exact
+`ConfigValues` of each, the attach mode, the host-side veth candidates taken
+from prevResult, and the metadata stored with the state; or a no-op plan when
+the Pod has no limits. For GC: the attachments to keep. Also `drift`, which
+compares a plan with the state read back from the kernel.
+Rule: pure (no kernel, files, clock or environment reads); protocol problems
+raise CniError, anything that only makes limiting impossible becomes
+`Plan.cause` and the executor fails open on it.
+Must not know: how the data path attaches, pins or reads state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from natra import layout as L
+from natra import params as P
+from natra.cni import versions
+from natra.cni.errors import CniError, Kind
+from natra.cni.limits import Limits, extract_limits, pod_annotations
+from natra.cni.request import Request
+from natra.cni.tuning import Settings, cluster_settings, location_settings, pod_tuning
+
+VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """The kernel state a limited Pod should have."""
+
+    container_id: str
+    pod_ifname: str  # CNI_IFNAME inside the Pod
+    netns: str  # path of the Pod's network namespace
+    host_candidates: tuple[str, ...]  # host-side interfaces from prevResult, likeliest first
+    directions: frozenset[int]  # limited directions (L.DIR_TO_POD, L.DIR_FROM_POD)
+    configs: tuple[P.ConfigValues, ...]  # one per direction index, unlimited ones too
+    mode: str  # "auto", "tcx" or "clsact"
+    flow_table: int  # heavy-flow entries
+    meta: Mapping = field(default_factory=dict)  # stored with the state, read back by CHECK
+
+
+@dataclass(frozen=True)
+class Plan:
+    command: str
+    cni_version: str
+    settings: Settings
+    result: dict | None = None  # ADD: what to print (prevResult in the request's version)
+    attachment: Attachment | None = None  # ADD/CHECK: None when there is nothing to limit
+    cause: str | None = None  # ADD/CHECK: why limiting is impossible (fail open)
+    notes: tuple[str, ...] = ()  # log lines: things ignored on the way
+    keep: frozenset[tuple[str, str]] = frozenset()  # GC: (containerID, ifname) still valid
+    container_id: str = ""
+    pod: str = ""  # namespace/name, for logs
+
+
+def host_candidates(prev_result: Mapping | None, pod_ifname: str) -> tuple[str, ...]:
+    """Host-side interfaces of prevResult, the one listed just before the Pod's first.
+
+    ptp lists [host veth, eth0]; bridge lists [bridge, host veth, eth0]. The
+    executor keeps only the candidate that is really the peer of the Pod's end.
+    """
+    interfaces = (prev_result or {}).get("interfaces")
+    if not isinstance(interfaces, list):
+        return ()
+    named = [(i, x.get("name"), bool(x.get("sandbox"))) for i, x in enumerate(interfaces)
+             if isinstance(x, dict) and isinstance(x.get("name"), str) and x.get("name")]
+    pod_index = next((i for i, name, in_pod in named if in_pod and name == pod_ifname), None)
+    host = [(i, name) for i, name, in_pod in named if not in_pod]
+    if pod_index is not None:
+        host.sort(key=lambda item: (item[0] != pod_index - 1, item[0]))
+    return tuple(name for _, name in host)
+
+
+def _configs(limits: Limits, request: Request, settings: Settings, notes: list[str]):
+    annotations = pod_annotations(request.config)
+    tuning, tuning_notes = pod_tuning(settings.tuning, annotations)
+    notes.extend(tuning_notes)
+    configs, described = [], {}
+    for direction in range(L.NDIRS):
+        limit = limits.directions.get(direction)
+        if limit is None:
+            configs.append(P.to_config(None, width=tuning.width, depth=tuning.depth))
+            continue
+        kwargs = tuning.params_kwargs()
+        kwargs.update(limit.overrides)  # the extended annotation form, per direction
+        params = P.params_for(limit.rate_bps, limit.burst_bits or None, **kwargs)
+        # The sketch is shared: its shape comes from the Pod's tuning, not a direction.
+        params = params.with_(width=tuning.width, depth=tuning.depth)
+        configs.append(P.to_config(params, width=tuning.width, depth=tuning.depth))
+        described[L.DIRECTION_NAMES[direction]] = {
+            "rate_bps": limit.rate_bps, "burst_bits": params.burst_bits,
+            "asked_burst_bits": limit.burst_bits, "source": limit.source}
+    return tuple(configs), described, tuning
+
+
+def _sketch_shape(limits: Limits) -> dict:
+    """width/depth asked by an extended annotation; ingress wins over egress."""
+    shape = {}
+    for direction in (L.DIR_FROM_POD, L.DIR_TO_POD):
+        limit = limits.directions.get(direction)
+        if limit:
+            shape.update({k: v for k, v in limit.overrides.items() if k in ("width", "depth")})
+    return shape
+
+
+def _limit_plan(request: Request, settings: Settings) -> tuple[Attachment | None, str | None, list[str]]:
+    limits = extract_limits(request.config)
+    notes = list(request.warnings) + list(limits.notes)
+    if not limits:
+        return None, None, notes
+    try:
+        shape = _sketch_shape(limits)
+        if shape:
+            settings = replace(settings, tuning=replace(settings.tuning, **shape).validate())
+        configs, described, tuning = _configs(limits, request, settings, notes)
+    except (P.ParamError, ValueError) as exc:
+        return None, f"limits cannot be represented: {exc}", notes
+    candidates = host_candidates(request.prev_result, request.ifname)
+    meta = {"pod": request.pod, "pod_uid": request.args.get("K8S_POD_UID", ""),
+            "ifname": request.ifname, "limits": described,
+            "tuning": {"width": tuning.width, "depth": tuning.depth, "window_ns": tuning.window_ns}}
+    attachment = Attachment(
+        container_id=request.container_id, pod_ifname=request.ifname, netns=request.netns,
+        host_candidates=candidates, directions=frozenset(limits.directions), configs=configs,
+        mode=settings.attach_mode, flow_table=tuning.flow_table, meta=meta)
+    cause = None if candidates or request.command != "ADD" else \
+        f"prevResult lists no host-side interface for {request.ifname}"
+    return attachment, cause, notes
+
+
+def _keep(config: Mapping) -> frozenset[tuple[str, str]]:
+    for key in VALID_ATTACHMENTS_KEYS:
+        entries = config.get(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise CniError.of(Kind.INVALID_CONFIG, f"{key} must be a list of objects",
+                              'each entry is {"containerID": .., "ifname": ..}')
+        return frozenset((str(e.get("containerID", "")), str(e.get("ifname", ""))) for e in entries)
+    return frozenset()
+
+
+def make_plan(request: Request, env: Mapping[str, str] | None = None) -> Plan:
+    """What `request` should do. `env` only supplies location fallbacks (NATRA_*)."""
+    notes = list(request.warnings)
+    try:
+        settings = cluster_settings(request.config, env)
+    except CniError as err:
+        if request.command != "DEL":
+            raise
+        # DEL must succeed: clean up where the locations say, whatever else is wrong.
+        settings = location_settings(request.config, env)
+        notes.append(f"DEL despite an invalid config ({err}); using its locations only")
+    base = {"command": request.command, "cni_version": request.cni_version, "settings": settings,
+            "container_id": request.container_id, "pod": request.pod}
+    if request.command in ("ADD", "CHECK"):
+        attachment, cause, notes = _limit_plan(request, settings)
+        prev = request.prev_result
+        if request.command == "ADD" and (attachment or cause) and prev is None:
+            raise CniError.of(Kind.INVALID_CONFIG, "must be called as chained plugin",
+                              "the Pod has bandwidth limits but the config has no prevResult; "
+                              "list natra after the main network plugin in the conflist")
+        result = versions.convert_result(prev, request.cni_version) if request.command == "ADD" else None
+        return Plan(**base, result=result, attachment=attachment, cause=cause, notes=tuple(notes))
+    if request.command == "GC":
+        return Plan(**base, keep=_keep(request.config), notes=tuple(notes))
+    return Plan(**base, notes=tuple(notes))
+
+
+def keeps(plan: Plan, container_id: str, ifname: str | None) -> bool:
+    """GC: is this installed container still valid? Matched on containerID and ifname when known."""
+    return any(cid == container_id and (not ifname or not name or name == ifname) for cid, name in plan.keep)
+
+
+def drift(attachment: Attachment, mode: str | None, attached: Sequence[int],
+          configs: Mapping[int, P.ConfigValues]) -> list[str]:
+    """How the kernel state (read back) differs from the plan; [] when it matches."""
+    problems = []
+    for direction in range(L.NDIRS):
+        name = L.DIRECTION_NAMES[direction]
+        wanted = direction in attachment.directions
+        if wanted and direction not in attached:
+            problems.append(f"{name} program is not attached")
+        elif not wanted and direction in attached:
+            problems.append(f"{name} program is attached but {name} has no limit")
+        if wanted and direction in configs:
+            have, want = configs[direction], attachment.configs[direction]
+            if have.as_tuple() != want.as_tuple():
+                diffs = [f"{f}={getattr(have, f)} (want {getattr(want, f)})"
+                         for f in P.ConfigValues.__dataclass_fields__ if getattr(have, f) != getattr(want, f)]
+                problems.append(f"{name} config differs: {', '.join(diffs)}")
+        elif wanted:
+            problems.append(f"{name} config missing")
+    if attachment.mode != "auto" and mode and mode != attachment.mode:
+        problems.append(f"attached with {mode}, config asks for {attachment.mode}")
+    return problems

@@ -1,0 +1,107 @@
+"""Cluster defaults from the conflist entry; per-Pod natra.io/ overrides that fail open."""
+
+import pytest
+
+from natra import params as P
+from natra.cni.errors import CniError
+from natra.cni.tuning import (
+    ANNOTATION_KEYS,
+    TUNING_KNOBS,
+    Tuning,
+    TuningError,
+    cluster_settings,
+    pod_tuning,
+    read_duration,
+)
+
+
+def test_defaults_match_params():
+    s = cluster_settings({})
+    assert s.tuning == Tuning()
+    assert (s.tuning.width, s.tuning.depth, s.tuning.window_ns) == (P.DEFAULT_WIDTH, P.DEFAULT_DEPTH,
+                                                                     P.DEFAULT_WINDOW_NS)
+    assert s.tuning.max_burst_time_ns == P.DEFAULT_BURST_TIME_NS
+    assert s.attach_mode == "auto"
+
+
+def test_every_knob_from_the_conflist():
+    s = cluster_settings({"width": 2048, "depth": 3, "threshold": "128Ki", "window": "50ms",
+                          "maxBurstTime": "250ms", "reserve": "1Mi", "ecn": False, "flowTable": 512,
+                          "attachMode": "clsact", "logFile": "/tmp/x.log", "logMaxBytes": 1000,
+                          "bpffsRoot": "/sys/fs/bpf/t", "objectPath": "/o.o", "stateDir": "/s"})
+    t = s.tuning
+    assert (t.width, t.depth, t.threshold_bytes, t.window_ns) == (2048, 3, 131072, 50_000_000)
+    assert (t.max_burst_time_ns, t.reserve_bits, t.ecn, t.flow_table) == (250_000_000, 1048576, False, 512)
+    assert (s.attach_mode, s.log_file, s.log_max_bytes) == ("clsact", "/tmp/x.log", 1000)
+    assert (s.bpffs_root, s.object_path, s.state_dir) == ("/sys/fs/bpf/t", "/o.o", "/s")
+
+
+def test_env_fallback_for_locations_and_config_wins():
+    env = {"NATRA_BPFFS_ROOT": "/e", "NATRA_BPF_OBJECT": "/e.o", "NATRA_STATE_DIR": "/es"}
+    s = cluster_settings({"bpffsRoot": "/c"}, env)
+    assert (s.bpffs_root, s.object_path, s.state_dir) == ("/c", "/e.o", "/es")
+
+
+@pytest.mark.parametrize("config", [
+    {"width": 1000}, {"width": "wide"}, {"depth": 0}, {"depth": 99}, {"window": "10"}, {"window": "0s"},
+    {"window": "2m"}, {"maxBurstTime": "1h"}, {"attachMode": "xdp"}, {"ecn": "yes"}, {"flowTable": 0},
+    {"bpffsRoot": 5}, {"threshold": "1K"},
+])
+def test_bad_cluster_defaults_are_invalid_config(config):
+    with pytest.raises(CniError) as excinfo:
+        cluster_settings(config)
+    assert excinfo.value.code == 7
+    assert excinfo.value.details
+
+
+@pytest.mark.parametrize("text, ns", [("100ms", 100_000_000), ("1.5s", 1_500_000_000), ("1m30s", 90 * 10**9),
+                                      ("250us", 250_000), ("7ns", 7), (42, 42)])
+def test_durations(text, ns):
+    assert read_duration(text, "x") == ns
+
+
+@pytest.mark.parametrize("text", ["", "1", "ms", "1ms2", "-1s", "1 s", True, 0, 1.5])
+def test_bad_durations(text):
+    with pytest.raises(TuningError):
+        read_duration(text, "x")
+
+
+def test_pod_overrides():
+    base = cluster_settings({"width": 2048}).tuning
+    tuning, notes = pod_tuning(base, {"natra.io/depth": "2", "natra.io/window": "200ms",
+                                      "natra.io/ecn": "false", "natra.io/threshold": "1Mi",
+                                      "natra.io/max-burst-time": "1s", "natra.io/reserve": "100k",
+                                      "natra.io/flow-table": "64", "other/x": "y"})
+    assert notes == []
+    assert (tuning.width, tuning.depth, tuning.window_ns, tuning.ecn) == (2048, 2, 200_000_000, False)
+    assert (tuning.threshold_bytes, tuning.max_burst_time_ns, tuning.reserve_bits, tuning.flow_table) == (
+        1048576, 10**9, 100_000, 64)
+
+
+def test_every_tuning_knob_has_an_annotation():
+    assert set(ANNOTATION_KEYS.values()) == set(TUNING_KNOBS)
+
+
+@pytest.mark.parametrize("annotations", [
+    {"natra.io/width": "3"}, {"natra.io/depth": "x", "natra.io/width": "2048"},
+    {"natra.io/window": "forever"},
+    {"natra.io/ecn": "maybe"},
+])
+def test_malformed_annotation_fails_open_to_cluster_defaults(annotations):
+    base = cluster_settings({"width": 512}).tuning
+    tuning, notes = pod_tuning(base, annotations)
+    assert tuning == base
+    assert len(notes) == 1 and "malformed Natra annotation" in notes[0]
+
+
+def test_unknown_natra_annotation_is_noted_and_others_apply():
+    tuning, notes = pod_tuning(Tuning(), {"natra.io/colour": "blue", "natra.io/depth": "2"})
+    assert tuning.depth == 2
+    assert notes == ["ignored unknown annotation natra.io/colour"]
+
+
+def test_params_kwargs_feed_params_for():
+    tuning = Tuning(threshold_bytes=70_000, reserve_bits=300_000, max_burst_time_ns=100_000_000)
+    p = P.params_for(10_000_000, 2**32 - 1, **tuning.params_kwargs())
+    assert (p.threshold_bytes, p.reserve_bits) == (70_000, 300_000)
+    assert p.burst_bits == P.default_burst_bits(10_000_000, 2**32 - 1, 100_000_000)
