@@ -1,0 +1,169 @@
+"""The exporter's live page in headless Chromium, on a node with traffic.
+
+Three limited namespace Pods (tests/kernel/observe_net.py), bulk flows into
+two of them and short requests into all. The page at `/` must show every Pod
+with traffic flowing (a non-zero passing rate and the bulk flow as a heavy
+hitter while iperf3 runs), and once traffic has stopped, its numbers must be
+exactly those of `natra status --json`.
+Chromium is Debian's `chromium` driven by `chromium-driver` through selenium;
+the test skips (saying why) when one of them is missing. Set
+NATRA_WEB_SCREENSHOT=path to keep the screenshot (docs/img/web.png is made so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import netns
+import observe_net as N
+import pytest
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1280,1000")
+RATE_BPS = 20_000_000
+PODS = 3
+BULK_PODS = (0, 1)
+TRAFFIC_S = 6
+LIVE_WAIT_S = 5.0  # the page polls every second and needs two polls for a rate
+QUIET_WAIT_S = 1.6  # after traffic: flows age out and the page polls at least once more
+SCREENSHOT_ENV = "NATRA_WEB_SCREENSHOT"
+
+
+def _skip_reason() -> str | None:
+    reason = netns.have_root_kernel()
+    if reason:
+        return reason
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.path.exists(path):
+            return f"needs {path} (apt-get install {package})"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "needs selenium (pip install selenium)"
+    if shutil.which("iperf3") is None:
+        return "needs iperf3"
+    from natra.loader import LoadError, object_path
+
+    try:
+        object_path()
+    except LoadError as e:
+        return str(e)
+    return None
+
+
+if _skip_reason():
+    pytestmark.append(pytest.mark.skip(reason=str(_skip_reason())))
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix=f"{N.PREFIX}chrome-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    driver = None
+    try:
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+        yield driver
+    finally:
+        if driver is not None:
+            driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _page_numbers(driver) -> dict:
+    """What the page shows, read from its data-value attributes."""
+    return driver.execute_script("""
+        const out = {};
+        for (const card of document.querySelectorAll('article.pod')) {
+          const dirs = {};
+          for (const sec of card.querySelectorAll('section.dir')) {
+            const nums = {};
+            for (const n of sec.querySelectorAll('.nums [data-field]')) {
+              nums[n.dataset.field] = Number(n.dataset.value);
+            }
+            const hitters = [];
+            for (const row of sec.querySelectorAll('tr[data-key]')) {
+              const cell = f => Number(row.querySelector('[data-field="' + f + '"]').dataset.value);
+              hitters.push({key: row.dataset.key, flow: row.querySelector('[data-field="flow"]').textContent,
+                            passed_bytes: cell('passed_bytes'), dropped_bytes: cell('dropped_bytes'),
+                            estimate_bytes: cell('estimate_bytes')});
+            }
+            dirs[sec.dataset.direction] = {nums, hitters};
+          }
+          out[card.dataset.containerId] = {title: card.querySelector('h2').textContent, dirs};
+        }
+        return out;""")
+
+
+def _wait_for(driver, predicate, seconds: float):
+    end = time.monotonic() + seconds
+    while True:
+        shown = _page_numbers(driver)
+        if predicate(shown):
+            return shown
+        if time.monotonic() > end:
+            return shown
+        time.sleep(0.2)
+
+
+def test_page_shows_live_pods_and_matches_status(browser):
+    with N.node(PODS, RATE_BPS) as node, N.exporter(node.root) as base:
+        bulk_keys = {node.pods[i].container_id: f"tcp {node.remote.ip}:{N.BULK_CPORT_BASE + i} > "
+                     f"{node.pods[i].ip}:{N.IPERF_PORT}" for i in BULK_PODS}
+        with N.servers(node.pods, deadline_s=TRAFFIC_S + 20):
+            bulks = [N.bulk(node.remote, node.pods[i], i, TRAFFIC_S) for i in BULK_PODS]
+            shorts = [N.short(node.remote, p, 40, 10_000, 0.1) for p in node.pods]
+            browser.get(base + "/")
+
+            def live(shown: dict) -> bool:
+                return all(cid in shown and shown[cid]["dirs"]["to_pod"]["nums"]["passed_bps"] > 0
+                           and any(h["flow"] == key for h in shown[cid]["dirs"]["to_pod"]["hitters"])
+                           for cid, key in bulk_keys.items())
+
+            during = _wait_for(browser, live, LIVE_WAIT_S)
+            if os.environ.get(SCREENSHOT_ENV):
+                browser.save_screenshot(os.environ[SCREENSHOT_ENV])
+            for proc in bulks + shorts:
+                N.finish(proc, TRAFFIC_S + 20)
+        assert live(during), during
+        for p in node.pods:
+            assert during[p.container_id]["title"] == f"{N.POD_NAMESPACE}/{p.name}"
+
+        time.sleep(QUIET_WAIT_S)
+        status = json.loads(N.tool("status", "--json", root=node.root))
+        time.sleep(QUIET_WAIT_S)  # one more poll of the page after status was read
+        shown = _page_numbers(browser)
+        assert browser.find_element("id", "summary").get_attribute("data-pods") == str(PODS)
+        assert set(shown) == {p["container_id"] for p in status["pods"]}
+        for pod in status["pods"]:
+            for d in pod["directions"]:
+                page = shown[pod["container_id"]]["dirs"][d["direction"]]
+                if not d["limited"] and d["counters"]["frames"] == 0:
+                    assert page == {"nums": {}, "hitters": []}  # shown as one "not limited" line
+                    continue
+                for field in ("passed_bytes", "dropped_bytes", "marked_packets", "heavy_active",
+                              "backlog_bytes"):
+                    assert page["nums"][field] == d[field], (pod["pod"], d["direction"], field)
+                assert page["nums"]["frames"] == d["counters"]["frames"]
+                assert page["nums"]["passed_bps"] == 0  # traffic has stopped
+                want = [{k: h[k] for k in ("key", "flow", "passed_bytes", "dropped_bytes", "estimate_bytes")}
+                        for h in d["heavy_hitters"]]
+                assert page["hitters"] == want
+            if pod["container_id"] in bulk_keys:
+                to_pod = next(d for d in pod["directions"] if d["direction"] == "to_pod")
+                assert to_pod["dropped_bytes"] > 0
+                assert to_pod["heavy_hitters"][0]["flow"] == bulk_keys[pod["container_id"]]

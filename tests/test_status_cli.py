@@ -1,0 +1,64 @@
+"""Tests of natra/status_cli.py: the text of `natra status` / `natra top` from
+made-up views, and both commands end to end on a node with no Natra Pod."""
+
+from __future__ import annotations
+
+import json
+
+from test_observe import flow, key, pod, raw_dir  # tests/ is on sys.path (pytest rootdir-less import)
+
+from natra import layout as L
+from natra import observe as O
+from natra import status_cli as S
+
+NOW = 10**12
+WINDOW = 100_000_000
+
+
+def busy_view(cid: str, name: str, passed: int, flows: dict | None = None) -> O.PodView:
+    c = [0] * L.NCOUNTERS
+    c[L.verdict_bytes_index(L.V_PASS_HEAVY)] = passed
+    c[L.verdict_packets_index(L.V_PASS_HEAVY)] = passed // 1500
+    c[L.C_FRAMES] = passed // 1500
+    return O.build_view(pod({L.DIR_TO_POD: raw_dir(counters=c)}, flows or {}, cid=cid,
+                            meta={"pod": f"shop/{name}", "host_ifname": f"veth{name}",
+                                  "mode": "clsact"}), NOW)
+
+
+def test_status_text_names_the_pod_its_limit_and_its_heavy_hitters():
+    flows = {key("10.9.0.1", "10.1.0.2", 40000, 5201): flow(NOW // WINDOW + 1, estimate=2_000_000,
+                                                            passed=3_000_000, dropped=500_000, last_ns=NOW)}
+    text = S.render_status([busy_view("a" * 20, "cart", 3_000_000, flows)])
+    assert "shop/cart" in text and "interface vethcart" in text and "mode clsact" in text
+    assert "to_pod   10.0 Mbit/s" in text
+    assert "tcp 10.9.0.1:40000 > 10.1.0.2:5201" in text and "heavy" in text
+    assert "from_pod" not in text  # absent direction, nothing to say
+
+
+def test_status_text_without_pods():
+    assert "no Pod" in S.render_status([])
+
+
+def test_top_orders_by_traffic_and_lists_only_recent_hitters():
+    old_flow = key("10.9.0.1", "10.1.0.2", 1, 1)
+    new_flow = key("10.9.0.1", "10.1.0.2", 2, 2)
+    flows = {old_flow: flow(1, estimate=9, last_ns=NOW - 5 * O.RECENT_NS),
+             new_flow: flow(NOW // WINDOW - 3, estimate=1, last_ns=NOW - O.RECENT_NS // 2)}
+    before = [busy_view("a" * 20, "quiet", 0), busy_view("b" * 20, "loud", 0, flows)]
+    after = [busy_view("a" * 20, "quiet", 1_000), busy_view("b" * 20, "loud", 1_000_000, flows)]
+    text = S.render_top(after, O.rates(before, after, 10**9), 10**9)
+    assert text.index("shop/loud") < text.index("shop/quiet")
+    assert "tcp 10.9.0.1:2 > 10.1.0.2:2" in text and "idle 0.5s" in text
+    assert "tcp 10.9.0.1:1 > 10.1.0.2:1" not in text
+    assert "8.0 Mbit/s" in text  # 1 MB in one second
+
+
+def test_both_commands_on_a_node_without_natra(tmp_path, capsys):
+    root = str(tmp_path / "natra")
+    assert S.main(["status", "--json", "--root", root]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["pods"] == [] and doc["version"] == O.JSON_VERSION
+    assert S.main(["status", "--root", root]) == 0
+    assert "no Pod" in capsys.readouterr().out
+    assert S.main(["top", "--once", "--interval", "0", "--no-clear", "--root", root]) == 0
+    assert "natra top - 0 Pods" in capsys.readouterr().out
