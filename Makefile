@@ -31,7 +31,7 @@ lint:
 	ruff check .
 
 clean:
-	rm -f $(OBJECTS)
+	rm -f $(OBJECTS) reference/_natra_fast.so
 
 # The reference model's optional C accelerator (loaded with ctypes; the model
 # falls back to pure Python without it). Needs only gcc, no BPF tool chain.
