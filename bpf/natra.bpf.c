@@ -353,6 +353,17 @@ static __always_inline __u32 rotl32(__u32 x, __u32 r)
 	return (x << r) | (x >> (32 - r));
 }
 
+/* MurmurHash3's finaliser; also spreads each row's column over all 32 bits. */
+static __always_inline __u32 fmix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= MURMUR_FMIX1;
+	h ^= h >> 13;
+	h *= MURMUR_FMIX2;
+	h ^= h >> 16;
+	return h;
+}
+
 static __always_inline __u32 murmur3_key(const __u32 *words, __u32 seed)
 {
 	__u32 h = seed;
@@ -368,12 +379,7 @@ static __always_inline __u32 murmur3_key(const __u32 *words, __u32 seed)
 		h = rotl32(h, 13) * 5 + MURMUR_ROUND_ADD;
 	}
 	h ^= NATRA_KEY_WORDS * 4;
-	h ^= h >> 16;
-	h *= MURMUR_FMIX1;
-	h ^= h >> 13;
-	h *= MURMUR_FMIX2;
-	h ^= h >> 16;
-	return h;
+	return fmix32(h);
 }
 
 /* Bytes 8-11 of an IPv4-mapped address (00 00 ff ff) read as a LE u32. */
@@ -586,7 +592,10 @@ static __always_inline int decide_heavy(const struct natra_config *cfg, struct n
 		st->backlog_nbit = f;
 		if (flow)
 			flow->backlog_nbit = over_share ? heavy_line : fb + fcost;
-		verdict = (f > early_line && (cfg->flags & NATRA_CFG_ECN) && ecn != 0)
+		/* Mark only when the aggregate AND the flow's own share bucket are past
+		 * the early line: a flow within its share is left alone. */
+		verdict = (f > early_line && (cfg->flags & NATRA_CFG_ECN) && ecn != 0 &&
+			   (!flow || flow->backlog_nbit > early_line))
 				  ? NATRA_V_MARK : NATRA_V_PASS_HEAVY;
 	}
 	if (flow) {
@@ -645,7 +654,7 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 #pragma unroll
 	for (r = 0; r < NATRA_MAX_DEPTH; r++) {
 		if (r < depth) {
-			__u32 idx = base + r * width + ((h1 + (__u32)r * h2) & (width - 1));
+			__u32 idx = base + r * width + (fmix32(h1 + (__u32)r * h2) & (width - 1));
 			struct natra_cell *c = bpf_map_lookup_elem(&natra_sketch, &idx);
 
 			if (!c)

@@ -42,6 +42,17 @@ struct natra_model {
 	__u32 width, depth, capacity, pad;
 };
 
+/* MurmurHash3's finaliser: spreads each row's column over all 32 bits. */
+static inline __u32 fmix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	h ^= h >> 16;
+	return h;
+}
+
 static inline __u64 udiv(__u64 a, __u64 b)
 {
 	return b ? a / b : 0; /* BPF: x / 0 == 0 */
@@ -124,7 +135,7 @@ static int step(struct natra_model *m, const __u8 *key, __u32 h1, __u32 h2, __u6
 
 		h2 |= 1;
 		for (row = 0; row < m->depth; row++) {
-			__u32 col = (h1 + row * h2) & (m->width - 1);
+			__u32 col = fmix32(h1 + row * h2) & (m->width - 1);
 			struct natra_cell *cell = &m->sketch[((size_t)d * m->depth + row) * m->width + col];
 			if (cell->epoch < epoch) {
 				cell->prev = cell->epoch + 1 == epoch ? cell->cur : 0;
@@ -195,7 +206,8 @@ static int step(struct natra_model *m, const __u8 *key, __u32 h1, __u32 h2, __u6
 				st->backlog_nbit = f;
 				if (flow)
 					flow->backlog_nbit = over_share ? heavy_line : fb + fcost;
-				verdict = f > cfg->early_line_nbit && (cfg->flags & NATRA_CFG_ECN) && ect ?
+				verdict = f > cfg->early_line_nbit && (cfg->flags & NATRA_CFG_ECN) && ect &&
+					(!flow || flow->backlog_nbit > cfg->early_line_nbit) ?
 					NATRA_V_MARK : NATRA_V_PASS_HEAVY;
 			}
 			if (flow) {

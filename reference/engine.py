@@ -217,7 +217,11 @@ class Model:
                     if slot >= 0:
                         fbacklog = heavy_line if over_share else fb + fcost
                     ecn_on = int(cfg["flags"]) & L.CFG_ECN
-                    verdict = L.V_MARK if f > early_line and ecn_on and ect else L.V_PASS_HEAVY
+                    # Mark only when the aggregate AND the flow's own share bucket are
+                    # past the early line: a flow within its share is left alone.
+                    flow_yellow = slot < 0 or fbacklog > early_line
+                    marks = f > early_line and ecn_on and ect and flow_yellow
+                    verdict = L.V_MARK if marks else L.V_PASS_HEAVY
                 st["backlog_nbit"], st["last_ns"] = backlog, last
                 if slot >= 0:
                     flow["backlog_nbit"] = fbacklog

@@ -66,10 +66,10 @@ class Point:
         tuning = {"width": self.width, "depth": self.depth, "window_ns": self.window_ns}
         if self.threshold_pct is not None:
             per_window_bits = self.rate_bps * self.window_ns // L.NS_PER_SEC
-            tuning["threshold_bytes"] = max(int(per_window_bits * self.threshold_pct / 100 / 8), 1)
+            tuning["threshold_bytes"] = max(round(per_window_bits * self.threshold_pct / (100 * 8)), 1)
         params = params_for(self.rate_bps, **tuning)
         if self.reserve_pct is not None:
-            params = params.with_(reserve_bits=int(params.burst_bits * self.reserve_pct / 100)).validate()
+            params = params.with_(reserve_bits=round(params.burst_bits * self.reserve_pct / 100)).validate()
         return params
 
 
@@ -131,6 +131,32 @@ def closed_loop(point: Point, params):
     return workload, np.concatenate(heavy_parts), np.concatenate(estimate_parts)
 
 
+def full_collision_false_positives(workload: W.Workload, estimates: np.ndarray, params) -> int:
+    """False-positive (flow, window) pairs that share every sketch cell with a truly heavy flow.
+
+    Such a pair's estimate is at least the heavy flow's count whatever D is. With
+    the bare double-hash columns ((h1 + row * h2) & (W - 1)) this happened
+    whenever h1 and h2 agreed in their low bits; the finaliser on each row's
+    column (docs/design.md, "The hash") makes it a true D-way coincidence.
+    """
+    from natra.reference.hashing import columns, murmur3_32_keys
+
+    truth = metrics.window_truth(workload.now_ns, workload.wire_len, workload.flow_id, params.window_ns)
+    est = metrics.pair_max(truth, estimates).astype(np.int64)
+    heavy = truth.bytes >= params.threshold_bytes
+    false_pos = ~heavy & (est >= params.threshold_bytes)
+    if not false_pos.any():
+        return 0
+    keys = workload.flows.keys
+    cols = columns(murmur3_32_keys(keys, L.HASH_SEED1), murmur3_32_keys(keys, L.HASH_SEED2),
+                   params.width, params.depth)
+    _, cells = np.unique(cols, axis=0, return_inverse=True)  # the flow's whole column set, as an id
+    cells = cells.reshape(-1).astype(np.int64)
+    span = int(cells.max()) + 1
+    tag = truth.epoch * span + cells[truth.flow]
+    return int(np.count_nonzero(np.isin(tag[false_pos], tag[heavy])))
+
+
 def run_point(point: Point) -> dict:
     """Every metric of one grid point, with the point's settings, as a flat dict."""
     started = time.perf_counter()
@@ -157,6 +183,7 @@ def run_point(point: Point) -> dict:
         reserve_nbit=config.tau_nbit - config.heavy_line_nbit, threshold=params.threshold_bytes,
         window_ns=params.window_ns, width=params.width, depth=params.depth,
         flow_table=point.flow_table, duration_ns=workload.duration_ns))
+    row["hh_fp_full_collision"] = full_collision_false_positives(workload, estimates, params)
     row["model_s"] = model_s
     row["elapsed_s"] = time.perf_counter() - started
     return row

@@ -130,3 +130,31 @@ def test_rate_parser():
     assert sweep.parse_rate("100M") == 10**8
     assert sweep.parse_rate("2.5gbit") == 2_500_000_000
     assert sweep.parse_rate("64000") == 64000
+
+
+def _colliding_pair(width: int, depth: int):
+    """Two flows whose keys share every sketch column at this width and depth."""
+    from natra.reference.hashing import columns, murmur3_32_keys
+
+    flows = W.make_flows(np.random.default_rng(5), np.zeros(4000, dtype=np.int8))
+    cols = columns(murmur3_32_keys(flows.keys, L.HASH_SEED1), murmur3_32_keys(flows.keys, L.HASH_SEED2),
+                   width, depth)
+    seen = {}
+    for i, tag in enumerate(map(tuple, cols.tolist())):
+        if tag in seen:
+            return flows, seen[tag], i
+        seen[tag] = i
+    raise AssertionError("no colliding pair among 4000 keys")
+
+
+def test_full_collision_false_positive_is_counted_whatever_the_depth():
+    for depth in (2, 4):
+        flows, heavy_flow, mouse = _colliding_pair(16, depth)
+        fid = np.array([heavy_flow] * 20 + [mouse], dtype=np.int32)
+        now = np.arange(21, dtype=np.uint64) * np.uint64(1000)
+        wire = np.full(21, W.MTU_FRAME_BYTES, dtype=np.uint32)
+        wl = W.Workload("pair", 0, 10**9, 10**6, now, wire, fid, flows.ect[fid], flows)
+        params = params_for(10**9, width=16, depth=depth, threshold_bytes=10_000)
+        _, _, estimates = sweep.decide_all(wl, params)
+        assert estimates[-1] > 20 * W.MTU_FRAME_BYTES  # the mouse inherits the elephant's count
+        assert sweep.full_collision_false_positives(wl, estimates, params) == 1

@@ -141,20 +141,34 @@ def test_bulk_flow_turns_heavy_is_dropped_at_heavy_line_and_a_mouse_still_passes
     assert _send(obj, tcp4(sport=40000), T0).retval == testrun.TC_ACT_SHOT  # the bulk flow still not
 
 
-@pytest.mark.root
-def test_ect_heavy_frame_in_the_yellow_zone_is_marked_with_a_valid_ipv4_checksum(load_natra):
-    obj = load_natra(_configs(ecn=True))
+def _send_until_marked(obj, frame: bytes):
+    """Send one heavy flow's frames at T0 until the first CE mark.
+
+    Returns (index, result). Checks on the way that every frame before it passed
+    untouched, and at the mark that both the aggregate and the flow's own share
+    bucket are past the early line (design.md: only the flow that congests is
+    marked), while just before the mark at least one of them was not."""
     cfg = _configs()[0]
-    frame = tcp4(sport=40001, tos=ECT0)
-    marked = None
+    key = parse_frame(frame).key
+    flow_before = 0
     for i in range(cfg.heavy_line_nbit // _cost_nbit()):
         r = _send(obj, frame, T0)
         assert r.retval == testrun.TCX_NEXT
-        if (i + 1) * _cost_nbit() > cfg.early_line_nbit:
-            marked = r
-            break
-        assert r.frame_out == frame  # green zone: untouched
-    assert marked is not None
+        flow = maps.read_flows(obj.map_fd("natra_flows")).get(key, {"backlog_nbit": 0})
+        aggregate = (i + 1) * _cost_nbit()
+        if r.frame_out != frame:
+            assert aggregate > cfg.early_line_nbit and flow["backlog_nbit"] > cfg.early_line_nbit
+            assert aggregate - _cost_nbit() <= cfg.early_line_nbit or flow_before <= cfg.early_line_nbit
+            return i, r
+        flow_before = flow["backlog_nbit"]
+    raise AssertionError("no frame was marked before the heavy line")
+
+
+@pytest.mark.root
+def test_ect_heavy_frame_in_the_yellow_zone_is_marked_with_a_valid_ipv4_checksum(load_natra):
+    obj = load_natra(_configs(ecn=True))
+    frame = tcp4(sport=40001, tos=ECT0)
+    _, marked = _send_until_marked(obj, frame)
     assert _verdict_count(obj, L.V_MARK) == 1
     out = marked.frame_out
     assert out[15] & 0x03 == 0x03  # CE
@@ -168,11 +182,28 @@ def test_ect_heavy_frame_in_the_yellow_zone_is_marked_with_a_valid_ipv4_checksum
 
 
 @pytest.mark.root
+def test_flow_within_its_share_is_not_marked_while_another_congests(load_natra):
+    """Regression (simulations): ECN TCP flows within their share were marked whenever a
+    flood kept the aggregate yellow, and starved. Now only the congesting flow is."""
+    obj = load_natra(_configs(ecn=True))
+    cfg = _configs()[0]
+    hog, polite = tcp4(sport=40010, tos=ECT0), tcp4(sport=40011, tos=ECT0)
+    for _ in range(THRESHOLD_BYTES // FRAME_LEN + 1):  # make the polite flow heavy first
+        _send(obj, polite, T0)
+    while (_verdict_count(obj, L.V_PASS_MOUSE) + _verdict_count(obj, L.V_PASS_HEAVY)
+           + _verdict_count(obj, L.V_MARK)) * _cost_nbit() <= cfg.early_line_nbit:
+        _send(obj, hog, T0)  # the hog alone pushes the aggregate into the yellow zone
+    r = _send(obj, polite, T0)
+    assert r.retval == testrun.TCX_NEXT and r.frame_out == polite
+    assert _verdict_count(obj, L.V_PASS_HEAVY) >= 1
+
+
+@pytest.mark.root
 def test_non_ect_heavy_frame_in_the_yellow_zone_is_not_marked(load_natra):
     obj = load_natra(_configs(ecn=True))
     cfg = _configs()[0]
     frame = tcp4(sport=40002, tos=0)
-    n = cfg.early_line_nbit // _cost_nbit() + 1
+    n = cfg.heavy_line_nbit // _cost_nbit()
     outs = [_send(obj, frame, T0) for _ in range(n)]
     assert all(r.frame_out == frame and r.retval == testrun.TCX_NEXT for r in outs)
     assert _verdict_count(obj, L.V_MARK) == 0
@@ -181,17 +212,13 @@ def test_non_ect_heavy_frame_in_the_yellow_zone_is_not_marked(load_natra):
 @pytest.mark.root
 def test_ipv6_ect_heavy_frame_is_marked_in_the_traffic_class(load_natra):
     obj = load_natra(_configs(ecn=True))
-    cfg = _configs()[0]
     frame = tcp6(sport=40003, tc=ECT0)
-    n = cfg.early_line_nbit // _cost_nbit() + 1
-    outs = [_send(obj, frame, T0) for _ in range(n)]
-    assert all(r.retval == testrun.TCX_NEXT for r in outs)
-    assert all(r.frame_out == frame for r in outs[:-1])
-    out = outs[-1].frame_out
+    i, marked = _send_until_marked(obj, frame)
+    out = marked.frame_out
     assert IPv6(out[14:]).tc == ECT0 | 0x03
     assert out[:15] == frame[:15] and out[16:] == frame[16:]
     assert _verdict_count(obj, L.V_MARK) == 1
-    assert _counter(obj, L.C_IPV6) == n
+    assert _counter(obj, L.C_IPV6) == i + 1
 
 
 @pytest.mark.root
