@@ -30,6 +30,7 @@ BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_PROG_QUERY = 16
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_LINK_CREATE = 28
 BPF_LINK_UPDATE = 29
@@ -252,6 +253,25 @@ def link_update(link_fd: int, new_prog_fd: int, flags: int = 0, old_prog_fd: int
 
 def link_detach(link_fd: int) -> None:
     _call(BPF_LINK_DETACH, _attr("I", link_fd), "link_detach")
+
+
+def prog_query(target: int, attach_type: int, max_progs: int = 64) -> dict:
+    """Programs attached at a hook (for tcx: target = ifindex, attach_type BPF_TCX_*).
+
+    Returns prog_ids and link_ids in chain order (link id 0 for a program
+    attached without a link), and the hook's revision.
+    """
+    prog_ids = (ctypes.c_uint32 * max_progs)()
+    link_ids = (ctypes.c_uint32 * max_progs)()
+    # target, attach_type, query_flags, attach_flags, prog_ids, count, pad,
+    # prog_attach_flags, link_ids, link_attach_flags, revision
+    attr = _attr("IIIIQIIQQQQ", target, attach_type, 0, 0, ctypes.addressof(prog_ids), max_progs, 0,
+                 0, ctypes.addressof(link_ids), 0, 0)
+    _call(BPF_PROG_QUERY, attr, f"prog_query target {target} type {attach_type}")
+    count = struct.unpack_from("=I", attr, 24)[0]
+    revision = struct.unpack_from("=Q", attr, 56)[0]
+    n = min(count, max_progs)
+    return {"prog_ids": list(prog_ids[:n]), "link_ids": list(link_ids[:n]), "revision": revision}
 
 
 # ---- test runs ------------------------------------------------------------------------------

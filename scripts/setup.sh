@@ -22,8 +22,10 @@ if ((${#missing[@]})); then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e ".[test,sim]"
+python3 -m pip install -q --disable-pip-version-check -e ".[test,sim,bundle]"
 make -s all
+# The node bundle (PyInstaller onedir): the CNI tests run once against it too.
+make -s node-bundle >/dev/null
 
 if ! mountpoint -q /sys/fs/bpf; then
   mount -t bpf bpf /sys/fs/bpf

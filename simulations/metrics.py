@@ -39,6 +39,10 @@ INT64_SAFE = 1 << 62  # sums stay below this to be exact in int64
 # short-message class. Each loss of one costs it a retransmit timeout (~1 s,
 # docs/DATAPATH measurements), so we count the transfers hit, not only bytes.
 SMALL_FLOW_BYTES = 100_000
+# window_truth counts (flow, window) pairs in a dense table when it has at most
+# this many slots per packet (or DENSE_PAIRS_MIN), else it sorts.
+DENSE_PAIRS_PER_PACKET = 4
+DENSE_PAIRS_MIN = 1 << 22
 _PASSING = np.array(sorted(L.PASSING_VERDICTS), dtype=np.uint8)
 _DROPPING = np.array(sorted(L.DROPPING_VERDICTS), dtype=np.uint8)
 
@@ -76,8 +80,15 @@ def window_truth(now_ns: np.ndarray, wire_len: np.ndarray, flow_id: np.ndarray,
     fid = np.asarray(flow_id, dtype=np.int64)
     n_epochs = int(epoch.max()) + 2 if epoch.size else 1
     tag = fid * n_epochs + epoch
-    pairs, inverse = np.unique(tag, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    span = (int(fid.max()) + 1) * n_epochs if fid.size else 1
+    if span <= max(DENSE_PAIRS_PER_PACKET * tag.shape[0], DENSE_PAIRS_MIN):
+        # every (flow, window) slot fits in a table: rank the present ones, no sort
+        present = np.bincount(tag, minlength=span) > 0
+        pairs = np.flatnonzero(present)
+        inverse = (np.cumsum(present) - 1)[tag]
+    else:
+        pairs, inverse = np.unique(tag, return_inverse=True)
+        inverse = inverse.reshape(-1)
     sums = np.zeros(pairs.shape[0], dtype=np.int64)
     np.add.at(sums, inverse, np.asarray(wire_len, dtype=np.int64))
     flow, ep = pairs // n_epochs, pairs % n_epochs
@@ -272,10 +283,12 @@ def evaluate(now_ns, wire_len, flow_id, verdicts, heavy_flag, estimates, *, rate
     mice_dropped = int(wire[mouse_pkt & dropped].sum())
     passed_per_pair = np.bincount(pair, weights=np.where(passed, wire, 0), minlength=truth.flow.shape[0])
     jain_index, n_heavy_flows = heavy_fairness(truth, passed_per_pair.astype(np.int64), threshold)
-    flow_bytes = np.bincount(np.asarray(flow_id, dtype=np.int64), weights=wire)
-    small_pkt = (flow_bytes <= SMALL_FLOW_BYTES)[flow_id]
-    small_flows = np.unique(np.asarray(flow_id)[small_pkt])
-    small_hit = np.unique(np.asarray(flow_id)[small_pkt & dropped])
+    fids = np.asarray(flow_id, dtype=np.int64)
+    flow_bytes = np.bincount(fids, weights=wire)
+    small_flow = (flow_bytes <= SMALL_FLOW_BYTES) & (np.bincount(fids, minlength=flow_bytes.shape[0]) > 0)
+    small_pkt = small_flow[fids]
+    hit = np.bincount(fids[small_pkt & dropped], minlength=flow_bytes.shape[0]) > 0
+    n_small = int(np.count_nonzero(small_flow))
     seconds = duration_ns / L.NS_PER_SEC
     classified_mouse = ~np.asarray(heavy_flag, dtype=bool)
     ms = 1e-6
@@ -299,8 +312,8 @@ def evaluate(now_ns, wire_len, flow_id, verdicts, heavy_flag, estimates, *, rate
         "mice_offered_bytes": mice_offered,
         "mice_dropped_bytes": mice_dropped,
         "mice_loss": mice_dropped / mice_offered if mice_offered else 0.0,
-        "small_flows": int(small_flows.shape[0]),
-        "small_flows_hit": int(small_hit.shape[0]) / max(int(small_flows.shape[0]), 1),
+        "small_flows": n_small,
+        "small_flows_hit": int(np.count_nonzero(hit)) / max(n_small, 1),
         "small_flow_loss": float(wire[small_pkt & dropped].sum()) / max(float(wire[small_pkt].sum()), 1.0),
         "mouse_classified_dropped_bytes": int(wire[classified_mouse & dropped].sum()),
         "mice_envelope_excess": excess_over_bucket(np.asarray(now_ns)[classified_mouse],

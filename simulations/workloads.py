@@ -437,13 +437,14 @@ def flood_mix(decide: Decide, *, seed: int = 1, rate_bps: int = DEFAULT_RATE_BPS
     cwnd = np.full(n_aimd, AIMD_INITIAL_WINDOW, dtype=np.int64)
     slow_start = np.ones(n_aimd, dtype=bool)
     offsets = rng.integers(0, rtt_ns, n_aimd)  # de-synchronise the senders
+    flood_phase = int(offsets[0]) % flood_gap if n_aimd else 0
     out_now, out_wire, out_fid, out_verdict = [], [], [], []
     for round_start in range(0, duration_ns, rtt_ns):
         round_end = min(round_start + rtt_ns, duration_ns)
         a_fid = np.repeat(np.arange(n_aimd, dtype=np.int32), cwnd)
         seq = np.arange(a_fid.shape[0]) - np.repeat(np.cumsum(cwnd) - cwnd, cwnd)
         a_now = round_start + (offsets[a_fid] + seq * rtt_ns // cwnd[a_fid]) % rtt_ns
-        f_now = np.arange(round_start + int(offsets[0]) % flood_gap, round_end, flood_gap)
+        f_now = np.arange(round_start + flood_phase, round_end, flood_gap)
         lo, hi = np.searchsorted(m_now, [round_start, round_end])
         now = np.concatenate([a_now, f_now, m_now[lo:hi]]).astype(np.uint64)
         fid = np.concatenate([a_fid, np.full(f_now.shape[0], n_aimd, dtype=np.int32), m_fid[lo:hi]])

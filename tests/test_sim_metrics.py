@@ -142,3 +142,23 @@ def test_evaluate_reports_mice_loss_from_dropped_mouse_windows():
     assert r["conformance_violations"] == 0
     assert r["recall"] == 1.0 and r["precision"] == 1.0
     assert r["state_bytes"] == M.state_memory_bytes(64, 2, 16)
+
+
+@given(packets=st.lists(st.tuples(st.integers(0, 5_000), st.integers(0, 30), st.integers(60, 1514)),
+                        min_size=1, max_size=60))
+@settings(max_examples=60, deadline=None)
+def test_window_truth_dense_table_and_sorting_agree(packets):
+    packets.sort()
+    now = np.array([p[0] for p in packets], dtype=np.uint64)
+    fid = np.array([p[1] for p in packets], dtype=np.int32)
+    wire = np.array([p[2] for p in packets], dtype=np.uint32)
+    dense = M.window_truth(now, wire, fid, window_ns=700)
+    saved = M.DENSE_PAIRS_PER_PACKET, M.DENSE_PAIRS_MIN
+    M.DENSE_PAIRS_PER_PACKET, M.DENSE_PAIRS_MIN = 0, 0  # force the sorting path
+    try:
+        sorted_ = M.window_truth(now, wire, fid, window_ns=700)
+    finally:
+        M.DENSE_PAIRS_PER_PACKET, M.DENSE_PAIRS_MIN = saved
+    for name in ("flow", "epoch", "bytes", "pair_of_packet", "prev_bytes"):
+        assert np.array_equal(getattr(dense, name), getattr(sorted_, name)), name
+    assert dense.bytes.sum() == wire.sum()

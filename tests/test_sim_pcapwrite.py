@@ -43,3 +43,20 @@ def test_ect_packets_carry_ect0_and_udp_flows_are_udp(tmp_path):
         parsed = parse_frame(r.frame)
         assert parsed.ecn == (2 if wl.ect[i] else 0)
         assert parsed.key[38] == wl.flows.proto[wl.flow_id[i]]
+
+
+def test_closed_loop_workload_replayed_from_pcap_gets_the_same_verdicts(tmp_path):
+    """The pcap carries everything the data path decides on: replaying it reproduces the run."""
+    from natra.reference.engine import Batch, process_batch
+    from natra.simulations import sweep
+
+    point = sweep.Point("flood", 1024, 4, None, 100.0, None, 10**7, 1.0, 1)  # past the 0.5 s burst
+    wl, _, _ = sweep.closed_loop(point, point.params())
+    path = tmp_path / "flood.pcap"
+    write_pcap(wl, path)
+    records = list(read_capture(path))
+    batch = Batch.from_frames([r.frame for r in records], np.array([r.time_ns for r in records]),
+                              L.DIR_TO_POD, wire_len=np.array([r.orig_len for r in records]))
+    result = process_batch(sweep._model(point.params(), point.flow_table), batch)
+    assert np.array_equal(result.verdicts, wl.verdicts)
+    assert np.count_nonzero(np.isin(wl.verdicts, sorted(L.DROPPING_VERDICTS))) > 0

@@ -134,7 +134,7 @@ class KernelVersusModel(RuleBasedStateMachine):
         self.model = None
         self.now = 0
 
-    @initialize(data=st.data(), width=st.sampled_from([1, 8, 64]), depth=st.integers(1, L.MAX_DEPTH),
+    @initialize(data=st.data(), width=st.sampled_from([1, 4, 16]), depth=st.integers(1, L.MAX_DEPTH),
                 enabled=st.sampled_from([(True, True), (True, False), (False, True)]),
                 start=st.one_of(st.just(0), st.integers(0, 10**12), st.integers(2**62, 2**63)))
     def load(self, data, width, depth, enabled, start):
