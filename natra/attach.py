@@ -20,12 +20,11 @@ Rules kept:
 Must not know: maps, configs, pin directory names (callers pass paths), numpy.
 pyroute2 is imported only inside the clsact functions: a tcx ADD never pays
 its ~200 ms import. Raw bpf(2) calls go through natra/bpfsys.py (BPF_PROG_QUERY
-through its private `_call`, until bpfsys has a `prog_query`).
+through `bpfsys.prog_query`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import struct
@@ -82,18 +81,12 @@ def pinned_prog_id(path: str) -> int | None:
         os.close(fd)
 
 
-_BPF_PROG_QUERY = 16  # not in natra/bpfsys.py yet
 _QUERY_MAX_PROGS = 64  # programs one tcx hook is read back with; far above real use
 
 
 def tcx_prog_ids(ifindex: int, direction: int) -> list[int]:
     """IDs of every program on the tcx hook, in run order (BPF_PROG_QUERY)."""
-    ids = (ctypes.c_uint32 * _QUERY_MAX_PROGS)()
-    attr = bpfsys._attr("IIIIQI", ifindex, TCX_ATTACH_TYPE[direction], 0, 0, ctypes.addressof(ids),
-                        _QUERY_MAX_PROGS)
-    bpfsys._call(_BPF_PROG_QUERY, attr, f"prog_query tcx {HOOK_NAME[direction]} ifindex {ifindex}")
-    count = struct.unpack_from("=I", attr, 24)[0]
-    return list(ids[:min(count, _QUERY_MAX_PROGS)])
+    return bpfsys.prog_query(ifindex, TCX_ATTACH_TYPE[direction], _QUERY_MAX_PROGS)["prog_ids"]
 
 
 # ---- tcx ---------------------------------------------------------------------

@@ -255,6 +255,18 @@ def link_detach(link_fd: int) -> None:
     _call(BPF_LINK_DETACH, _attr("I", link_fd), "link_detach")
 
 
+BPF_MAP_CREATE = 0
+_MAP_NAME_OFFSET = 28  # union bpf_attr, BPF_MAP_CREATE: map_name[16]
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: bytes,
+               flags: int = 0) -> int:
+    """BPF_MAP_CREATE for maps made outside an object (e.g. the meta record); returns the fd."""
+    attr = _attr("5I", map_type, key_size, value_size, max_entries, flags)
+    struct.pack_into("=16s", attr, _MAP_NAME_OFFSET, name[:15])
+    return _call(BPF_MAP_CREATE, attr, f"map_create {name.decode(errors='replace')}")
+
+
 def prog_query(target: int, attach_type: int, max_progs: int = 64) -> dict:
     """Programs attached at a hook (for tcx: target = ifindex, attach_type BPF_TCX_*).
 

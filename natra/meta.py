@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 
 from natra import bpfsys
 
@@ -27,8 +26,6 @@ META_MAP_NAME = b"natra_meta"
 META_VALUE_SIZE = 4096  # bytes of JSON; the record is a few hundred
 BPF_MAP_TYPE_ARRAY = 2
 
-_BPF_MAP_CREATE = 0  # the one bpf(2) command natra/bpfsys.py lacks
-_MAP_NAME_OFFSET = 28  # union bpf_attr, BPF_MAP_CREATE: map_name[16]
 _KEY = bytes(4)  # the record sits at index 0
 
 
@@ -37,9 +34,7 @@ class MetaError(OSError):
 
 
 def _create_map() -> int:
-    attr = bpfsys._attr("5I", BPF_MAP_TYPE_ARRAY, len(_KEY), META_VALUE_SIZE, 1, 0)
-    struct.pack_into("=16s", attr, _MAP_NAME_OFFSET, META_MAP_NAME)
-    return bpfsys._call(_BPF_MAP_CREATE, attr, "map_create natra_meta")
+    return bpfsys.map_create(BPF_MAP_TYPE_ARRAY, len(_KEY), META_VALUE_SIZE, 1, META_MAP_NAME)
 
 
 def encode(record: dict) -> bytes:
