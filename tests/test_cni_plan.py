@@ -57,6 +57,7 @@ def test_containerd_add_plans_both_directions_with_clamped_bursts():
         assert config == P.to_config(P.params_for(rate, MAXU32))
     assert a.meta["limits"]["to_pod"]["burst_bits"] == 5_000_000
     assert a.meta["pod"] == "ns/web"
+    assert a.meta["ips"] == [ip["address"] for ip in PTP_RESULT["ips"]]  # observability needs them
     assert plan.result == PTP_RESULT and plan.cause is None
 
 

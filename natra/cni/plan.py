@@ -106,6 +106,17 @@ def _sketch_shape(limits: Limits) -> dict:
     return shape
 
 
+def _pod_ips(prev_result) -> list[str]:
+    """The Pod's addresses from prevResult (observability tells directions apart by them)."""
+    if not isinstance(prev_result, Mapping):
+        return []
+    ips = prev_result.get("ips")
+    if not isinstance(ips, list):
+        return []
+    return [ip["address"] for ip in ips
+            if isinstance(ip, Mapping) and isinstance(ip.get("address"), str)]
+
+
 def _limit_plan(request: Request, settings: Settings) -> tuple[Attachment | None, str | None, list[str]]:
     limits = extract_limits(request.config)
     notes = list(request.warnings) + list(limits.notes)
@@ -120,7 +131,7 @@ def _limit_plan(request: Request, settings: Settings) -> tuple[Attachment | None
         return None, f"limits cannot be represented: {exc}", notes
     candidates = host_candidates(request.prev_result, request.ifname)
     meta = {"pod": request.pod, "pod_uid": request.args.get("K8S_POD_UID", ""),
-            "ifname": request.ifname, "limits": described,
+            "ifname": request.ifname, "limits": described, "ips": _pod_ips(request.prev_result),
             "tuning": {"width": tuning.width, "depth": tuning.depth, "window_ns": tuning.window_ns}}
     attachment = Attachment(
         container_id=request.container_id, pod_ifname=request.ifname, netns=request.netns,
