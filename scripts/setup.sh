@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   clang llvm libbpf-dev libbpf1 bpftool linux-libc-dev
-  iproute2 iperf3 containernetworking-plugins
+  iproute2 iperf3 containernetworking-plugins tcpdump
   make gcc libc6-dev python3-dev
   containerd runc            # the CRI end-to-end tests run Pod sandboxes
   chromium chromium-driver   # the live page is tested in headless Chromium

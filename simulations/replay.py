@@ -49,7 +49,11 @@ class ModelEngine:
 # process_batch(Batch) -> BatchResult, or "module:attribute" naming that
 # factory (imported only when chosen, so the kernel engine's dependencies stay
 # out of model replays).
-ENGINES: dict[str, Callable | str] = {"model": ModelEngine}
+ENGINES: dict[str, Callable | str] = {
+    "model": ModelEngine,
+    "kernel": "natra.simulations.kernel_engine:KernelEngine",  # the real program (root)
+    "both": "natra.simulations.kernel_engine:BothEngine",  # kernel and model, divergences counted
+}
 
 
 def register_engine(name: str, factory: Callable | str) -> None:
@@ -96,7 +100,11 @@ def replay_records(records: Iterable[Record], engine, direction: int,
             ect[i] = parsed.ecn != 0
         t = np.fromiter((r.time_ns for r in chunk), dtype=np.uint64, count=n)
         wl = np.fromiter((r.orig_len for r in chunk), dtype=np.uint32, count=n)
-        res = engine.process_batch(Batch(t, wl, np.full(n, direction, dtype=np.uint8), kb, ect))
+        batch = Batch(t, wl, np.full(n, direction, dtype=np.uint8), kb, ect)
+        if hasattr(engine, "process_frames"):  # engines that run the frames themselves (kernel)
+            res = engine.process_frames(batch, [r.frame for r in chunk])
+        else:
+            res = engine.process_batch(batch)
         times.append(t), lens.append(wl), verdicts.append(res.verdicts), heavy.append(res.heavy)
         keys.append(kb)
         if progress:
@@ -211,7 +219,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=None, help="sketch window in ns")
     parser.add_argument("--flow-table", type=int, default=DEFAULT_FLOW_TABLE, help="heavy-flow LRU entries")
     parser.add_argument("--no-ecn", action="store_true", help="drop instead of marking ECT heavy frames")
-    parser.add_argument("--engine", default="model", help=f"engine ({', '.join(sorted(ENGINES))})")
+    parser.add_argument("--engine", default="model",
+                        help="model (default); kernel: the real program through BPF_PROG_TEST_RUN (root); "
+                             "both: kernel and model side by side, disagreeing frames counted as "
+                             "'divergences'. The kernel engines run the captured bytes, padded to 60 and "
+                             "cut at 3500 (the test path's limit), with that as the length for both twins")
     parser.add_argument("--direction", choices=sorted(DIRECTIONS), default="ingress",
                         help="ingress = traffic into the Pod (host-veth egress), egress = out of it")
     parser.add_argument("--verdicts", metavar="FILE", help="write one CSV line per frame")
@@ -245,10 +257,14 @@ def run(args) -> int:
 
     try:
         configs, settings = build_configs(args)
-        engine = make_engine(args.engine, configs, args.flow_table)
         records = list(read_capture(args.pcap))
     except (ParamError, CaptureError, ValueError) as e:
         print(f"natra-sim replay: {e}", file=sys.stderr)
+        return 2
+    try:
+        engine = make_engine(args.engine, configs, args.flow_table)
+    except Exception as e:  # the kernel engine's loader errors (not root, no object) end here
+        print(f"natra-sim replay: engine {args.engine}: {e}", file=sys.stderr)
         return 2
     bar = None
     if len(records) >= PROGRESS_MIN_FRAMES:
@@ -256,14 +272,22 @@ def run(args) -> int:
         bar = tqdm(total=len(records), unit="frame", file=sys.stderr)
     try:
         result = replay_records(records, engine, DIRECTIONS[args.direction], bar.update if bar else None)
+        extra = engine.summary_extra() if hasattr(engine, "summary_extra") else {}
     finally:
         if bar:
             bar.close()
+        if hasattr(engine, "close"):
+            engine.close()
     if args.verdicts:
         with open(args.verdicts, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(("index", "time_ns", "verdict", "flow", "heavy"))
             writer.writerows(verdict_rows(result))
     summary = summarize(result, settings)
-    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
+    summary.update(extra)
+    text = json.dumps(summary, indent=2) if args.json else format_table(summary)
+    if extra and not args.json:
+        text += (f"\n\nkernel vs model: {extra['divergences']} frames disagree; "
+                 f"final map state {'equal' if extra['state_equal'] else 'differs'}")
+    print(text)
     return 0
