@@ -377,12 +377,7 @@ static __u32 murmur3_key(const __u8 *key, __u32 seed)
 		h = h * 5 + 0xe6546b64u;
 	}
 	h ^= KEY_LEN;
-	h ^= h >> 16;
-	h *= 0x85ebca6bu;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35u;
-	h ^= h >> 16;
-	return h;
+	return fmix32(h);
 }
 
 /* The per-packet API: out[0] = estimate, out[1] = slot (re)assigned or -1. */
