@@ -1,13 +1,17 @@
 """Run a CNI network configuration list the way libcni does.
 
 Owns: the runtime's side of the CNI protocol for local use (the demo, the
-benchmarks and the tests): conflist semantics (name and cniVersion injected
-into each plugin's config, prevResult threaded through ADD, DEL in reverse
-order with the cached result, CHECK in order), capability arguments turned
-into `runtimeConfig` only for the capabilities a plugin declares, CNI_ARGS
-with the Kubernetes keys, and a bin dir holding the real Debian plugins next
-to `natra`.
+benchmarks, the soak and every test that drives plugins): conflist semantics
+(name and cniVersion injected into each plugin's config, prevResult threaded
+through ADD, DEL in reverse order with the cached result, CHECK in order),
+capability arguments turned into `runtimeConfig` only for the capabilities a
+plugin declares, CNI_ARGS with the Kubernetes keys, STATUS/GC/VERSION per
+plugin, per-plugin version caps (Debian's plugins stop at 1.0.0), and a bin
+dir holding the real Debian plugins next to `natra`: a launcher of this
+checkout's `python -m natra`, or the node bundle named by NATRA_PLUGIN.
 Rule: plugins are real executables run as subprocesses; nothing is faked.
+`run` reports every call as a `Call` and never raises on a plugin's failure;
+`add`/`check`/`delete` raise `ChainError` at the first failing plugin.
 Must not know: what any plugin does inside.
 """
 
@@ -23,6 +27,17 @@ from dataclasses import dataclass, field
 
 DEBIAN_CNI_DIR = "/usr/lib/cni"
 PLUGIN_TIMEOUT_S = 60
+NATRA_PLUGIN_ENV = "NATRA_PLUGIN"  # absolute path of a natra executable (the node bundle) for bin dirs
+CAPABILITY_BANDWIDTH = "bandwidth"
+CAPABILITY_ANNOTATIONS = "io.kubernetes.cri.pod-annotations"
+# Debian's containernetworking-plugins 1.1.1 speak up to 1.0.0; a 1.1.0 result has the same
+# shape, so a 1.1.0 conflist runs them at 1.0.0 (docs/cni.md).
+DEBIAN_VERSION_CAPS = {"ptp": "1.0.0", "bridge": "1.0.0", "bandwidth": "1.0.0", "portmap": "1.0.0"}
+DEFAULT_IPAM_DIR = "/run/natra-ipam"
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 class ChainError(RuntimeError):
@@ -33,19 +48,71 @@ class ChainError(RuntimeError):
         self.plugin, self.command, self.code, self.output, self.stderr = plugin, command, code, output, stderr
 
 
-def make_bin_dir(directory: str | None = None, python: str = sys.executable) -> str:
-    """A CNI bin dir: links to Debian's plugins plus a `natra` launcher."""
-    directory = directory or tempfile.mkdtemp(prefix="natra-cnibin-")
+@dataclass
+class Call:
+    """One plugin invocation and what came back."""
+
+    plugin: str
+    command: str
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+    @property
+    def output(self):
+        """The parsed stdout; the raw text when it is not JSON; None when empty."""
+        try:
+            return json.loads(self.stdout) if self.stdout.strip() else None
+        except json.JSONDecodeError:
+            return self.stdout
+
+    def error(self) -> ChainError:
+        return ChainError(self.plugin, self.command, self.code, self.output, self.stderr)
+
+
+def invoke(bin_dir: str, plugin: str, command: str, config: dict | None, env: dict[str, str],
+           stdin: bytes | None = None, timeout_s: float = PLUGIN_TIMEOUT_S) -> Call:
+    """Run one plugin executable from `bin_dir` with `config` (or raw `stdin`) on stdin."""
+    full_env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
+                "CNI_PATH": bin_dir, **env}
+    data = stdin if stdin is not None else json.dumps(config or {}).encode()
+    proc = subprocess.run([os.path.join(bin_dir, plugin)], input=data, env=full_env,
+                          capture_output=True, timeout=timeout_s)
+    return Call(plugin, command, proc.returncode, proc.stdout.decode(errors="replace"),
+                proc.stderr.decode(errors="replace"))
+
+
+def make_bin_dir(directory: str | None = None, python: str = sys.executable, *,
+                 plugin: str | None = None, prefix: str = "natra-cnibin-") -> str:
+    """A CNI bin dir: links to Debian's plugins plus `natra`.
+
+    `natra` is a link to `plugin` (or to $NATRA_PLUGIN when set, e.g. the node
+    bundle dist/natra/natra), else a launcher running `python -m natra` from
+    this checkout."""
+    directory = directory or tempfile.mkdtemp(prefix=prefix)
+    os.makedirs(directory, exist_ok=True)
     for name in os.listdir(DEBIAN_CNI_DIR):
         target = os.path.join(directory, name)
-        if not os.path.exists(target):
+        if not os.path.lexists(target):
             os.symlink(os.path.join(DEBIAN_CNI_DIR, name), target)
-    launcher = os.path.join(directory, "natra")
+    natra = os.path.join(directory, "natra")
+    if os.path.lexists(natra):
+        os.remove(natra)
+    plugin = plugin or os.environ.get(NATRA_PLUGIN_ENV) or None
+    if plugin:
+        if not os.path.isabs(plugin) or not os.access(plugin, os.X_OK):
+            raise FileNotFoundError(f"{NATRA_PLUGIN_ENV}: {plugin!r} is not an executable absolute path")
+        os.symlink(plugin, natra)
+        return directory
     src_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(launcher, "w") as f:
+    with open(natra, "w") as f:
         f.write("#!/bin/sh\n"
                 f"PYTHONPATH={src_root}${{PYTHONPATH:+:$PYTHONPATH}} exec {python} -m natra \"$@\"\n")
-    os.chmod(launcher, 0o755)
+    os.chmod(natra, 0o755)
     return directory
 
 
@@ -61,54 +128,82 @@ class Attachment:
     cached_result: dict | None = None
 
     def cni_args(self) -> str:
-        pairs = [("IgnoreUnknown", "1"), *self.k8s_args.items()]
+        pairs = [("IgnoreUnknown", "1"), *self.k8s_args.items()]  # any order is valid
         return ";".join(f"{k}={v}" for k, v in pairs)
+
+    @property
+    def ip(self) -> str | None:
+        """The first address of the cached result, without its prefix length."""
+        for entry in (self.cached_result or {}).get("ips", []):
+            return entry["address"].split("/")[0]
+        return None
+
+    @property
+    def host_ifname(self) -> str | None:
+        """The first host-side interface of the cached result (the veth, or a bridge)."""
+        return next((i["name"] for i in (self.cached_result or {}).get("interfaces", [])
+                     if not i.get("sandbox")), None)
 
 
 class Chain:
-    """A conflist and the bin dir to run it from."""
+    """A conflist and the bin dir to run it from.
 
-    def __init__(self, conflist: dict, bin_dir: str, extra_env: dict[str, str] | None = None):
+    `version_caps`: plugin type -> highest version it speaks; a capped plugin
+    runs at the lower of the cap and the conflist's version (and gets a
+    prevResult relabelled to it), every other plugin at the conflist's."""
+
+    def __init__(self, conflist: dict, bin_dir: str, extra_env: dict[str, str] | None = None,
+                 version_caps: dict[str, str] | None = None):
         self.conflist = conflist
         self.bin_dir = bin_dir
-        self.extra_env = extra_env or {}
+        self.extra_env = dict(extra_env or {})
+        self.version_caps = DEBIAN_VERSION_CAPS if version_caps is None else version_caps
 
-    def _plugin_config(self, plugin: dict, att: Attachment, prev: dict | None) -> dict:
-        config = dict(plugin)
+    @property
+    def version(self) -> str:
+        return self.conflist["cniVersion"]
+
+    def plugin_version(self, plugin_type: str) -> str:
+        cap = self.version_caps.get(plugin_type)
+        return cap if cap and _version_key(cap) < _version_key(self.version) else self.version
+
+    def plugin_config(self, plugin: dict, att: Attachment | None, prev: dict | None) -> dict:
+        """What the plugin reads on stdin."""
+        config = json.loads(json.dumps(plugin))
         config["name"] = self.conflist["name"]
-        config["cniVersion"] = self.conflist["cniVersion"]
-        runtime = {cap: att.capability_args[cap]
-                   for cap, on in plugin.get("capabilities", {}).items()
-                   if on and cap in att.capability_args}
+        config["cniVersion"] = self.plugin_version(plugin["type"])
+        declared = plugin.get("capabilities") or {}
+        runtime = {cap: value for cap, value in (att.capability_args if att else {}).items()
+                   if declared.get(cap)}
         if runtime:
             config["runtimeConfig"] = runtime
         if prev is not None:
-            config["prevResult"] = prev
+            config["prevResult"] = {**prev, "cniVersion": config["cniVersion"]} \
+                if config["cniVersion"] != self.version else prev
         return config
 
+    _plugin_config = plugin_config  # the older name
+
+    def env(self, att: Attachment) -> dict[str, str]:
+        return {"CNI_CONTAINERID": att.container_id, "CNI_NETNS": att.netns, "CNI_IFNAME": att.ifname,
+                "CNI_ARGS": att.cni_args(), **self.extra_env}
+
+    def run(self, plugin: dict, command: str, att: Attachment | None, prev: dict | None,
+            extra: dict | None = None) -> Call:
+        """One plugin call; `extra` keys are merged into its config (GC's attachment list)."""
+        config = self.plugin_config(plugin, att, prev)
+        config.update(extra or {})
+        return invoke(self.bin_dir, plugin["type"], command, config,
+                      self.env(att) if att else dict(self.extra_env))
+
     def _exec(self, plugin: dict, command: str, att: Attachment, prev: dict | None) -> dict | None:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-            "CNI_COMMAND": command,
-            "CNI_CONTAINERID": att.container_id,
-            "CNI_NETNS": att.netns,
-            "CNI_IFNAME": att.ifname,
-            "CNI_ARGS": att.cni_args(),
-            "CNI_PATH": self.bin_dir,
-            **self.extra_env,
-        }
-        stdin = json.dumps(self._plugin_config(plugin, att, prev)).encode()
-        exe = os.path.join(self.bin_dir, plugin["type"])
-        proc = subprocess.run([exe], input=stdin, env=env, capture_output=True, timeout=PLUGIN_TIMEOUT_S)
-        out = proc.stdout.decode(errors="replace").strip()
-        if proc.returncode != 0:
-            try:
-                parsed: dict | str = json.loads(out)
-            except ValueError:
-                parsed = out
-            stderr = proc.stderr.decode(errors="replace")
-            raise ChainError(plugin["type"], command, proc.returncode, parsed, stderr)
-        return json.loads(out) if out else None
+        """One plugin call that must succeed: its parsed output, else ChainError."""
+        call = self.run(plugin, command, att, prev)
+        if not call.ok:
+            raise call.error()
+        return call.output
+
+    # ---- whole-chain commands that raise at the first failure ---------------------------------
 
     def add(self, att: Attachment) -> dict:
         prev = None
@@ -126,25 +221,76 @@ class Chain:
             self._exec(plugin, "DEL", att, att.cached_result)
         att.cached_result = None
 
+    # ---- whole-chain commands that report every call ------------------------------------------
 
-def ptp_conflist(name: str, subnet: str, *, then: list[dict] | None = None, version: str = "1.0.0") -> dict:
-    """`ptp` with host-local IPAM and a default route, followed by `then`."""
-    ptp = {
-        "type": "ptp",
-        "ipMasq": False,
-        "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                 "routes": [{"dst": "0.0.0.0/0"}], "dataDir": f"/run/natra-ipam/{name}"},
-    }
+    def add_calls(self, att: Attachment) -> list[Call]:
+        """ADD through every plugin, stopping at the first failure; caches the last result."""
+        prev, calls = None, []
+        for plugin in self.conflist["plugins"]:
+            calls.append(self.run(plugin, "ADD", att, prev))
+            if not calls[-1].ok:
+                return calls
+            prev = calls[-1].output
+        att.cached_result = prev
+        return calls
+
+    def check_calls(self, att: Attachment) -> list[Call]:
+        """CHECK in order with the cached result, stopping at the first failure."""
+        calls = []
+        for plugin in self.conflist["plugins"]:
+            calls.append(self.run(plugin, "CHECK", att, att.cached_result))
+            if not calls[-1].ok:
+                break
+        return calls
+
+    def delete_calls(self, att: Attachment) -> list[Call]:
+        """DEL in reverse order with the cached result; every plugin runs."""
+        calls = [self.run(p, "DEL", att, att.cached_result) for p in reversed(self.conflist["plugins"])]
+        att.cached_result = None
+        return calls
+
+    # ---- per-plugin commands ------------------------------------------------------------------
+
+    def plugin(self, plugin_type: str) -> dict:
+        return next(p for p in self.conflist["plugins"] if p["type"] == plugin_type)
+
+    def status(self, plugin_type: str) -> Call:
+        return self.run(self.plugin(plugin_type), "STATUS", None, None)
+
+    def gc(self, plugin_type: str, valid: list[Attachment], key: str = "cni.dev/valid-attachments") -> Call:
+        entries = [{"containerID": a.container_id, "ifname": a.ifname} for a in valid]
+        return self.run(self.plugin(plugin_type), "GC", None, None, {key: entries})
+
+    def version_of(self, plugin_type: str) -> Call:
+        return invoke(self.bin_dir, plugin_type, "VERSION", {"cniVersion": self.version}, {})
+
+
+def ptp_entry(subnet: str, data_dir: str) -> dict:
+    """`ptp` with host-local IPAM in `subnet` and a default route in the Pod."""
+    return {"type": "ptp", "ipMasq": False,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": data_dir,
+                     "routes": [{"dst": "0.0.0.0/0"}]}}
+
+
+def bridge_entry(name: str, subnet: str, data_dir: str) -> dict:
+    """`bridge` (gateway, no masquerade) with host-local IPAM and a default route."""
+    return {**ptp_entry(subnet, data_dir), "type": "bridge", "bridge": name, "isGateway": True}
+
+
+def ptp_conflist(name: str, subnet: str, *, then: list[dict] | None = None, version: str = "1.0.0",
+                 ipam_dir: str = DEFAULT_IPAM_DIR) -> dict:
+    """`ptp` with host-local IPAM (its data under `ipam_dir`/`name`), followed by `then`."""
+    ptp = ptp_entry(subnet, os.path.join(ipam_dir, name))
     return {"cniVersion": version, "name": name, "plugins": [ptp, *(then or [])]}
 
 
 def natra_entry(**defaults) -> dict:
-    return {"type": "natra", "capabilities": {"bandwidth": True, "io.kubernetes.cri.pod-annotations": True},
+    return {"type": "natra", "capabilities": {CAPABILITY_BANDWIDTH: True, CAPABILITY_ANNOTATIONS: True},
             **defaults}
 
 
 def bandwidth_entry() -> dict:
-    return {"type": "bandwidth", "capabilities": {"bandwidth": True}}
+    return {"type": "bandwidth", "capabilities": {CAPABILITY_BANDWIDTH: True}}
 
 
 def remove_bin_dir(directory: str) -> None:

@@ -41,7 +41,6 @@ class LocalNet:
     prefix: str
     namespaces: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
-    _forward_was: str | None = None
 
     def add_netns(self, name: str) -> str:
         full = f"{self.prefix}{name}"
@@ -61,8 +60,8 @@ class LocalNet:
         sh("ip", "addr", "add", f"{subnet_prefix}.2/24", "dev", "eth0", netns=ns)
         sh("ip", "link", "set", "eth0", "up", netns=ns)
         sh("ip", "route", "add", "default", "via", f"{subnet_prefix}.1", netns=ns)
-        with open("/proc/sys/net/ipv4/ip_forward") as f:
-            self._forward_was = f.read().strip()
+        # Forwarding stays on afterwards: ptp turns it on at every ADD anyway, and
+        # switching it off could cut another run still going.
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("1")
         return RemoteNode(ns, host_veth, f"{subnet_prefix}.1", f"{subnet_prefix}.2")
@@ -79,9 +78,6 @@ class LocalNet:
                 except (ProcessLookupError, ValueError):
                     pass
             sh("ip", "netns", "del", ns, check=False)
-        if self._forward_was is not None:
-            with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-                f.write(self._forward_was)
         self.links.clear()
         self.namespaces.clear()
 

@@ -2,7 +2,7 @@
 Pod sandboxes through the CNI chain ptp -> natra (or ptp -> bandwidth).
 
 Owns: deciding whether containerd can run here (and skipping with the reason
-when not), choosing the chain, bringing the node (natra.demo_runtime's
+when not), choosing the chain, bringing the node (natra.cri.runtime's
 DemoRuntime, recording every CNI call) and the remote namespace up once per
 session, the kubelet-side CRI client (cri_client, compiled from our api.proto,
 independent of the node's own hand-written client), a `pods` helper that
@@ -35,10 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cri_wire as wire  # noqa: E402
 
-from natra import demo_runtime as R  # noqa: E402
+import natra.cri as CRI  # noqa: E402
+from natra.cri import node as NODE  # noqa: E402
+from natra.cri import runtime as R  # noqa: E402
 
 CHAIN_ENV = "NATRA_CRI_CHAIN"
-CHAIN_NATRA, CHAIN_BANDWIDTH = R.LIMITER_NATRA, R.LIMITER_BANDWIDTH
+CHAIN_NATRA, CHAIN_BANDWIDTH = NODE.LIMITER_NATRA, NODE.LIMITER_BANDWIDTH
 TEST_TOOLS = ("iperf3", "nsenter", "ip", "bpftool")
 BPFFS = Path("/sys/fs/bpf")
 BPFFS_ROOT_PREFIX = "nt10-cri-"  # + the pid of the test process
@@ -63,9 +65,9 @@ def _why_no_containerd() -> str | None:
 
 def natra_answers_version(bpffs_root: str) -> str | None:
     """None when `python3 -m natra` serves CNI VERSION, else why not."""
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": "VERSION", **R.natra_env(bpffs_root)}
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": "VERSION", **NODE.natra_env(bpffs_root)}
     try:
-        proc = subprocess.run(R.natra_command(), input='{"cniVersion": "1.0.0"}', env=env,
+        proc = subprocess.run(NODE.natra_command(), input='{"cniVersion": "1.0.0"}', env=env,
                               capture_output=True, text=True, timeout=VERSION_PROBE_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"natra did not run: {err}"
@@ -73,7 +75,7 @@ def natra_answers_version(bpffs_root: str) -> str | None:
         versions = json.loads(proc.stdout).get("supportedVersions", [])
     except ValueError:
         versions = []
-    if proc.returncode != 0 or R.CNI_VERSION not in versions:
+    if proc.returncode != 0 or NODE.CNI_VERSION not in versions:
         return f"natra VERSION failed (rc {proc.returncode}): {(proc.stdout + proc.stderr).strip()[-300:]}"
     return None
 
@@ -102,16 +104,16 @@ class CriNode:
     remote: wire.RemoteNode
 
     @property
-    def layout(self) -> R.NodeLayout:
+    def layout(self) -> NODE.NodeLayout:
         return self.runtime.layout
 
     def require_natra(self) -> None:
         if self.chain != CHAIN_NATRA:
             pytest.skip(f"chain is ptp -> bandwidth: {self.why_not_natra}")
 
-    def calls_for(self, pod_name: str, command: str | None = None) -> list[R.CapturedCall]:
+    def calls_for(self, pod_name: str, command: str | None = None) -> list[NODE.CapturedCall]:
         """Recorded calls of the limiter plugin for one Pod."""
-        return [c for c in R.captured_calls(self.layout)
+        return [c for c in NODE.captured_calls(self.layout)
                 if f"K8S_POD_NAME={pod_name};" in c.env.get("CNI_ARGS", "") + ";"
                 and (command is None or c.command == command)]
 
@@ -131,7 +133,7 @@ def cri_node():
         pytest.skip(why)
     import cri_client
 
-    R.reap_stale_nodes(Path(tempfile.gettempdir()), NODE_DIR_PREFIX)
+    NODE.reap_stale_nodes(Path(tempfile.gettempdir()), NODE_DIR_PREFIX)
     _reap_stale_bpffs_roots()
     bpffs_root = str(BPFFS / f"{BPFFS_ROOT_PREFIX}{os.getpid()}")
     chain, why_not_natra = choose_chain(bpffs_root)
@@ -142,7 +144,7 @@ def cri_node():
     try:
         try:
             runtime.start()
-        except R.RuntimeUnavailable as err:
+        except CRI.RuntimeUnavailable as err:
             pytest.skip(f"containerd cannot run sandboxes here: {err}")
         client = cri_client.CriClient(str(runtime.layout.socket))
         remote.up()

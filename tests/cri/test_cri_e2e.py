@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from cri_client import CriError
 
-from natra.demo_runtime import LIMITER_NATRA as CHAIN_NATRA
+from natra.cri.node import LIMITER_NATRA as CHAIN_NATRA
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""natra/demo_runtime.py: the offline image, the node's files, the hand-written
+"""natra/cri (image, node, protocol): the offline image, the node's files, the hand-written
 CRI protobuf, and start_sandbox/stop_sandbox on a real node.
 
 Without root: the OCI layout's descriptors are true (digests, sizes, media
@@ -26,7 +26,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from natra import demo_runtime as R
+from natra.cri import image as OCI
+from natra.cri import node as NODE
+from natra.cri import protocol as PB
 
 IMAGE = "natra.test/pause:nt10"
 BASE = Path("/tmp/nt10-cri-example")
@@ -52,16 +54,16 @@ def blob(files, descriptor: dict) -> bytes:
 @settings(max_examples=20, deadline=None)
 @given(binary=st.binary(min_size=1, max_size=4096))
 def test_every_image_descriptor_matches_its_blob(binary):
-    files = members(R.oci_layout_tar(binary, IMAGE))
+    files = members(OCI.oci_layout_tar(binary, IMAGE))
     assert json.loads(files["oci-layout"][1]) == {"imageLayoutVersion": "1.0.0"}
     [entry] = json.loads(files["index.json"][1])["manifests"]
-    assert entry["mediaType"] == R.MEDIA_MANIFEST
-    assert entry["annotations"] == {R.REF_NAME_KEY: "nt10", R.CONTAINERD_NAME_KEY: IMAGE}
+    assert entry["mediaType"] == OCI.MEDIA_MANIFEST
+    assert entry["annotations"] == {OCI.REF_NAME_KEY: "nt10", OCI.CONTAINERD_NAME_KEY: IMAGE}
     manifest = json.loads(blob(files, entry))
-    assert manifest["config"]["mediaType"] == R.MEDIA_CONFIG
+    assert manifest["config"]["mediaType"] == OCI.MEDIA_CONFIG
     config = json.loads(blob(files, manifest["config"]))
     [layer_desc] = manifest["layers"]
-    assert layer_desc["mediaType"] == R.MEDIA_LAYER
+    assert layer_desc["mediaType"] == OCI.MEDIA_LAYER
     layer = blob(files, layer_desc)
     assert config["rootfs"]["diff_ids"] == [layer_desc["digest"]]
     assert config["config"]["Entrypoint"] == ["/pause"]
@@ -70,8 +72,8 @@ def test_every_image_descriptor_matches_its_blob(binary):
 
 
 def test_image_archive_is_reproducible_and_named_by_content():
-    assert R.oci_layout_tar(b"\x7fELF-a", IMAGE) == R.oci_layout_tar(b"\x7fELF-a", IMAGE)
-    assert R.oci_layout_tar(b"\x7fELF-a", IMAGE) != R.oci_layout_tar(b"\x7fELF-b", IMAGE)
+    assert OCI.oci_layout_tar(b"\x7fELF-a", IMAGE) == OCI.oci_layout_tar(b"\x7fELF-a", IMAGE)
+    assert OCI.oci_layout_tar(b"\x7fELF-a", IMAGE) != OCI.oci_layout_tar(b"\x7fELF-b", IMAGE)
 
 
 # ---- the node's files ------------------------------------------------------------------------
@@ -85,7 +87,7 @@ def paths_in(value) -> list[str]:
 
 
 def test_config_keeps_every_path_private_and_the_measured_settings():
-    config = tomllib.loads(R.containerd_config(R.NodeLayout(BASE)))
+    config = tomllib.loads(NODE.containerd_config(NODE.NodeLayout(BASE)))
     assert paths_in(config)
     assert all(p.startswith(str(BASE) + "/") for p in paths_in(config)), paths_in(config)
     cri = config["plugins"][CRI]
@@ -93,13 +95,13 @@ def test_config_keeps_every_path_private_and_the_measured_settings():
     assert cri["containerd"]["snapshotter"] == "native"
     runc = cri["containerd"]["runtimes"]["runc"]
     assert runc["runtime_type"] == "io.containerd.runc.v2" and runc["options"]["NoNewKeyring"] is True
-    assert cri["sandbox_image"] == R.SANDBOX_IMAGE
+    assert cri["sandbox_image"] == NODE.SANDBOX_IMAGE
 
 
 def test_conflist_chains_ptp_into_the_limiter_with_both_capabilities():
-    layout = R.NodeLayout(BASE)
+    layout = NODE.NodeLayout(BASE)
     subnet = "10.210.0.0/17"
-    conf = R.conflist(layout, R.limiter_entry(R.LIMITER_NATRA, layout, "/sys/fs/bpf/x"), subnet)
+    conf = NODE.conflist(layout, NODE.limiter_entry(NODE.LIMITER_NATRA, layout, "/sys/fs/bpf/x"), subnet)
     ptp, natra = conf["plugins"]
     assert ptp["type"] == "ptp" and ptp["ipam"]["subnet"] == subnet
     assert ptp["ipam"]["dataDir"].startswith(str(BASE))
@@ -126,7 +128,8 @@ def pb():
 @given(name=names, uid=names, namespace=names,
        annotations=st.dictionaries(names, st.text(max_size=40), max_size=5))
 def test_run_request_decodes_as_the_public_message(pb, name, uid, namespace, annotations):
-    request = pb.RunPodSandboxRequest.FromString(R.run_pod_sandbox_request(name, uid, namespace, annotations))
+    wire = PB.run_pod_sandbox_request(name, uid, namespace, annotations)
+    request = pb.RunPodSandboxRequest.FromString(wire)
     config = request.config
     assert (config.metadata.name, config.metadata.uid, config.metadata.namespace) == (name, uid, namespace)
     assert config.hostname == name and dict(config.annotations) == annotations
@@ -142,14 +145,14 @@ def test_status_response_parses_like_the_public_message(pb, sid, ip, ready, netn
         status=pb.PodSandboxStatus(id=sid, state=pb.SANDBOX_READY if ready else pb.SANDBOX_NOTREADY,
                                    network=pb.PodSandboxNetworkStatus(ip=ip), created_at=1),
         info=info)
-    state = R.parse_sandbox_status(response.SerializeToString())
+    state = PB.parse_sandbox_status(response.SerializeToString())
     assert (state.id, state.ready, state.ip, state.netns_path) == (sid, ready, ip, netns)
     assert state.cni_result == {"Interfaces": {}}
 
 
 @given(n=st.integers(min_value=0, max_value=2**64 - 1))
 def test_varints_round_trip(n):
-    assert R.pb_fields(R.pb_varint(1 << 3) + R.pb_varint(n)) == {1: [n]}
+    assert PB.pb_fields(PB.pb_varint(1 << 3) + PB.pb_varint(n)) == {1: [n]}
 
 
 # ---- on the session's node -------------------------------------------------------------------

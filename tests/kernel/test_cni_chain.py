@@ -1,7 +1,11 @@
 """The plugin driven as a runtime drives it: Debian's ptp/bridge + host-local, then natra.
 
 Each Pod is a network namespace (nt4-*); plugins run as subprocesses with the
-environment and stdin libcni would give them (tests/kernel/chain.py). Natra's
+environment and stdin libcni would give them (natra.cnichain, through
+tests/kernel/chain.py). Every test that takes `lab` runs twice: with
+`python -m natra` from this checkout, and with the node bundle
+(dist/natra/natra, `make node-bundle`) as /opt/cni/bin/natra would be called;
+the bundle runs skip when it is not built. Natra's
 state goes to a private bpffs root so GC here never touches anyone else's.
 Kernel state is read back through natra.datapath.inspect, the kernel's own
 tcx program query and bpftool.
@@ -36,6 +40,7 @@ CONTAINERD_ARGS = {"bandwidth": {"IngressRate": RATE_IN, "IngressBurst": MAXU32,
                                  "EgressRate": RATE_OUT, "EgressBurst": MAXU32}}
 CRIO_ARGS = {"bandwidth": {"ingressRate": RATE_IN, "ingressBurst": 4 * 1024**3 - 1}}
 VERSION_CAPS = {"ptp": "1.0.0", "bridge": "1.0.0"}  # Debian's plugins 1.1.1 stop at 1.0.0
+BUNDLE = os.path.join(C.REPO, "dist", "natra", "natra")
 
 
 def _unavailable() -> str | None:
@@ -54,8 +59,8 @@ class Lab:
 
     subnet_counter = 0
 
-    def __init__(self):
-        self.bin_dir = C.make_bin_dir()
+    def __init__(self, plugin: str | None = None):
+        self.bin_dir = C.make_bin_dir(plugin)
         self.tmp = tempfile.mkdtemp(prefix="nt4-lab-")
         self.root = f"/sys/fs/bpf/nt4-{os.getpid()}-{Lab.subnet_counter}"
         Lab.subnet_counter += 1
@@ -105,9 +110,19 @@ class Lab:
         C.remove_tree(self.bin_dir)
 
 
+@pytest.fixture(params=["python", "bundle"])
+def plugin_runner(request) -> str | None:
+    """The `natra` executable of the chain: None for the launcher (or $NATRA_PLUGIN), or the bundle."""
+    if request.param == "python":
+        return None
+    if not os.access(BUNDLE, os.X_OK):
+        pytest.skip(f"node bundle not built ({BUNDLE}; make node-bundle)")
+    return BUNDLE
+
+
 @pytest.fixture
-def lab():
-    made = Lab()
+def lab(plugin_runner):
+    made = Lab(plugin_runner)
     try:
         yield made
     finally:
@@ -439,6 +454,8 @@ def test_pod_annotation_overrides_reach_the_kernel(lab):
 
 def test_add_imports_nothing_heavy(lab):
     """The tcx ADD path never imports numpy, scapy or pyroute2 (each costs 0.1-1.2 s per call)."""
+    if C.frozen(lab.bin_dir):
+        pytest.skip("a frozen bundle ignores PYTHONPROFILEIMPORTTIME; its imports are fixed at build time")
     ch = lab.chain("1.0.0", attachMode="tcx")
     ch.extra_env = {"PYTHONPROFILEIMPORTTIME": "1"}
     pod = lab.pod(ch, "imp", capability_args=CONTAINERD_ARGS)
