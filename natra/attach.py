@@ -247,9 +247,14 @@ def attach_clsact(prog_fd: int, ifindex: int, direction: int, name: str) -> bool
             if created:
                 ipr.tc("add", "clsact", ifindex)
         except Exception as e:
-            if getattr(e, "code", None) != errno.EEXIST:  # another agent made it meanwhile: fine
+            if getattr(e, "code", None) != errno.EEXIST:
                 raise AttachError(f"{step}: add clsact qdisc", e) from e
             created = False
+            # EEXIST: another agent made clsact meanwhile (fine), or an `ingress`
+            # qdisc holds ffff: (the standard bandwidth plugin's); then both our
+            # filters would land in its one block, and egress would not be limited.
+            if not _has_clsact(ipr, ifindex):
+                raise AttachError(f"{step}: an ingress qdisc holds ffff:, clsact unavailable", e) from e
         try:
             ipr.tc("replace-filter", "bpf", ifindex, CLSACT_HANDLE, fd=prog_fd, name=name,
                    parent=CLSACT_PARENT[direction], prio=CLSACT_PRIO, protocol=ETH_P_ALL,

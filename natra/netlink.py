@@ -13,6 +13,7 @@ Must not know: CNI, BPF, which interface is the host side.
 from __future__ import annotations
 
 import ctypes
+import errno as errno_mod
 import os
 import socket
 import struct
@@ -107,13 +108,17 @@ def get_link(ifname: str) -> Link:
     raise NetlinkError(f"RTM_GETLINK {ifname}: no link in the kernel's answer")
 
 
+NETNS_TIMEOUT_S = 5.0  # entering a netns and one netlink round trip take milliseconds
+
+
 def in_netns(netns_path: str, fn, *args):
     """fn(*args) run in the network namespace at `netns_path`, from a throwaway thread."""
     outcome: dict = {}
 
     def worker() -> None:
         try:
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO named as CNI_NETNS must not hang the plugin.
+            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             outcome["error"] = NetlinkError(exc.errno, f"open netns {netns_path}: {exc.strerror}")
             return
@@ -131,7 +136,9 @@ def in_netns(netns_path: str, fn, *args):
 
     thread = threading.Thread(target=worker, name="natra-netns", daemon=True)
     thread.start()
-    thread.join()
+    thread.join(NETNS_TIMEOUT_S)
+    if thread.is_alive():
+        raise NetlinkError(errno_mod.ETIMEDOUT, f"netns {netns_path}: no answer in {NETNS_TIMEOUT_S} s")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]

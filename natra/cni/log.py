@@ -29,6 +29,7 @@ class Log:
     stderr: object = field(default_factory=lambda: sys.stderr)
     context: str = "-"  # "<command> <container> <pod>"
     lines: list[str] = field(default_factory=list)  # every line written, for the caller
+    _file_failed: bool = False  # the log file could not be written (said once on stderr)
 
     def event(self, now_ns: int, level: str, message: str) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now_ns // 1_000_000_000))
@@ -68,5 +69,11 @@ class Log:
                 os.write(fd, data)
             finally:
                 os.close(fd)
-        except OSError:
-            pass
+        except OSError as exc:  # never fails the plugin; says so once on stderr
+            if not self._file_failed:
+                self._file_failed = True
+                try:
+                    self.stderr.write(f"natra WARN {self.context}: cannot write log file {self.path}: "
+                                      f"{exc.strerror or exc}\n")
+                except (OSError, ValueError, AttributeError):
+                    pass

@@ -76,7 +76,7 @@ def _request_version(stdin: bytes) -> str:
     """The version an error should carry: the config's if readable and supported."""
     try:
         version = json.loads(stdin).get("cniVersion")
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return versions.LATEST
     return version if isinstance(version, str) and versions.is_supported(version) else versions.LATEST
 

@@ -37,6 +37,11 @@ class QuantityError(ValueError):
     """Text that is not a Kubernetes quantity, or a bandwidth out of bounds."""
 
 
+# Kubernetes' own parser keeps at most 18 significant digits (int64); a few
+# hundred is already beyond any rate; Python refuses ints over 4300 digits.
+MAX_DIGITS = 256
+
+
 def parse_quantity(text: str) -> Fraction:
     """The exact value of a quantity string: '10M' -> 10000000, '10m' -> 1/100."""
     if not isinstance(text, str):
@@ -46,7 +51,12 @@ def parse_quantity(text: str) -> Fraction:
         raise QuantityError(f"quantities must match the regular expression "
                             f"'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$': {text!r}")
     number, suffix = match["number"], match["suffix"]
-    value = Fraction(number.lstrip("+"))  # Fraction reads '1.', '.5' and '-3' exactly
+    if len(number) > MAX_DIGITS:
+        raise QuantityError(f"quantity has {len(number)} digits, more than {MAX_DIGITS}")
+    try:
+        value = Fraction(number.lstrip("+"))  # Fraction reads '1.', '.5' and '-3' exactly
+    except ValueError as exc:  # '1.2.3' matches the grammar's character class
+        raise QuantityError(f"not a number: {text!r}") from exc
     if suffix in DECIMAL_SI:
         return value * DECIMAL_SI[suffix]
     if suffix in BINARY_SI:

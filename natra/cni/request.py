@@ -121,6 +121,9 @@ def _decode(stdin: bytes) -> dict:
         config = json.loads(stdin.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CniError.of(Kind.DECODE_FAILURE, "cannot decode network config on stdin", str(exc)) from exc
+    except RecursionError as exc:  # e.g. a thousand nested '[': never a traceback
+        raise CniError.of(Kind.DECODE_FAILURE, "cannot decode network config on stdin",
+                          "JSON nested too deeply") from exc
     if not isinstance(config, dict):
         raise CniError.of(Kind.DECODE_FAILURE, "network config must be a JSON object",
                           f"got a JSON {type(config).__name__}")

@@ -104,6 +104,9 @@ class Settings:
 
 # ---- value readers: each takes a JSON or annotation value and a knob name ----
 
+MAX_DURATION_NS = 2**63  # beyond this a duration is no window or interval (and may be inf)
+
+
 def read_duration(value, knob: str) -> int:
     """ns from an integer (ns) or Go duration text ('100ms', '1.5s', '1m30s')."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -115,7 +118,7 @@ def read_duration(value, knob: str) -> int:
             for match in parts:
                 total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
                 pos = match.end()
-            if pos == len(value) and total > 0:
+            if pos == len(value) and 0 < total < MAX_DURATION_NS:
                 return round(total)
     raise TuningError(f"{knob} must be a duration like '100ms' or a positive integer of ns")
 
