@@ -64,6 +64,37 @@ def have_root_kernel() -> str | None:
     return _bpffs_mount_problem()
 
 
+def kernel_skip_reason(*, tools: tuple[str, ...] = (), files: dict[str, str] | None = None,
+                       modules: tuple[str, ...] = ()) -> str | None:
+    """None when a kernel test module can run here, else why not.
+
+    Root and the kernel features (have_root_kernel), the built BPF object, and
+    what the module needs besides: `tools` on PATH, `files` (path -> the Debian
+    package that brings it), importable `modules`.
+    """
+    reason = have_root_kernel()
+    if reason:
+        return reason
+    for tool in tools:
+        if shutil.which(tool) is None:
+            return f"needs {tool}"
+    for path, package in (files or {}).items():
+        if not os.path.exists(path):
+            return f"needs {path} (apt-get install {package})"
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError:
+            return f"needs the Python module {module}"
+    from natra.loader import LoadError, object_path
+
+    try:
+        object_path()
+    except LoadError as e:
+        return str(e)
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def _bpffs_mount_problem() -> str | None:
     """Kernel tests mount private bpffs instances: can we?"""

@@ -28,20 +28,8 @@ FRAMES = 20
 FOREIGN_PRIO = 50000  # a neighbour's clsact filter that runs after ours (higher number = later)
 
 
-def _skip_reason() -> str | None:
-    reason = netns.have_root_kernel()
-    if reason:
-        return reason
-    from natra.loader import LoadError, object_path
-
-    try:
-        object_path()
-    except LoadError as e:
-        return str(e)
-    return None
-
-
-pytestmark = [pytest.mark.root, pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))]
+SKIP_REASON = netns.kernel_skip_reason()
+pytestmark = [pytest.mark.root, pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))]
 
 
 # ---- a neighbour: counts frames in an ARRAY map and passes them on ------------------------

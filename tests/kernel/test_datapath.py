@@ -19,21 +19,8 @@ from natra import attach, bpfsys, datapath, meta, pins
 from natra import layout as L
 from natra.params import params_for, to_config
 
-
-def _skip_reason() -> str | None:
-    reason = netns.have_root_kernel()
-    if reason:
-        return reason
-    from natra.loader import LoadError, object_path
-
-    try:
-        object_path()
-    except LoadError as e:
-        return str(e)
-    return None
-
-
-pytestmark = [pytest.mark.root, pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))]
+SKIP_REASON = netns.kernel_skip_reason()
+pytestmark = [pytest.mark.root, pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))]
 
 MODES = ["tcx", "clsact"]
 BOTH = {L.DIR_TO_POD, L.DIR_FROM_POD}

@@ -43,25 +43,9 @@ SETTLE_S = 0.2  # last frames and ACKs in flight after the clients exit
 BOTH_WAYS_S = 2
 
 
-def _skip_reason() -> str | None:
-    reason = netns.have_root_kernel()
-    if reason:
-        return reason
-    import shutil
-
-    if shutil.which("iperf3") is None:
-        return "needs iperf3"
-    from natra.loader import LoadError, object_path
-
-    try:
-        object_path()
-    except LoadError as e:
-        return str(e)
-    return None
-
-
-if _skip_reason():
-    pytestmark.append(pytest.mark.skip(reason=str(_skip_reason())))
+SKIP_REASON = netns.kernel_skip_reason(tools=("iperf3",))
+if SKIP_REASON:
+    pytestmark.append(pytest.mark.skip(reason=SKIP_REASON))
 
 
 def _ns_stat(pod: N.Pod, name: str) -> int:

@@ -26,30 +26,9 @@ from natra import datapath, maps, pins
 from natra import layout as L
 from natra.params import params_for, to_config
 
-
-def _skip_reason() -> str | None:
-    reason = netns.have_root_kernel()
-    if reason:
-        return reason
-    if not _which("iperf3"):
-        return "needs iperf3"
-    from natra.loader import LoadError, object_path
-
-    try:
-        object_path()
-    except LoadError as e:
-        return str(e)
-    return None
-
-
-def _which(tool: str) -> bool:
-    import shutil
-
-    return shutil.which(tool) is not None
-
-
+SKIP_REASON = netns.kernel_skip_reason(tools=("iperf3",))
 pytestmark = [pytest.mark.root, pytest.mark.slow,
-              pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))]
+              pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))]
 
 DURATION_S = 3  # per run; 8 runs keep the module near 30 s
 INTERVAL_S = 0.5  # iperf3's reporting interval

@@ -38,30 +38,10 @@ QUIET_WAIT_S = 1.6  # after traffic: flows age out and the page polls at least o
 SCREENSHOT_ENV = "NATRA_WEB_SCREENSHOT"
 
 
-def _skip_reason() -> str | None:
-    reason = netns.have_root_kernel()
-    if reason:
-        return reason
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not os.path.exists(path):
-            return f"needs {path} (apt-get install {package})"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "needs selenium (pip install selenium)"
-    if shutil.which("iperf3") is None:
-        return "needs iperf3"
-    from natra.loader import LoadError, object_path
-
-    try:
-        object_path()
-    except LoadError as e:
-        return str(e)
-    return None
-
-
-if _skip_reason():
-    pytestmark.append(pytest.mark.skip(reason=str(_skip_reason())))
+SKIP_REASON = netns.kernel_skip_reason(tools=("iperf3",), modules=("selenium",),
+                                      files={CHROMIUM: "chromium", CHROMEDRIVER: "chromium-driver"})
+if SKIP_REASON:
+    pytestmark.append(pytest.mark.skip(reason=SKIP_REASON))
 
 
 @pytest.fixture
