@@ -4,7 +4,11 @@ Owns: the grid (workload x width x depth x threshold x window x reserve), one
 run per grid point (workload -> reference model -> metrics), running the
 points on every core with a progress bar, writing results as CSV and JSON,
 and the PNG plots docs/tuning.md shows (F1 vs state memory, detection delay
-vs window, mice loss and Jain's index vs threshold, mice loss vs reserve).
+vs window, mice loss and Jain's index vs threshold, mice loss vs reserve, and
+each sender's throughput vs threshold for the flood workload); also the
+per-point numbers that need the sketch's hashing or the flows' roles (key
+pairs sharing every cell, false positives caused by them, throughput per
+role), which metrics.py does not know about.
 Rule: a point's numbers depend only on the point (its seed included), never
 on the worker or the order points ran in; results come back in grid order.
 Thresholds are given in % of what the Pod may send in a window (rate *
@@ -40,6 +44,8 @@ DEFAULT_OUT = "sim-results"
 RATE_SUFFIXES = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 DEFAULT = "default"  # grid value: Natra's own rule
 PLOT_COLUMNS = 2  # panels per row when a plot shows one metric or one workload
+MBIT = 10**6
+PACKED_TAG_BITS = 64  # a key's columns of all rows fit one uint64 up to this many bits
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,55 @@ def full_collision_false_positives(workload: W.Workload, estimates: np.ndarray, 
     return int(np.count_nonzero(np.isin(tag[false_pos], tag[heavy])))
 
 
+def full_collision_key_pairs(keys: np.ndarray, width: int, depth: int) -> int:
+    """Pairs of distinct flow keys that share their column in every row of a width x depth sketch.
+
+    Whatever their traffic, such a pair can never be told apart by the sketch.
+    With independent rows this is about n^2 / (2 W^D) pairs for n keys.
+    """
+    from natra.reference.hashing import columns, murmur3_32_keys
+
+    if len(keys) < 2:
+        return 0
+    cols = columns(murmur3_32_keys(keys, L.HASH_SEED1), murmur3_32_keys(keys, L.HASH_SEED2), width, depth)
+    bits = max(width - 1, 1).bit_length()
+    if bits * depth <= PACKED_TAG_BITS:  # one integer per key: a much faster unique
+        tags = np.zeros(len(cols), dtype=np.uint64)
+        for row in range(depth):
+            tags = (tags << np.uint64(bits)) | cols[:, row]
+        _, counts = np.unique(tags, return_counts=True)
+    else:
+        _, counts = np.unique(cols, axis=0, return_counts=True)
+    counts = counts.astype(np.int64)
+    return int((counts * (counts - 1) // 2).sum())
+
+
+ROLE_THROUGHPUT = ((W.ROLE_AIMD, "aimd"), (W.ROLE_FLOOD, "flood"))  # roles whose throughput rows report
+
+
+def role_throughput(workload: W.Workload, verdicts: np.ndarray) -> dict:
+    """Passed Mbit/s over the whole run per flow of the roles in ROLE_THROUGHPUT: min, mean, max.
+
+    Only roles present in the workload appear (the flood workload's TCP-like
+    senders and its UDP flood): what each sender got, not what it offered.
+    """
+    passed = metrics.passed_mask(verdicts)
+    per_flow = np.bincount(workload.flow_id[passed], weights=workload.wire_len[passed],
+                           minlength=len(workload.flows))
+    mbps = per_flow * 8 * L.NS_PER_SEC / workload.duration_ns / MBIT
+    out = {}
+    together = []
+    for role, name in ROLE_THROUGHPUT:
+        mine = mbps[workload.flows.role == role]
+        if mine.size:
+            together.append(mine)
+            out.update({f"{name}_mbps_min": float(mine.min()), f"{name}_mbps_mean": float(mine.mean()),
+                        f"{name}_mbps_max": float(mine.max())})
+    if together:  # what each would get if they had split their total evenly
+        out["even_split_mbps"] = float(np.concatenate(together).mean())
+    return out
+
+
 def run_point(point: Point) -> dict:
     """Every metric of one grid point, with the point's settings, as a flat dict."""
     started = time.perf_counter()
@@ -184,6 +239,9 @@ def run_point(point: Point) -> dict:
         window_ns=params.window_ns, width=params.width, depth=params.depth,
         flow_table=point.flow_table, duration_ns=workload.duration_ns))
     row["hh_fp_full_collision"] = full_collision_false_positives(workload, estimates, params)
+    row["full_collision_key_pairs"] = full_collision_key_pairs(workload.flows.keys, params.width,
+                                                               params.depth)
+    row.update(role_throughput(workload, verdicts))
     row["model_s"] = model_s
     row["elapsed_s"] = time.perf_counter() - started
     return row
@@ -232,9 +290,9 @@ GRID_FIELDS = tuple(f.name for f in fields(Point))
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    columns = list(rows[0]) if rows else list(GRID_FIELDS)
+    columns = list(dict.fromkeys(k for r in rows for k in r)) if rows else list(GRID_FIELDS)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -285,7 +343,7 @@ PLOTS = (
      "points: widths)", True, None),
     ("delay_vs_window.png", "window_ms", (("detect_delay_p50_ms", "median detection delay (ms)"),
                                           ("small_flows_hit", SHORT_HIT_LABEL)),
-     "sketch window (ms)", "Detection delay of a new elephant vs window", True, None),
+     "sketch window (ms, log scale)", "Detection delay of a new elephant vs window", True, None),
     ("mice_jain_vs_threshold.png", "threshold_pct", (("mice_loss", "mice bytes dropped (fraction)"),
                                                      ("small_flows_hit", SHORT_HIT_LABEL),
                                                      ("jain_heavy", "Jain's index among heavy flows"),
@@ -297,6 +355,19 @@ PLOTS = (
                                             ("passed_load", "passed bytes / (rate x duration)")),
      "mice reserve (% of burst)", "Mice loss vs reserve", False, "reserve_pct_resolved"),
 )
+
+
+UNIT_INTERVAL = ("f1", "mice_loss", "small_flows_hit", "jain_heavy", "jain_heavy_throughput")
+LABEL_BELOW = 0.98  # F1 points under this get their width written beside them (the rest overlap at 1)
+FRACTION_FLOOR = 0.05  # a fraction axis shows at least 0..5 %, so an all-zero line sits at the bottom
+
+
+def _y_range(ax, y: str) -> None:
+    """Fractions and indices start at 0 (Jain's index and F1 end at 1), so panels compare at a glance."""
+    if y not in UNIT_INTERVAL:
+        return
+    top = 1.02 if y.startswith(("jain", "f1")) else max(ax.get_ylim()[1], FRACTION_FLOOR)
+    ax.set_ylim(-0.02 * top if top < 1 else -0.02, top)
 
 
 def plot_all(rows: list[dict], out: Path) -> list[Path]:
@@ -331,25 +402,74 @@ def plot_all(rows: list[dict], out: Path) -> list[Path]:
             for y, ylabel in ys:
                 ax = axes_of[(workload, (y, ylabel))]
                 for key, members in groups.items():
-                    pts = sorted((_xvalue(m, x, resolved), m[y]) for m in members if m.get(y) is not None)
+                    pts = sorted((_xvalue(m, x, resolved), m[y], m["width"]) for m in members
+                                 if m.get(y) is not None)
                     if pts:
-                        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                                label=_label(key, group_by))
+                        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                                        label=_label(key, group_by))
+                        if x == "state_bytes":  # the memory axis hides which width a point is
+                            for px, py, width in (p for p in pts if p[1] < LABEL_BELOW):
+                                ax.annotate(f"W={width}", (px, py), textcoords="offset points",
+                                            xytext=(3, -11), fontsize="x-small", color=line.get_color())
                 ax.set_title(f"workload: {workload}", fontsize="medium")
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel(ylabel)
                 if logx:
                     ax.set_xscale("log")
                 ax.grid(True, alpha=0.3)
-                if ax.lines:
-                    ax.legend(fontsize="small", title=", ".join(group_by) if group_by else None)
+                _y_range(ax, y)
+                if ax.lines and group_by:  # one line needs no legend
+                    ax.legend(fontsize="small", title=", ".join(group_by))
         fig.suptitle(f"{title}\n{_context(rows)}")
         fig.tight_layout()
         path = out / name
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)
-    return written
+    throughput = plot_throughput(rows, out)
+    return written + ([throughput] if throughput else [])
+
+
+THROUGHPUT_PLOT = "throughput_vs_threshold.png"
+THROUGHPUT_LINES = (("flood_mbps_mean", "UDP flood"), ("aimd_mbps_max", "TCP-like (AIMD), best"),
+                    ("aimd_mbps_min", "TCP-like (AIMD), worst"),
+                    ("even_split_mbps", "even split of their total"))
+
+
+def plot_throughput(rows: list[dict], out: Path) -> Path | None:
+    """Per-sender throughput vs threshold for workloads with AIMD senders and a flood; None if none has."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("flood_mbps_mean") is not None]
+    if not rows:
+        return None
+    vary = [f for f in varying(rows) if f not in ("threshold_pct", "workload")]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[f] for f in vary), []).append(r)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.4 * len(groups) + 0.5, 4.6), squeeze=False)
+    for ax, (key, members) in zip(axes.flat, groups.items(), strict=True):
+        members = sorted(members, key=lambda m: m["threshold_pct_resolved"])
+        xs = [m["threshold_pct_resolved"] for m in members]
+        for field, label in THROUGHPUT_LINES:
+            style = {"linestyle": "--", "color": "grey"} if field == "even_split_mbps" else {"marker": "o"}
+            ax.plot(xs, [m[field] for m in members], label=label, **style)
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("heavy-hitter threshold (% of rate x window, log scale)")
+        ax.set_ylabel("throughput over the run (Mbit/s)")
+        ax.set_title(_label(key, vary) if vary else f"workload: {members[0]['workload']}", fontsize="medium")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"What each sender got vs threshold\n{_context(rows)}")
+    fig.tight_layout()
+    path = out / THROUGHPUT_PLOT
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _context(rows: list[dict]) -> str:

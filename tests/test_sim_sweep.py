@@ -158,3 +158,58 @@ def test_full_collision_false_positive_is_counted_whatever_the_depth():
         _, _, estimates = sweep.decide_all(wl, params)
         assert estimates[-1] > 20 * W.MTU_FRAME_BYTES  # the mouse inherits the elephant's count
         assert sweep.full_collision_false_positives(wl, estimates, params) == 1
+
+
+def _pairs_by_brute_force(keys, width, depth):
+    from natra.reference.hashing import key_columns
+
+    tags = [tuple(key_columns(k.tobytes(), width, depth)) for k in keys]
+    return sum(tags[i] == tags[j] for i in range(len(tags)) for j in range(i + 1, len(tags)))
+
+
+@pytest.mark.parametrize(("width", "depth"), [(8, 1), (8, 2), (4, 3)])
+def test_full_collision_key_pairs_counts_every_pair_sharing_all_columns(width, depth, monkeypatch):
+    keys = W.make_flows(np.random.default_rng(11), np.zeros(150, dtype=np.int8)).keys
+    expected = _pairs_by_brute_force(keys, width, depth)
+    assert expected > 0
+    assert sweep.full_collision_key_pairs(keys, width, depth) == expected
+    monkeypatch.setattr(sweep, "PACKED_TAG_BITS", 0)  # the row-by-row path for wide sketches
+    assert sweep.full_collision_key_pairs(keys, width, depth) == expected
+
+
+def test_independent_rows_leave_no_full_collision_at_depth_4():
+    keys = W.make_flows(np.random.default_rng(12), np.zeros(20_000, dtype=np.int8)).keys
+    two = sweep.full_collision_key_pairs(keys, 1024, 2)
+    assert 50 < two < 400  # about n^2 / (2 * 1024^2) = 191 for independent rows
+    assert sweep.full_collision_key_pairs(keys, 1024, 4) == 0
+
+
+def test_role_throughput_counts_only_passed_frames_per_sender():
+    roles = np.array([W.ROLE_AIMD, W.ROLE_AIMD, W.ROLE_FLOOD, W.ROLE_MOUSE], dtype=np.int8)
+    flows = W.make_flows(np.random.default_rng(3), roles)
+    fid = np.array([0, 0, 1, 2, 2, 2, 3], dtype=np.int32)
+    verdicts = np.array([L.V_PASS_HEAVY, L.V_MARK, L.V_PASS_HEAVY, L.V_PASS_HEAVY, L.V_DROP_SHARE,
+                         L.V_DROP_HEAVY, L.V_PASS_MOUSE], dtype=np.uint8)
+    wire = np.full(fid.shape[0], 1250, dtype=np.uint32)  # 10 000 bits each
+    now = np.arange(fid.shape[0], dtype=np.uint64)
+    wl = W.Workload("t", 0, 10**9, L.NS_PER_SEC // 100, now, wire, fid, flows.ect[fid], flows)
+    got = sweep.role_throughput(wl, verdicts)  # 10 ms run: 10 000 bits -> 1 Mbit/s
+    assert got["aimd_mbps_max"] == 2.0 and got["aimd_mbps_min"] == 1.0 and got["aimd_mbps_mean"] == 1.5
+    assert got["flood_mbps_mean"] == 1.0
+    assert got["even_split_mbps"] == (2.0 + 1.0 + 1.0) / 3
+    mice_only = W.make_flows(np.random.default_rng(3), np.array([W.ROLE_MOUSE], dtype=np.int8))
+    one = np.zeros(1, dtype=np.int32)
+    assert sweep.role_throughput(W.Workload("m", 0, 10**9, 10**7, now[:1], wire[:1], one, mice_only.ect[one],
+                                            mice_only), verdicts[:1]) == {}
+
+
+def test_csv_holds_the_union_of_columns_and_flood_rows_get_a_throughput_plot(tmp_path):
+    rows = sweep.run_grid(sweep.grid(["websearch", "flood"], [1024], [4], [1.0], [100.0], [None],
+                                     rate_bps=10**8, duration_s=0.3, seed=1), jobs=1, progress=False)
+    sweep.write_csv(rows, tmp_path / "r.csv")
+    with (tmp_path / "r.csv").open() as f:
+        read = list(csv.DictReader(f))
+    assert read[0]["flood_mbps_mean"] == "" and float(read[1]["flood_mbps_mean"]) > 0
+    written = sweep.plot_all(rows, tmp_path)
+    assert tmp_path / sweep.THROUGHPUT_PLOT in written
+    assert sweep.plot_throughput(rows[:1], tmp_path / "none") is None
