@@ -592,10 +592,14 @@ static __always_inline int decide_heavy(const struct natra_config *cfg, struct n
 		st->backlog_nbit = f;
 		if (flow)
 			flow->backlog_nbit = over_share ? heavy_line : fb + fcost;
-		/* Mark only when the aggregate AND the flow's own share bucket are past
-		 * the early line: a flow within its share is left alone. */
+		/* Mark only when the aggregate is past the early line AND the flow's own
+		 * share bucket is past its mark line (a quarter of the yellow zone below
+		 * the heavy line): a flow within its share, or still draining after slow
+		 * start, is left alone (docs/design.md). */
+		__u64 mark_line = heavy_line - ((heavy_line - early_line) >> 2);
+
 		verdict = (f > early_line && (cfg->flags & NATRA_CFG_ECN) && ecn != 0 &&
-			   (!flow || flow->backlog_nbit > early_line))
+			   (!flow || flow->backlog_nbit > mark_line))
 				  ? NATRA_V_MARK : NATRA_V_PASS_HEAVY;
 	}
 	if (flow) {

@@ -207,7 +207,7 @@ static int step(struct natra_model *m, const __u8 *key, __u32 h1, __u32 h2, __u6
 				if (flow)
 					flow->backlog_nbit = over_share ? heavy_line : fb + fcost;
 				verdict = f > cfg->early_line_nbit && (cfg->flags & NATRA_CFG_ECN) && ect &&
-					(!flow || flow->backlog_nbit > cfg->early_line_nbit) ?
+					(!flow || flow->backlog_nbit > heavy_line - ((heavy_line - cfg->early_line_nbit) >> 2)) ?
 					NATRA_V_MARK : NATRA_V_PASS_HEAVY;
 			}
 			if (flow) {

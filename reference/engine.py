@@ -217,9 +217,14 @@ class Model:
                     if slot >= 0:
                         fbacklog = heavy_line if over_share else fb + fcost
                     ecn_on = int(cfg["flags"]) & L.CFG_ECN
-                    # Mark only when the aggregate AND the flow's own share bucket are
-                    # past the early line: a flow within its share is left alone.
-                    flow_yellow = slot < 0 or fbacklog > early_line
+                    # Mark only when the aggregate is past the early line AND the flow's
+                    # own share bucket is past its mark line: a flow within its share is
+                    # left alone
+                    # (a quarter of the yellow zone below the heavy line, so that a flow
+                    # whose bucket is still draining after slow start is not marked on
+                    # every round trip; docs/tuning.md section 8)
+                    mark_line = heavy_line - ((heavy_line - early_line) >> 2)
+                    flow_yellow = slot < 0 or fbacklog > mark_line
                     marks = f > early_line and ecn_on and ect and flow_yellow
                     verdict = L.V_MARK if marks else L.V_PASS_HEAVY
                 st["backlog_nbit"], st["last_ns"] = backlog, last

@@ -145,10 +145,11 @@ def _send_until_marked(obj, frame: bytes):
     """Send one heavy flow's frames at T0 until the first CE mark.
 
     Returns (index, result). Checks on the way that every frame before it passed
-    untouched, and at the mark that both the aggregate and the flow's own share
-    bucket are past the early line (design.md: only the flow that congests is
-    marked), while just before the mark at least one of them was not."""
+    untouched, and at the mark that the aggregate is past the early line and the
+    flow's own share bucket past its mark line (design.md: only the flow that
+    congests is marked), while just before the mark at least one was not."""
     cfg = _configs()[0]
+    mark_line = cfg.heavy_line_nbit - ((cfg.heavy_line_nbit - cfg.early_line_nbit) >> 2)
     key = parse_frame(frame).key
     flow_before = 0
     for i in range(cfg.heavy_line_nbit // _cost_nbit()):
@@ -157,8 +158,8 @@ def _send_until_marked(obj, frame: bytes):
         flow = maps.read_flows(obj.map_fd("natra_flows")).get(key, {"backlog_nbit": 0})
         aggregate = (i + 1) * _cost_nbit()
         if r.frame_out != frame:
-            assert aggregate > cfg.early_line_nbit and flow["backlog_nbit"] > cfg.early_line_nbit
-            assert aggregate - _cost_nbit() <= cfg.early_line_nbit or flow_before <= cfg.early_line_nbit
+            assert aggregate > cfg.early_line_nbit and flow["backlog_nbit"] > mark_line
+            assert aggregate - _cost_nbit() <= cfg.early_line_nbit or flow_before <= mark_line
             return i, r
         flow_before = flow["backlog_nbit"]
     raise AssertionError("no frame was marked before the heavy line")
