@@ -115,6 +115,9 @@ struct {
 #define NATRA_IPV4_MIN_HLEN 20
 #define NATRA_IPV6_HLEN 40
 #define NATRA_PORTS_LEN 4        /* sport + dport: the first 4 bytes of TCP/UDP/SCTP */
+#define NATRA_TCP_DOFF_AT 12     /* TCP byte whose high nibble is the header length in words */
+#define NATRA_TCP_MIN_HLEN 20
+#define NATRA_UDP_HLEN 8
 #define NATRA_IPV6_EXT_MIN_HLEN 8 /* every IPv6 extension header is a multiple of 8 */
 #define NATRA_IPV6_FRAG_HLEN 8
 #define NATRA_IPV4_MF 0x2000
@@ -149,6 +152,7 @@ struct parsed {
 	__u8 ecn;      /* ECN field of the IP header, 0 without one */
 	__u8 l3;       /* NATRA_L3_* */
 	__u8 short_linear; /* a read failed although skb->len says the bytes exist */
+	__u16 hdr_end; /* bytes through the TCP/UDP header (repeated per GSO segment); 0 unknown */
 };
 
 static __always_inline int is_ported(__u8 proto)
@@ -187,6 +191,18 @@ static __always_inline void parse_ports(struct parsed *p, void *data, void *data
 	}
 	__builtin_memcpy(&p->key.sport, l4, 2);
 	__builtin_memcpy(&p->key.dport, l4 + 2, 2);
+	/* Header bytes each GSO segment repeats on the wire (design.md "Units"). */
+	if (p->key.proto == NATRA_IPPROTO_TCP) {
+		if ((void *)(l4 + NATRA_TCP_DOFF_AT + 1) <= data_end) {
+			__u32 doff = (__u32)(l4[NATRA_TCP_DOFF_AT] >> 4) * 4;
+
+			if (doff >= NATRA_TCP_MIN_HLEN)
+				p->hdr_end = off + doff;
+		}
+	} else if (p->key.proto == NATRA_IPPROTO_UDP) {
+		if ((void *)(l4 + NATRA_UDP_HLEN) <= data_end)
+			p->hdr_end = off + NATRA_UDP_HLEN;
+	}
 	return;
 truncated:
 	p->key.flags |= NATRA_KEY_TRUNCATED;
@@ -716,7 +732,17 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 #ifdef NATRA_PARSE_ONLY
 	return NATRA_TCX_NEXT;
 #else
-	s.len = skb_len < NATRA_MAX_ACCOUNTED_LEN ? skb_len : NATRA_MAX_ACCOUNTED_LEN;
+	/* Charge what the frame occupies on the wire: a GSO super-packet's skb->len
+	 * holds its headers once, the wire carries them once per segment (a qdisc
+	 * charges the same, qdisc_pkt_len_init). */
+	{
+		__u64 charge = skb_len;
+		__u32 segs = skb->gso_segs;
+
+		if (segs > 1 && p.hdr_end)
+			charge += (__u64)(segs - 1) * p.hdr_end;
+		s.len = charge < NATRA_MAX_ACCOUNTED_LEN ? charge : NATRA_MAX_ACCOUNTED_LEN;
+	}
 	s.cost = s.len * NATRA_NBIT_PER_BYTE;
 	cfg = bpf_map_lookup_elem(&natra_config, &dir);
 	if (!cfg)

@@ -21,6 +21,8 @@ from natra import bpfsys
 
 SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff) on this kernel
 SKB_TSTAMP_OFFSET = 152  # offsetof(struct __sk_buff, tstamp)
+SKB_GSO_SEGS_OFFSET = 164  # offsetof(struct __sk_buff, gso_segs): the run's skb gets it
+SKB_GSO_SIZE_OFFSET = 176  # offsetof(struct __sk_buff, gso_size)
 ETH_HLEN = 14  # the kernel refuses shorter test frames
 MIN_IPV4_FRAME = 34  # ... and IPv4 frames without a whole 20-byte header
 MIN_IPV6_FRAME = 54  # ... and IPv6 frames without the 40-byte header
@@ -35,16 +37,21 @@ class RunResult:
     duration_ns: int  # kernel's average ns per run over `repeat`
 
 
-def skb_context(now_ns: int) -> bytes:
+def skb_context(now_ns: int, gso_segs: int = 0, gso_size: int = 0) -> bytes:
     ctx = bytearray(SKB_CTX_SIZE)
     struct.pack_into("=Q", ctx, SKB_TSTAMP_OFFSET, now_ns)
+    struct.pack_into("=I", ctx, SKB_GSO_SEGS_OFFSET, gso_segs)
+    struct.pack_into("=I", ctx, SKB_GSO_SIZE_OFFSET, gso_size)
     return bytes(ctx)
 
 
-def run(prog_fd: int, frame: bytes, now_ns: int, repeat: int = 1) -> RunResult:
-    """Run the program `repeat` times on `frame` with `__sk_buff.tstamp = now_ns`."""
+def run(prog_fd: int, frame: bytes, now_ns: int, repeat: int = 1, gso_segs: int = 0,
+        gso_size: int = 0) -> RunResult:
+    """Run the program `repeat` times on `frame` with `__sk_buff.tstamp = now_ns`
+    (and, to stand in for a GSO super-packet, its segment count and size)."""
     if len(frame) < ETH_HLEN:
         raise ValueError(f"test-run frames need at least {ETH_HLEN} bytes, got {len(frame)}")
-    retval, out, duration = bpfsys.prog_test_run(prog_fd, frame, skb_context(now_ns), repeat)
+    ctx = skb_context(now_ns, gso_segs, gso_size)
+    retval, out, duration = bpfsys.prog_test_run(prog_fd, frame, ctx, repeat)
     signed = retval - (1 << 32) if retval & 0x80000000 else retval
     return RunResult(signed, out, duration)

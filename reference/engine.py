@@ -95,13 +95,23 @@ class Model:
         return self._fast is not None
 
     # ---- per-packet API -------------------------------------------------
-    def process(self, frame: bytes, now_ns: int, direction: int, wire_len: int | None = None) -> Decision:
+    def process(self, frame: bytes, now_ns: int, direction: int, wire_len: int | None = None,
+                gso_segs: int = 1) -> Decision:
+        """One frame. `wire_len` is skb->len (default len(frame)); a GSO super-packet of
+        `gso_segs` segments is charged its headers once per segment, as on the wire:
+        wire_len + (gso_segs - 1) * hdr_len (design.md, "Units")."""
+        wire = len(frame) if wire_len is None else wire_len
+        if gso_segs > 1:
+            p = parse_frame(frame)
+            charge = wire + (gso_segs - 1) * p.hdr_len if p.hdr_len else wire
+            verdict, heavy, estimate = self._decide(p.key, wire, now_ns, direction, p.ecn != 0, charge)
+            out = mark_ce(frame, p.l3, p.l3_offset) if verdict == L.V_MARK else frame
+            return Decision(verdict, heavy, estimate, p.key, out)
         if self._parser is not None:
             key, ecn, l3, l3_offset, _ = self._parser.parse(frame)
         else:
             p = parse_frame(frame)
             key, ecn, l3, l3_offset = p.key, p.ecn, p.l3, p.l3_offset
-        wire = len(frame) if wire_len is None else wire_len
         verdict, heavy, estimate = self._decide(key, wire, now_ns, direction, ecn != 0)
         out = mark_ce(frame, l3, l3_offset) if verdict == L.V_MARK else frame
         return Decision(verdict, heavy, estimate, key, out)
@@ -113,11 +123,12 @@ class Model:
         verdict, heavy, estimate = self._decide(key, wire_len, now_ns, direction, ect)
         return Decision(verdict, heavy, estimate, key, None)
 
-    def _decide(self, key: bytes, wire_len: int, now_ns: int, direction: int, ect: bool):
-        if self._fast is not None:
+    def _decide(self, key: bytes, wire_len: int, now_ns: int, direction: int, ect: bool,
+                charge_len: int | None = None):
+        if self._fast is not None and (charge_len is None or charge_len == wire_len):
             return self._fast.step(key, wire_len, now_ns, direction, ect)
-        cols = key_columns(key, self.width, self.depth)
-        return self._step_spec(key, cols, wire_len, now_ns, direction, ect)
+        cols = key_columns(key, self.width, self.depth)  # the spec shares the accelerator's tables
+        return self._step_spec(key, cols, wire_len, now_ns, direction, ect, charge_len)
 
     def reconfigure(self, direction: int, config: ConfigValues) -> None:
         if (config.width, config.depth) != (self.width, self.depth):
@@ -152,7 +163,7 @@ class Model:
         return slot, True
 
     def _step_spec(self, key: bytes, cols: Sequence[int], wire_len: int, now: int, d: int,
-                   ect: bool) -> tuple[int, bool, int]:
+                   ect: bool, charge_len: int | None = None) -> tuple[int, bool, int]:
         t = self.tables
         cfg = t.config[d]
         counters = t.counters[d]
@@ -160,7 +171,7 @@ class Model:
         counters[L.C_BYTES] += wire_len
         for idx in parse_counter_indexes(key):
             counters[idx] += 1
-        length = min(wire_len, L.MAX_ACCOUNTED_LEN)
+        length = min(wire_len if charge_len is None else charge_len, L.MAX_ACCOUNTED_LEN)
         cost = length * L.NBIT_PER_BYTE
         heavy, new_cur = False, 0
         if not int(cfg["flags"]) & L.CFG_ENABLED:

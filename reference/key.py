@@ -58,6 +58,26 @@ class ParsedFrame:
     l3: str | None  # 'ipv4' | 'ipv6' | None (non-IP or truncated IP header)
     l3_offset: int  # byte offset of the IP header in the frame (14), 0 when l3 is None
     flags: int  # KEY_* flags, as in the key
+    hdr_len: int = 0  # bytes from the frame's start through its TCP/UDP header; 0 unknown
+
+
+TCP_DOFF_AT = 12  # byte of the TCP header holding the data offset (high nibble)
+TCP_MIN_HLEN = 20
+UDP_HLEN = 8
+
+
+def header_len(frame: bytes, l4_offset: int, proto: int) -> int:
+    """Bytes through the TCP/UDP header at `l4_offset` (each GSO segment repeats them); 0 unknown.
+
+    TCP: the data offset byte must be in the frame and say >= 20 bytes; UDP: the
+    8-byte header must be in the frame. Other protocols: 0.
+    """
+    if proto == IPPROTO_TCP and l4_offset + TCP_DOFF_AT + 1 <= len(frame):
+        doff = (frame[l4_offset + TCP_DOFF_AT] >> 4) * 4
+        return l4_offset + doff if doff >= TCP_MIN_HLEN else 0
+    if proto == IPPROTO_UDP and l4_offset + UDP_HLEN <= len(frame):
+        return l4_offset + UDP_HLEN
+    return 0
 
 
 def make_key(saddr: bytes = _ZERO_ADDR, daddr: bytes = _ZERO_ADDR, sport: int = 0, dport: int = 0,
@@ -92,12 +112,15 @@ def _parse_ipv4(frame: bytes) -> ParsedFrame:
     proto = frame[off + 9]
     saddr = V4_MAPPED_PREFIX + frame[off + 12:off + 16]
     daddr = V4_MAPPED_PREFIX + frame[off + 16:off + 20]
+    hdr = 0
     if frag & (IPV4_MF | IPV4_OFFSET_MASK):
         flags, sport, dport = L.KEY_FRAGMENT, 0, 0
     else:
         sport, dport, flags = _ports(frame, off + ihl, proto)
+        if not flags:
+            hdr = header_len(frame, off + ihl, proto)
     key = make_key(saddr, daddr, sport, dport, ETH_P_IP, proto, flags)
-    return ParsedFrame(key, ecn, "ipv4", off, flags)
+    return ParsedFrame(key, ecn, "ipv4", off, flags, hdr)
 
 
 def _parse_ipv6(frame: bytes) -> ParsedFrame:
@@ -134,12 +157,14 @@ def _parse_ipv6(frame: bytes) -> ParsedFrame:
         if nexthdr in IPV6_EXT_HEADERS:  # a fifth extension header
             flags |= L.KEY_TRUNCATED
             ended = True
-    sport = dport = 0
+    sport = dport = hdr = 0
     if not ended:
         sport, dport, extra = _ports(frame, pos, nexthdr)
         flags |= extra
+        if not extra:
+            hdr = header_len(frame, pos, nexthdr)
     key = make_key(saddr, daddr, sport, dport, ETH_P_IPV6, nexthdr, flags)
-    return ParsedFrame(key, ecn, "ipv6", off, flags)
+    return ParsedFrame(key, ecn, "ipv6", off, flags, hdr)
 
 
 def parse_frame(frame: bytes) -> ParsedFrame:

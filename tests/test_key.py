@@ -275,3 +275,13 @@ def test_c_parser_on_scapy_frames():
     keys, ecn = parser.parse_many(frames)
     assert [bytes(k) for k in keys] == [parse_frame(f).key for f in frames]
     assert ecn.tolist() == [parse_frame(f).ecn for f in frames]
+
+
+def test_header_len_is_what_each_gso_segment_repeats():
+    tcp = bytes(Ether() / IP() / TCP(options=[("MSS", 1460), ("NOP", None), ("NOP", None)]) / Raw(b"x" * 10))
+    assert parse_frame(tcp).hdr_len == 14 + 20 + 28
+    udp6 = bytes(Ether() / IPv6() / UDP() / Raw(b"x" * 10))
+    assert parse_frame(udp6).hdr_len == 14 + 40 + 8
+    assert parse_frame(bytes(Ether() / IP() / ICMP())).hdr_len == 0
+    assert parse_frame(bytes(Ether() / IP(flags="MF") / UDP())).hdr_len == 0  # a fragment
+    assert parse_frame(tcp[:14 + 20 + 12]).hdr_len == 0  # the data offset byte is missing
