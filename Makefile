@@ -44,7 +44,7 @@ reference/_natra_fast.so: reference/_fast.c bpf/natra.h
 node-bundle: bpf
 	bash packaging/build_bundle.sh
 
-# Benchmarks (issue 8): every scenario through the real CNI chain, ~25 min,
+# Benchmarks (issue 8): every scenario through the real CNI chain, ~30 min,
 # writes docs/benchmarks.md and docs/img/bench-*.png. bench-smoke only checks
 # that the scripts still run (about a minute, output under /tmp).
 .PHONY: bench bench-smoke

@@ -1,0 +1,288 @@
+"""The benchmarks' test bench: Pods made through the real CNI chain, and traffic into them.
+
+Owns: one `Bench` per run: a "remote node" namespace (natra.localnet), CNI
+bin dirs (Debian's plugins plus `natra` as the Python entry point or the node
+bundle), one conflist per limiter ("natra" = ptp + natra, "bandwidth" = ptp +
+the standard plugin, "none" = ptp alone) each with its own /24 of
+10.208.0.0/16, Pods as namespaces with containerd-shaped bandwidth capability
+args, per-plugin timing of every CNI call, and the iperf3 / natra.traffic
+processes it starts.
+Rule: everything it makes is registered before use and removed by `close()`
+(DEL through the chain, then namespaces, bin dirs, IPAM stores, stray pins of
+its containers, its processes), which never raises; Ctrl-C and SIGTERM land
+in the same `close()`.
+Must not know: what a scenario measures or how the report looks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from natra import cnichain
+from natra.localnet import LocalNet, netns_path
+
+PREFIX = "nt8-"
+REMOTE_SUBNET = "10.209.0"  # the remote node at .2, the host's side at .1
+POD_SUBNET = "10.208.{block}.0/24"  # one /24 per conflist: 253 Pods each
+IPAM_DIR = "/run/natra-ipam"
+LIMITERS = ("natra", "bandwidth", "none")
+# What containerd sends as the burst when a Pod asks for none (bits).
+CONTAINERD_BURST_BITS = 2**32 - 1
+BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dist", "natra", "natra")
+IPERF_INTERVAL = "0.1"  # s: iperf3's finest report interval, the grain of the R*t+B check
+SERVER_READY_S = 0.3  # iperf3 / natra.traffic servers listen well within this
+IPERF_GRACE_S = 30  # beyond the test length before a hung iperf3 is killed
+
+
+def bandwidth_args(rate_bps: int, burst_bits: int = CONTAINERD_BURST_BITS) -> dict:
+    """The `bandwidth` capability as containerd fills it for a Pod with both annotations."""
+    return {"IngressRate": rate_bps, "IngressBurst": burst_bits,
+            "EgressRate": rate_bps, "EgressBurst": burst_bits}
+
+
+class TimedChain(cnichain.Chain):
+    """A Chain that records how long each plugin call took (seconds)."""
+
+    def __init__(self, conflist: dict, bin_dir: str):
+        super().__init__(conflist, bin_dir)
+        self.calls: list[tuple[str, str, float]] = []  # (plugin type, command, seconds)
+
+    def _exec(self, plugin: dict, command: str, att, prev):
+        start = time.perf_counter()
+        try:
+            return super()._exec(plugin, command, att, prev)
+        finally:
+            self.calls.append((plugin["type"], command, time.perf_counter() - start))
+
+    def last(self, plugin_type: str, command: str) -> float:
+        return next(s for t, c, s in reversed(self.calls) if t == plugin_type and c == command)
+
+
+@dataclass
+class Pod:
+    label: str
+    limiter: str
+    rate_bps: int | None
+    burst_bits: int | None
+    netns: str
+    chain: TimedChain
+    attachment: cnichain.Attachment
+    ip: str = ""
+    host_veth: str = ""
+    add_s: dict = field(default_factory=dict)  # plugin type -> seconds of its ADD
+
+    @property
+    def container_id(self) -> str:
+        return self.attachment.container_id
+
+
+class Bench:
+    """Namespaces, chains, Pods and processes of one benchmark run."""
+
+    def __init__(self, prefix: str = PREFIX):
+        self.prefix = prefix
+        self.net = LocalNet(prefix=prefix)
+        self.bin_dirs: dict[str, str] = {}
+        self.chains: dict[tuple[str, str], TimedChain] = {}
+        self.pods: list[Pod] = []
+        self.procs: list[subprocess.Popen] = []
+        self.remote = None
+        self._count = 0
+
+    def start(self) -> Bench:
+        self.bin_dirs["python"] = cnichain.make_bin_dir(prefix_dir(self.prefix, "cnibin-py"))
+        self.remote = self.net.add_remote(REMOTE_SUBNET)
+        return self
+
+    # ---- chains and Pods -------------------------------------------------------------
+
+    def bundle_available(self) -> bool:
+        return os.access(BUNDLE, os.X_OK)
+
+    def _bin_dir(self, natra_runner: str) -> str:
+        if natra_runner not in self.bin_dirs:
+            directory = cnichain.make_bin_dir(prefix_dir(self.prefix, "cnibin-bundle"))
+            launcher = os.path.join(directory, "natra")
+            os.remove(launcher)
+            os.symlink(BUNDLE, launcher)
+            self.bin_dirs[natra_runner] = directory
+        return self.bin_dirs[natra_runner]
+
+    def chain(self, limiter: str, natra_runner: str = "python") -> TimedChain:
+        key = (limiter, natra_runner)
+        if key not in self.chains:
+            block = len(self.chains)
+            then = {"natra": [cnichain.natra_entry()], "bandwidth": [cnichain.bandwidth_entry()],
+                    "none": []}[limiter]
+            name = f"{self.prefix}{limiter}-{natra_runner}"
+            conflist = cnichain.ptp_conflist(name, POD_SUBNET.format(block=block), then=then)
+            self.chains[key] = TimedChain(conflist, self._bin_dir(natra_runner))
+        return self.chains[key]
+
+    def add_pod(self, limiter: str, rate_bps: int | None, natra_runner: str = "python",
+                burst_bits: int = CONTAINERD_BURST_BITS) -> Pod:
+        """A namespace Pod through the chain of `limiter`, limited both ways to `rate_bps`.
+
+        `burst_bits` is what the runtime asks for (containerd's 2^32-1 when the
+        Pod says nothing); Natra clamps it, the standard plugin takes it as is.
+        """
+        self._count += 1
+        label = f"{limiter[:2]}{self._count}"
+        netns = self.net.add_netns(label)
+        chain = self.chain(limiter, natra_runner)
+        cid = f"{self.prefix}{label}-{uuid.uuid4().hex[:12]}"
+        limited = rate_bps and limiter != "none"
+        capability = {"bandwidth": bandwidth_args(rate_bps, burst_bits)} if limited else {}
+        att = cnichain.Attachment(container_id=cid, netns=netns_path(netns),
+                                  k8s_args={"K8S_POD_NAMESPACE": "bench", "K8S_POD_NAME": label,
+                                            "K8S_POD_UID": str(uuid.uuid4())},
+                                  capability_args=capability)
+        pod = Pod(label, limiter, rate_bps, burst_bits, netns, chain, att)
+        self.pods.append(pod)
+        result = chain.add(att)
+        pod.add_s = {t: s for t, c, s in chain.calls[-len(chain.conflist["plugins"]):] if c == "ADD"}
+        pod.ip = result["ips"][0]["address"].split("/")[0]
+        pod.host_veth = next(i["name"] for i in result["interfaces"] if not i.get("sandbox"))
+        return pod
+
+    def delete_pod(self, pod: Pod) -> dict:
+        """DEL through the chain and remove the namespace; plugin type -> seconds of its DEL."""
+        n = len(pod.chain.conflist["plugins"])
+        pod.chain.delete(pod.attachment)
+        took = {t: s for t, c, s in pod.chain.calls[-n:] if c == "DEL"}
+        self._drop_netns(pod)
+        return took
+
+    def _drop_netns(self, pod: Pod) -> None:
+        if pod in self.pods:
+            self.pods.remove(pod)
+        subprocess.run(["ip", "netns", "del", pod.netns], capture_output=True, check=False)
+        if pod.netns in self.net.namespaces:
+            self.net.namespaces.remove(pod.netns)
+
+    # ---- processes --------------------------------------------------------------------
+
+    def spawn(self, netns: str, *cmd: str) -> subprocess.Popen:
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, *cmd], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        return proc
+
+    def finish(self, proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        if proc in self.procs:
+            self.procs.remove(proc)
+        return proc.returncode, out, err
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.kill()
+        self.finish(proc, timeout=5)
+
+    def iperf_server(self, pod: Pod, port: int) -> subprocess.Popen:
+        """A one-test iperf3 server in the Pod that prints its JSON report at the end."""
+        return self.spawn(pod.netns, "iperf3", "-s", "-1", "-J", "-i", IPERF_INTERVAL, "-p", str(port))
+
+    def iperf_client(self, pod: Pod, port: int, seconds: float, *extra: str) -> subprocess.Popen:
+        return self.spawn(self.remote.netns, "iperf3", "-c", pod.ip, "-p", str(port), "-t", f"{seconds:g}",
+                          "-i", IPERF_INTERVAL, "-J", *extra)
+
+    def iperf_json(self, proc: subprocess.Popen, seconds: float) -> dict:
+        code, out, err = self.finish(proc, timeout=seconds + IPERF_GRACE_S)
+        try:
+            report = json.loads(out)
+        except ValueError as e:
+            raise RuntimeError(f"iperf3 exited {code} without JSON: {err.strip()[-300:]}") from e
+        if "error" in report:
+            raise RuntimeError(f"iperf3: {report['error']}")
+        return report
+
+    def traffic_server(self, pod: Pod, port: int, deadline_s: float) -> subprocess.Popen:
+        return self.spawn(pod.netns, sys.executable, "-m", "natra.traffic", "serve", "--port", str(port),
+                          "--deadline", f"{deadline_s:g}")
+
+    def traffic_client(self, pod: Pod, port: int, size: int, count: int,
+                       interval_s: float) -> subprocess.Popen:
+        return self.spawn(self.remote.netns, sys.executable, "-m", "natra.traffic", "client",
+                          "--host", pod.ip, "--port", str(port), "--size", str(size), "--count", str(count),
+                          "--interval", f"{interval_s:g}")
+
+    def traffic_json(self, proc: subprocess.Popen, timeout: float) -> dict:
+        code, out, err = self.finish(proc, timeout=timeout)
+        if code != 0:
+            raise RuntimeError(f"natra.traffic client exited {code}: {err.strip()[-300:]}")
+        return json.loads(out)
+
+    # ---- cleanup ----------------------------------------------------------------------
+
+    def reset(self) -> list[str]:
+        """DEL every Pod still up (after a scenario failed midway) and stop processes."""
+        problems = []
+        for proc in list(self.procs):
+            try:
+                self.stop(proc)
+            except Exception as e:  # noqa: BLE001 - cleanup goes on
+                problems.append(f"stop process {proc.args}: {e}")
+        for pod in list(self.pods):
+            if pod.attachment.cached_result is not None:
+                try:
+                    pod.chain.delete(pod.attachment)
+                except Exception as e:  # noqa: BLE001 - cleanup goes on
+                    problems.append(f"DEL {pod.label}: {e}")
+            self._drop_netns(pod)
+        return problems
+
+    def close(self) -> list[str]:
+        """Remove everything; returns the problems met (never raises)."""
+        problems = self.reset()
+        problems += _remove_stray_pins(self.prefix)
+        try:
+            self.net.close()
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"close namespaces: {e}")
+        for directory in self.bin_dirs.values():
+            cnichain.remove_bin_dir(directory)
+        for chain in self.chains.values():
+            shutil.rmtree(os.path.join(IPAM_DIR, chain.conflist["name"]), ignore_errors=True)
+        return problems
+
+    def __enter__(self) -> Bench:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        for problem in self.close():
+            print(f"bench cleanup: {problem}", file=sys.stderr)
+
+
+def prefix_dir(prefix: str, name: str) -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix=f"{prefix}{name}-")
+
+
+def _remove_stray_pins(prefix: str) -> list[str]:
+    """Pins left by our containers (a DEL that failed); removed through the facade."""
+    from natra import datapath
+
+    problems = []
+    try:
+        ids = [c for c in datapath.list_installed() if c.startswith(prefix)]
+    except OSError as e:
+        return [f"list pins: {e}"]
+    for cid in ids:
+        try:
+            datapath.remove(cid)
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"remove pins of {cid}: {e}")
+    return problems
