@@ -486,7 +486,8 @@ static __always_inline int mark_ce(struct __sk_buff *skb, __u8 l3)
 struct step {
 	__u64 now;      /* ns */
 	__u64 epoch;    /* now / window_ns */
-	__u64 len;      /* bytes charged: min(skb->len, NATRA_MAX_ACCOUNTED_LEN) */
+	__u64 len;      /* bytes charged: the wire length (GSO headers per segment), capped */
+	__u64 skb_len;  /* bytes as the interface counts them (counters, per-flow bytes) */
 	__u64 cost;     /* nano-bits: len * NATRA_NBIT_PER_BYTE */
 	__u64 new_cur;  /* sketch estimate of the key in this window, this frame included */
 	int heavy;
@@ -620,9 +621,9 @@ static __always_inline int decide_heavy(const struct natra_config *cfg, struct n
 	}
 	if (flow) {
 		if (verdict == NATRA_V_PASS_HEAVY || verdict == NATRA_V_MARK)
-			flow->passed_bytes += s->len;
+			flow->passed_bytes += s->skb_len;
 		else
-			flow->dropped_bytes += s->len;
+			flow->dropped_bytes += s->skb_len;
 		if (verdict == NATRA_V_MARK)
 			flow->marked_packets += 1;
 	}
@@ -742,6 +743,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 		if (segs > 1 && p.hdr_end)
 			charge += (__u64)(segs - 1) * p.hdr_end;
 		s.len = charge < NATRA_MAX_ACCOUNTED_LEN ? charge : NATRA_MAX_ACCOUNTED_LEN;
+		s.skb_len = skb_len;
 	}
 	s.cost = s.len * NATRA_NBIT_PER_BYTE;
 	cfg = bpf_map_lookup_elem(&natra_config, &dir);

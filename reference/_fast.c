@@ -212,9 +212,9 @@ static int step(struct natra_model *m, const __u8 *key, __u32 h1, __u32 h2, __u6
 			}
 			if (flow) {
 				if (verdict == NATRA_V_PASS_HEAVY || verdict == NATRA_V_MARK)
-					flow->passed_bytes += len;
+					flow->passed_bytes += wire_len;
 				else
-					flow->dropped_bytes += len;
+					flow->dropped_bytes += wire_len;
 				if (verdict == NATRA_V_MARK)
 					flow->marked_packets += 1;
 			}

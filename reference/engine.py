@@ -242,9 +242,9 @@ class Model:
                 if slot >= 0:
                     flow["backlog_nbit"] = fbacklog
                     if verdict in (L.V_PASS_HEAVY, L.V_MARK):
-                        flow["passed_bytes"] = (int(flow["passed_bytes"]) + length) & U64
+                        flow["passed_bytes"] = (int(flow["passed_bytes"]) + wire_len) & U64
                     else:
-                        flow["dropped_bytes"] = (int(flow["dropped_bytes"]) + length) & U64
+                        flow["dropped_bytes"] = (int(flow["dropped_bytes"]) + wire_len) & U64
                     if verdict == L.V_MARK:
                         flow["marked_packets"] = int(flow["marked_packets"]) + 1
         counters[L.verdict_packets_index(verdict)] += 1

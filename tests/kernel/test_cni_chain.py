@@ -370,9 +370,9 @@ def _rejected_object(lab: Lab) -> dict:
     with open(object_path(), "rb") as f:
         elf = bytearray(f.read())
     first = _section_offset(bytes(elf), "tc")
-    opcode, regs = elf[first], elf[first + 1]
-    assert opcode == 0xBF and regs & 0x0F == 7, "first instruction is no longer 'r7 = r1'"
-    elf[first + 1] = (5 << 4) | 7  # r7 = r5
+    # Overwrite the first instruction, whatever the compiler put there, with
+    # `r0 = r5` (BPF_ALU64 | BPF_MOV | BPF_X): r5 is unset on entry.
+    elf[first:first + 8] = bytes([0xBF, (5 << 4) | 0, 0, 0, 0, 0, 0, 0])
     path = os.path.join(lab.tmp, "rejected.bpf.o")
     with open(path, "wb") as f:
         f.write(elf)
