@@ -130,6 +130,7 @@ def _natra_overs(record: dict) -> list[tuple[str, float]]:
 
 @pytest.mark.root
 @pytest.mark.slow
+@pytest.mark.usefixtures("default_pin_root")
 def test_smoke_run_end_to_end(tmp_path):
     reason = _unavailable()
     if reason:

@@ -48,7 +48,7 @@ def _unavailable() -> str | None:
     return kernel_unavailable()
 
 
-pytestmark = [pytest.mark.root, pytest.mark.slow,
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("default_pin_root"),
               pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))]
 
 
