@@ -26,6 +26,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from natra import layout as L
+from natra.flowkey import format_key
 
 # ---- the classification of a verdict -------------------------------------------------
 
@@ -61,9 +62,6 @@ DIRECTIONS = (L.DIR_TO_POD, L.DIR_FROM_POD)
 UNKNOWN = "unknown"  # meta fields a record does not carry
 POD_NAME_FROM_ID = 12  # characters of the container ID that name a Pod without a meta record
 V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
-ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
-PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "icmpv6"}
-PORTED = frozenset({6, 17, 132})
 
 
 # ---- what the edge reads -----------------------------------------------------------------
@@ -167,36 +165,6 @@ class PodView:
 
 
 # ---- pure helpers ------------------------------------------------------------------------------
-
-def _address(raw: bytes, v6: bool) -> str:
-    return str(ipaddress.IPv6Address(raw)) if v6 else str(ipaddress.IPv4Address(raw[12:]))
-
-
-def format_key(key: bytes) -> str:
-    """A readable flow key, e.g. 'tcp 10.0.0.1:40000 > 10.0.0.2:80' or 'ethertype 0x0806'.
-
-    Own small formatter, so that reading the tables never imports the model;
-    tests/test_observe.py checks it against reference/key.py's `format_key`.
-    Ports and EtherType are in network byte order in the key.
-    """
-    sport = int.from_bytes(key[32:34], "big")
-    dport = int.from_bytes(key[34:36], "big")
-    ethertype = int.from_bytes(key[36:38], "big")
-    proto, flags = key[38], key[39]
-    notes = "".join(n for bit, n in ((L.KEY_FRAGMENT, " fragment"), (L.KEY_TRUNCATED, " truncated"))
-                    if flags & bit)
-    header_only = flags & L.KEY_TRUNCATED and key[:32] == bytes(32) and proto == 0
-    if ethertype not in (ETH_P_IP, ETH_P_IPV6) or header_only:
-        return f"ethertype 0x{ethertype:04x}{notes}"
-    v6 = ethertype == ETH_P_IPV6
-    src, dst = _address(key[:16], v6), _address(key[16:32], v6)
-    name = PROTO_NAMES.get(proto, f"proto {proto}")
-    if proto in PORTED and not flags & (L.KEY_FRAGMENT | L.KEY_TRUNCATED):
-        if v6:
-            src, dst = f"[{src}]", f"[{dst}]"
-        return f"{name} {src}:{sport} > {dst}:{dport}"
-    return f"{name} {src} > {dst}{notes}"
-
 
 def drained_backlog(backlog_nbit: int, last_ns: int, now: int, rate_bps: int) -> int:
     """The bucket's backlog at `now` (design.md `drain`, without changing anything)."""

@@ -18,11 +18,11 @@ Choices where design.md leaves room (also in the issue report):
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from dataclasses import dataclass
 
 from natra import layout as L
+from natra.flowkey import format_key  # noqa: F401  (one formatter for model and tools)
 
 KEY_LEN = 40  # sizeof(struct natra_flow_key)
 ETH_HLEN = 14  # destination, source, EtherType
@@ -186,24 +186,3 @@ def key_fields(key: bytes) -> dict:
             "ethertype": ethertype, "proto": proto, "flags": flags}
 
 
-def _address(raw: bytes, v6: bool) -> str:
-    return str(ipaddress.IPv6Address(raw)) if v6 else str(ipaddress.IPv4Address(raw[12:]))
-
-
-def format_key(key: bytes) -> str:
-    """'tcp 10.0.0.1:40000 > 10.0.0.2:80', 'icmp 10.0.0.1 > 10.0.0.2', 'ethertype 0x0806'."""
-    f = key_fields(key)
-    suffix = "".join(note for bit, note in ((L.KEY_FRAGMENT, " fragment"), (L.KEY_TRUNCATED, " truncated"))
-                     if f["flags"] & bit)
-    ip = f["ethertype"] in (ETH_P_IP, ETH_P_IPV6)
-    if not ip or (f["flags"] & L.KEY_TRUNCATED and f["saddr"] == _ZERO_ADDR and f["daddr"] == _ZERO_ADDR
-                  and f["proto"] == 0):
-        return f"ethertype 0x{f['ethertype']:04x}{suffix}"
-    v6 = f["ethertype"] == ETH_P_IPV6
-    src, dst = _address(f["saddr"], v6), _address(f["daddr"], v6)
-    proto = PROTO_NAMES.get(f["proto"], f"proto {f['proto']}")
-    if f["proto"] in PORTED_PROTOS and not f["flags"] & (L.KEY_FRAGMENT | L.KEY_TRUNCATED):
-        if v6:
-            src, dst = f"[{src}]", f"[{dst}]"
-        return f"{proto} {src}:{f['sport']} > {dst}:{f['dport']}"
-    return f"{proto} {src} > {dst}{suffix}"
