@@ -267,6 +267,24 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, 
     return _call(BPF_MAP_CREATE, attr, f"map_create {name.decode(errors='replace')}")
 
 
+BPF_PROG_GET_NEXT_ID = 11
+BPF_MAP_GET_NEXT_ID = 12
+BPF_LINK_GET_NEXT_ID = 31
+
+
+def next_ids(cmd: int) -> list[int]:
+    """Every ID the kernel has of one kind (cmd: BPF_PROG/MAP/LINK_GET_NEXT_ID), ascending."""
+    ids, start = [], 0
+    while True:
+        attr = _attr("I", start)
+        try:
+            _call(cmd, attr, "get_next_id")
+        except OSError:
+            return ids  # ENOENT: no more
+        start = struct.unpack_from("=I", attr, 4)[0]
+        ids.append(start)
+
+
 def prog_query(target: int, attach_type: int, max_progs: int = 64) -> dict:
     """Programs attached at a hook (for tcx: target = ifindex, attach_type BPF_TCX_*).
 

@@ -43,9 +43,6 @@ from natra import bpfsys  # noqa: E402 - after the path fix, for runs from a che
 from natra import layout as L  # noqa: E402
 
 # bpf(2) commands natra/bpfsys.py does not wrap (yet).
-BPF_PROG_GET_NEXT_ID = 11
-BPF_MAP_GET_NEXT_ID = 12
-BPF_LINK_GET_NEXT_ID = 31
 NATRA_PREFIX = "natra"  # every map and program of Natra is named natra_*
 # Rates (bit/s) no other test or engineer uses: 21.9xxx Mbit/s in steps of 7 bit/s.
 MARKER_RATE_BASE = 21_900_003
@@ -62,18 +59,6 @@ PLUGIN_TIMEOUT_S = 60
 
 
 # ---- census of Natra's BPF objects, from the kernel ------------------------------------
-
-def _next_ids(cmd: int) -> list[int]:
-    ids, start = [], 0
-    while True:
-        attr = bpfsys._attr("I", start)
-        try:
-            bpfsys._call(cmd, attr, "get_next_id")
-        except OSError:
-            return ids  # ENOENT: no more
-        start = struct.unpack_from("=I", attr, 4)[0]
-        ids.append(start)
-
 
 def _memlock(fd: int) -> int:
     try:
@@ -119,7 +104,7 @@ def census(marker_rates=MARKER_RATES, marker_text: str | None = None) -> Census:
     found = Census()
     rates = set(marker_rates)
     natra_progs = set()
-    for prog_id in _next_ids(BPF_PROG_GET_NEXT_ID):
+    for prog_id in bpfsys.next_ids(bpfsys.BPF_PROG_GET_NEXT_ID):
         try:
             fd = bpfsys.prog_get_fd_by_id(prog_id)
         except OSError:
@@ -130,7 +115,7 @@ def census(marker_rates=MARKER_RATES, marker_text: str | None = None) -> Census:
                 natra_progs.add(prog_id)
         finally:
             os.close(fd)
-    for link_id in _next_ids(BPF_LINK_GET_NEXT_ID):
+    for link_id in bpfsys.next_ids(bpfsys.BPF_LINK_GET_NEXT_ID):
         try:
             fd = bpfsys.link_get_fd_by_id(link_id)
         except OSError:
@@ -140,7 +125,7 @@ def census(marker_rates=MARKER_RATES, marker_text: str | None = None) -> Census:
                 found.links += 1
         finally:
             os.close(fd)
-    for map_id in _next_ids(BPF_MAP_GET_NEXT_ID):
+    for map_id in bpfsys.next_ids(bpfsys.BPF_MAP_GET_NEXT_ID):
         try:
             fd = bpfsys.map_get_fd_by_id(map_id)
         except OSError:

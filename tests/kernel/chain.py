@@ -135,3 +135,13 @@ def ping(address: str, attempts: int = 3, timeout_s: float = 1.0) -> bool:
 def remove_tree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
+
+def natra_call(calls: list) -> object:
+    """Natra's own call among a chain operation's calls."""
+    return next(c for c in calls if c.plugin == "natra")
+
+
+def host_veth(pod) -> str:
+    """The host side of the Pod's veth, as the chain's cached result names it."""
+    return next(i["name"] for i in pod.cached_result["interfaces"] if not i.get("sandbox")
+                and i["name"].startswith("veth"))

@@ -34,7 +34,6 @@ pytestmark = [pytest.mark.root, pytest.mark.skipif(SKIP_REASON is not None, reas
 
 # ---- a neighbour: counts frames in an ARRAY map and passes them on ------------------------
 
-_BPF_MAP_CREATE = 0
 _BPF_PROG_LOAD = 5
 _BPF_PROG_TYPE_SCHED_CLS = 3
 _BPF_MAP_TYPE_ARRAY = 2
@@ -48,8 +47,7 @@ class Counter:
     """A SCHED_CLS program that adds 1 to map[0] per frame and returns `verdict`."""
 
     def __init__(self, verdict: int = TC_ACT_UNSPEC):
-        attr = bpfsys._attr("5I", _BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0)
-        self.map_fd = bpfsys._call(_BPF_MAP_CREATE, attr, "map_create counter")
+        self.map_fd = bpfsys.map_create(_BPF_MAP_TYPE_ARRAY, 4, 8, 1, b"counter")
         code = b"".join([
             _insn(0x62, dst=10, off=-4, imm=0),  # *(u32 *)(r10 - 4) = 0
             _insn(0xBF, dst=2, src=10),  # r2 = r10

@@ -129,13 +129,6 @@ def lab(plugin_runner):
         made.close()
 
 
-def natra_call(calls: list[C.Call]) -> C.Call:
-    return next(c for c in calls if c.plugin == "natra")
-
-
-def host_veth(pod: C.Pod) -> str:
-    return next(i["name"] for i in pod.cached_result["interfaces"] if not i.get("sandbox")
-                and i["name"].startswith("veth"))
 
 
 def prog_name(prog_id: int) -> str:
@@ -161,11 +154,11 @@ def assert_limited(lab: Lab, pod: C.Pod, directions: dict[int, P.ConfigValues]):
 
     found = datapath.inspect(pod.container_id, root=lab.root)
     assert found is not None and found.ok, found
-    assert found.host_ifname == host_veth(pod)
+    assert found.host_ifname == C.host_veth(pod)
     assert {d for d, h in found.hooks.items() if h.attached} == set(directions)
     for direction, config in directions.items():
         assert found.configs[direction] == config
-    progs = tcx_programs(host_veth(pod))
+    progs = tcx_programs(C.host_veth(pod))
     for direction in (IN, OUT):
         want = [L.PROG_NAMES[direction][:15]] if direction in directions else []
         assert [n for n in progs[direction] if n.startswith("natra")] == want
@@ -175,7 +168,7 @@ def assert_not_limited(lab: Lab, pod: C.Pod):
     from natra import datapath
 
     assert datapath.inspect(pod.container_id, root=lab.root) is None
-    programs = tcx_programs(host_veth(pod))
+    programs = tcx_programs(C.host_veth(pod))
     assert all(not any(n.startswith("natra") for n in names) for names in programs.values())
 
 
@@ -213,7 +206,7 @@ def test_containerd_ptp_chain_every_command(lab, version):
     info = ch.version_of("natra")
     assert info.code == 0 and info.output["supportedVersions"] == list(versions.SUPPORTED_VERSIONS)
 
-    veth = host_veth(pod)
+    veth = C.host_veth(pod)
     cached = pod.cached_result
     dels = ch.delete(pod)
     assert [c.code for c in dels] == [0, 0]
@@ -289,12 +282,12 @@ def test_check_reports_drift_and_missing_state(lab):
     pod = lab.pod(ch, "drift", capability_args=CONTAINERD_ARGS)
     assert [c.code for c in ch.add(pod)] == [0, 0]
     pod.capability_args = {"bandwidth": {**CONTAINERD_ARGS["bandwidth"], "IngressRate": 30_000_000}}
-    check = natra_call(ch.check(pod))
+    check = C.natra_call(ch.check(pod))
     assert check.code != 0
     assert check.output["code"] == 101 and "to_pod config differs" in check.output["details"]
     pod.capability_args = CONTAINERD_ARGS
     datapath.remove(pod.container_id, root=lab.root)  # something wiped our state
-    check = natra_call(ch.check(pod))
+    check = C.natra_call(ch.check(pod))
     assert check.code != 0 and check.output["code"] == 100
 
 
@@ -422,7 +415,7 @@ def test_fail_open_on_peer_mismatch(lab):
     lying["interfaces"][0]["name"] = "lo"  # a host interface that is not eth0's peer
     natra_add = ch._run(ch.conflist["plugins"][1], "ADD", pod, lying)
     assert natra_add.code == 0 and natra_add.output == lying
-    assert "peer check" in natra_add.stderr and host_veth(pod) in natra_add.stderr
+    assert "peer check" in natra_add.stderr and C.host_veth(pod) in natra_add.stderr
     assert_not_limited(lab, pod)
     assert C.ping(pod.ip)
 

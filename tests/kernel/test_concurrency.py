@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import chain as C
 import pytest
-from test_faults import Lab, assert_limited, host_veth, natra_call, natra_plugin, qdisc_kinds, tc, unavailable
+from test_faults import Lab, assert_limited, natra_plugin, qdisc_kinds, tc, unavailable
 
 PODS = 50
 ROUNDS = 2
@@ -81,10 +81,10 @@ def test_parallel_adds_and_dels_leave_nothing(lab):
         adds = _timed(f"round {round_no} ADD (ptp+natra)", ch.add, pods, PODS)
         failed = [calls[-1].stdout + calls[-1].stderr for calls in adds if [c.code for c in calls] != [0, 0]]
         assert not failed, failed[:3]
-        assert all("ADD: limited" in natra_call(calls).stderr for calls in adds)
+        assert all("ADD: limited" in C.natra_call(calls).stderr for calls in adds)
         for pod in pods:
             assert_limited(lab, pod, "tcx")
-        veths = [host_veth(pod) for pod in pods]
+        veths = [C.host_veth(pod) for pod in pods]
         dels = _timed(f"round {round_no} natra DEL", lambda p: ch._run(natra, "DEL", p, p.cached_result),
                       pods, PODS)
         assert [d.code for d in dels] == [0] * PODS, [d.stdout for d in dels if d.code][:3]

@@ -176,16 +176,10 @@ def lab():
         made.close()
 
 
-def natra_call(calls: list[C.Call]) -> C.Call:
-    return next(c for c in calls if c.plugin == "natra")
-
 
 def natra_plugin(ch: C.Chain) -> dict:
     return next(p for p in ch.conflist["plugins"] if p["type"] == "natra")
 
-
-def host_veth(pod: C.Pod) -> str:
-    return next(i["name"] for i in pod.cached_result["interfaces"] if not i.get("sandbox"))
 
 
 def tc(*args: str) -> list[dict]:
@@ -206,7 +200,7 @@ def inspection(lab: Lab, pod: C.Pod):
 def assert_limited(lab: Lab, pod: C.Pod, mode: str | None = None) -> None:
     found = inspection(lab, pod)
     assert found is not None and found.ok, found
-    assert found.host_ifname == host_veth(pod)
+    assert found.host_ifname == C.host_veth(pod)
     assert all(h.attached for h in found.hooks.values()) and len(found.hooks) == 2
     if mode:
         assert found.mode == mode
@@ -226,7 +220,7 @@ def natra_packets(lab: Lab, pod: C.Pod) -> int:
 def add_ok(lab: Lab, ch: C.Chain, pod: C.Pod) -> C.Call:
     calls = ch.add(pod)
     assert [c.code for c in calls] == [0] * len(calls), [c.stdout + c.stderr for c in calls]
-    call = natra_call(calls)
+    call = C.natra_call(calls)
     from natra.cni import versions
 
     assert call.output == versions.convert_result(calls[-2].output, ch.version)  # passed through
@@ -249,7 +243,7 @@ def test_forced_clsact_limits_and_cleans_up(lab):
     call = add_ok(lab, ch, pod)
     assert "via clsact" in call.stderr
     assert_limited(lab, pod, "clsact")
-    veth = host_veth(pod)
+    veth = C.host_veth(pod)
     assert "clsact" in qdisc_kinds(veth)
     assert C.ping(pod.ip)
     assert natra_packets(lab, pod) > 0
@@ -274,7 +268,7 @@ def test_coexists_with_the_standard_bandwidth_plugin(lab, mode):
     ch = lab.chain(before=[bandwidth], attachMode=mode)
     pod = lab.pod(ch, f"bw{mode[:2]}", capability_args=limits)
     call = add_ok(lab, ch, pod)
-    veth = host_veth(pod)
+    veth = C.host_veth(pod)
     kinds = qdisc_kinds(veth)
     assert "tbf" in kinds and "ingress" in kinds, kinds
     tbf_before = next(q for q in tc("qdisc", "show", "dev", veth) if q["kind"] == "tbf")["packets"]
@@ -362,7 +356,7 @@ def test_another_filter_keeps_running(lab, mode):
     ptp = ch._run(ch.conflist["plugins"][0], "ADD", pod, None)
     assert ptp.code == 0
     pod.cached_result = ptp.output
-    veth = host_veth(pod)
+    veth = C.host_veth(pod)
     _foreign_filter(veth, _foreign_object(lab))
     natra_add = ch._run(natra_plugin(ch), "ADD", pod, ptp.output)
     assert natra_add.code == 0 and f"via {mode}" in natra_add.stderr, natra_add.stderr
@@ -436,7 +430,7 @@ def test_other_tcx_programs_keep_running(lab):
     ptp = ch._run(ch.conflist["plugins"][0], "ADD", pod, None)
     assert ptp.code == 0
     pod.cached_result = ptp.output
-    veth = host_veth(pod)
+    veth = C.host_veth(pod)
     _foreign_tcx(lab, veth, "before")
     natra_add = ch._run(natra_plugin(ch), "ADD", pod, ptp.output)
     assert natra_add.code == 0 and "via tcx" in natra_add.stderr, natra_add.stderr
@@ -468,7 +462,7 @@ def test_vanishing_between_add_and_del(lab, mode, what):
     add_ok(lab, ch, pod)
     assert_limited(lab, pod, mode)
     if what == "veth":
-        run("ip", "link", "del", host_veth(pod))
+        run("ip", "link", "del", C.host_veth(pod))
     else:
         C.delete_netns(pod)
     natra_del = ch._run(natra_plugin(ch), "DEL", pod, pod.cached_result)
@@ -647,7 +641,7 @@ def _partial_by_hand(lab: Lab, pod: C.Pod, rate: int) -> str:
     with BpfObject.load(configs) as obj:
         pins.make(pd)
         meta.write(pd.meta, {"version": datapath.META_VERSION, "container_id": pod.container_id,
-                             "host_ifname": host_veth(pod), "ifindex": 0, "mode": datapath.MODE_PENDING,
+                             "host_ifname": C.host_veth(pod), "ifindex": 0, "mode": datapath.MODE_PENDING,
                              "directions": [0, 1], "created_qdisc": False})
         obj.pin_maps(pd.path)
         for direction in (0, 1):
