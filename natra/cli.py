@@ -14,6 +14,7 @@ Must not know: what the subcommands do.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -108,4 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     if fn is None:
         print(f"natra {args.command}: not available in this build ({why})", file=sys.stderr)
         return 2
-    return int(fn(args) or 0)
+    try:
+        return int(fn(args) or 0)
+    except OSError as exc:  # a node tool that cannot read pins or files: say why, no traceback
+        print(f"natra {args.command}: {exc}{_privilege_hint(exc)}", file=sys.stderr)
+        return 1
+
+
+def _privilege_hint(exc: OSError) -> str:
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return " (run as root, or with CAP_BPF and CAP_SYS_ADMIN to read Natra's pins)"
+    return ""

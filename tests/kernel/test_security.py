@@ -25,6 +25,7 @@ import secrets
 import shutil
 import stat
 import subprocess
+import sys
 
 import chain as C
 import pytest
@@ -224,3 +225,28 @@ def test_a_missing_capability_fails_open(lab, case):
         assert failed[0].split(": ", 1)[1] in f.read()
     del_ok(lab, ch, pod)
     assert natra_plugin(ch)["attachMode"] == mode
+
+
+def test_node_tools_refused_by_the_kernel_say_why(lab):
+    """`natra status` and `natra top` when the kernel refuses them the pins (no
+    capability at all and a pin root of mode 000, so even uid 0 is refused):
+    one line naming the refusal and what it takes, exit 1, no traceback."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) not installed")
+    ch = lab.chain(version="1.1.0")
+    pod = lab.pod(ch, "nocap", capability_args=lab.limits())
+    add_ok(lab, ch, pod)
+    mode = stat.S_IMODE(os.stat(lab.root).st_mode)
+    os.chmod(lab.root, 0)
+    try:
+        for tool in (["status"], ["top", "--once", "--no-clear", "--interval", "0"]):
+            out = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--",
+                                  sys.executable, "-m", "natra", *tool, "--root", lab.root],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 1, (tool, out.stdout, out.stderr)
+            assert "Traceback" not in out.stderr, out.stderr
+            lines = out.stderr.strip().splitlines()
+            assert len(lines) == 1 and "Permission denied" in lines[0] and "CAP_BPF" in lines[0], lines
+    finally:
+        os.chmod(lab.root, mode)
+    del_ok(lab, ch, pod)
