@@ -39,10 +39,21 @@ reference/_natra_fast.so: reference/_fast.c bpf/natra.h
 	$(CC) -O2 -shared -fPIC -Wall -Werror -I bpf -o $@ $<
 
 # Natra's node bundle (dist/natra/natra, PyInstaller onedir with libbpf.so.1 and
-# the BPF objects inside); deploy/Containerfile builds it on glibc 2.31.
+# the BPF objects inside), built on this machine's glibc; deploy/Containerfile
+# builds the one nodes run, on glibc 2.31.
 .PHONY: node-bundle
 node-bundle: bpf
 	bash packaging/build_bundle.sh
+
+# The node image from deploy/Containerfile (podman, buildah or docker). image-local
+# builds it from Debian bases made here with debootstrap, for builders without a
+# registry (CI); packaging/build_image.sh says more.
+.PHONY: image image-local
+image:
+	bash packaging/build_image.sh
+
+image-local:
+	bash packaging/build_image.sh --local-bases
 
 # Benchmarks (issue 8): every scenario through the real CNI chain, ~30 min,
 # writes docs/benchmarks.md and docs/img/bench-*.png. bench-smoke only checks

@@ -1,0 +1,137 @@
+"""A fake node for the bundle and image tests: a host root with Debian's
+plugins, a ptp conflist to chain into, namespace Pods, iperf3 through them.
+
+Owns: what test_bundle.py (the bundle installed by the Python installer) and
+test_image.py (the bundle installed by the image's init container) both drive:
+`fake_host` (bin dir with Debian's plugins linked in, conf dir with one ptp
+conflist on a free /24), `Pod` (a namespace Pod added and deleted through a
+natra.cnichain Chain), `iperf` and `hooked_programs`.
+Rule: every name starts with the caller's prefix; every namespace a Pod makes
+is removed on exit, also when the test fails.
+Must not know: how Natra got onto the fake host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from natra import attach
+from natra import install as inst
+from natra.cnichain import DEBIAN_CNI_DIR, Attachment, Chain
+
+CNI_VERSION = "1.0.0"  # Debian's plugins (1.1.1) speak up to 1.0.0
+CONFLIST = "10-ptp.conflist"
+SUBNET_POOL = ipaddress.ip_network("10.236.0.0/16")
+IPERF_PORT = 5201
+MAX_UINT32 = 2**32 - 1  # containerd's burst when the Pod sets none
+
+
+def free_subnet() -> str:
+    """A /24 of the pool that no route of this machine overlaps."""
+    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True,
+                            text=True).stdout
+    used = [ipaddress.ip_network(w.split()[0], strict=False) for w in routes.splitlines()
+            if w and w.split()[0][0].isdigit()]
+    subnets = list(SUBNET_POOL.subnets(new_prefix=24))
+    random.shuffle(subnets)
+    for s in subnets:
+        if not any(s.overlaps(u) for u in used):
+            return str(s)
+    raise RuntimeError("no free /24 in the test pool")
+
+
+def fake_host(root: Path, name: str, ipam_dir: Path) -> bytes:
+    """Make ROOT a node: Debian's plugins in its CNI bin dir and a ptp conflist
+    named NAME in its conf dir. Returns the conflist's bytes."""
+    conf_dir = root / inst.DEFAULT_CONF_DIR
+    conf_dir.mkdir(parents=True)
+    bin_dir = root / inst.DEFAULT_CNI_BIN_DIR
+    bin_dir.mkdir(parents=True)
+    for plugin in os.listdir(DEBIAN_CNI_DIR):
+        os.symlink(os.path.join(DEBIAN_CNI_DIR, plugin), bin_dir / plugin)
+    conflist = {"cniVersion": CNI_VERSION, "name": name, "plugins": [
+        {"type": "ptp", "ipMasq": False,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": free_subnet()}]],
+                  "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(ipam_dir)}},
+        {"type": "portmap", "capabilities": {"portMappings": True}},
+    ]}
+    original = json.dumps(conflist, indent=1).encode()
+    (conf_dir / CONFLIST).write_bytes(original)
+    return original
+
+
+def chain_of(root: Path) -> Chain:
+    """The chain the fake host's conflist names, run from its bin dir."""
+    conf = json.loads((root / inst.DEFAULT_CONF_DIR / CONFLIST).read_bytes())
+    return Chain(conf, str(root / inst.DEFAULT_CNI_BIN_DIR))
+
+
+class Pod:
+    """A namespace Pod; removed with its chain DEL on exit."""
+
+    def __init__(self, chain: Chain, name: str, limits: dict):
+        self.chain, self.name = chain, name
+        self.att = Attachment(
+            container_id=f"{name}-c0ffee", netns=f"/var/run/netns/{name}",
+            k8s_args={"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": name,
+                      "K8S_POD_INFRA_CONTAINER_ID": f"{name}-c0ffee", "K8S_POD_UID": f"uid-{name}"},
+            capability_args={"bandwidth": limits, "portMappings": [],
+                             "io.kubernetes.cri.pod-annotations": {}})
+        self.result: dict | None = None
+
+    def __enter__(self) -> Pod:
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)
+        return self
+
+    def add(self) -> dict:
+        self.result = self.chain.add(self.att)
+        return self.result
+
+    @property
+    def address(self) -> str:
+        return self.result["ips"][0]["address"].split("/")[0]
+
+    @property
+    def host_veth(self) -> str:
+        return next(i["name"] for i in self.result["interfaces"] if not i.get("sandbox"))
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.att.cached_result is not None:
+                self.chain.delete(self.att)
+        finally:
+            subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+def hooked_programs(ifname: str) -> int:
+    """Programs on the veth's two tcx hooks, or Natra's clsact filters when it fell back."""
+    index = socket.if_nametoindex(ifname)
+    count = sum(len(attach.tcx_prog_ids(index, direction)) for direction in (0, 1))
+    for parent in ("ingress", "egress"):
+        out = subprocess.run(["tc", "filter", "show", "dev", ifname, parent], capture_output=True, text=True)
+        count += out.stdout.count("natra")
+    return count
+
+
+def iperf(pod: Pod, reverse: bool, seconds: int) -> tuple[float, float]:
+    """(bits received, seconds) of an iperf3 run between the host and the Pod's server."""
+    server = subprocess.Popen(["ip", "netns", "exec", pod.name, "iperf3", "-s", "-1", "-p", str(IPERF_PORT)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        cmd = ["iperf3", "-c", pod.address, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
+        out = subprocess.run(cmd + (["-R"] if reverse else []), capture_output=True, text=True,
+                             timeout=seconds + 20)
+        received = json.loads(out.stdout)["end"]["sum_received"]
+        return received["bytes"] * 8, received["seconds"]
+    finally:
+        server.kill()
+        server.wait()
