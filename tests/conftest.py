@@ -2,7 +2,9 @@
 
 Owns: clean-up of the node-wide pin root (/sys/fs/bpf/natra) for the tests
 that drive Natra exactly as a node would (the demo, the benchmarks) and so
-cannot point it at a private bpffs. Every other kernel test uses a private root.
+cannot point it at a private bpffs. Every other kernel test uses a private root;
+a session-wide watch removes the root if any other test makes it and leaves it
+empty, and names that test in the summary so it can be fixed.
 """
 
 from __future__ import annotations
@@ -12,14 +14,45 @@ import os
 
 import pytest
 
+DEFAULT_PIN_ROOT = "/sys/fs/bpf/natra"  # natra.pins.DEFAULT_ROOT, without importing natra here
+_appeared_in: list[str] = []
+_removed_at_end: list[bool] = []
+
+
+def _remove_if_empty(path: str) -> bool:
+    with contextlib.suppress(FileNotFoundError, OSError):
+        os.rmdir(path)  # fails (and stays) if anything is still pinned in it
+        return True
+    return False
+
 
 @pytest.fixture(scope="module")
 def default_pin_root():
     """Remove /sys/fs/bpf/natra afterwards if this module made it and left it empty."""
-    from natra import pins
-
-    existed = os.path.isdir(pins.DEFAULT_ROOT)
-    yield pins.DEFAULT_ROOT
+    existed = os.path.isdir(DEFAULT_PIN_ROOT)
+    yield DEFAULT_PIN_ROOT
     if not existed:
-        with contextlib.suppress(FileNotFoundError, OSError):
-            os.rmdir(pins.DEFAULT_ROOT)  # fails (and stays) if anything is still pinned in it
+        _remove_if_empty(DEFAULT_PIN_ROOT)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    before = os.path.isdir(DEFAULT_PIN_ROOT)
+    yield
+    if not before and os.path.isdir(DEFAULT_PIN_ROOT) and "default_pin_root" not in item.fixturenames:
+        _appeared_in.append(item.nodeid)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def node_pin_root_as_found():
+    """Leave /sys/fs/bpf/natra as the run found it, when what a test left is an empty directory."""
+    existed = os.path.isdir(DEFAULT_PIN_ROOT)
+    yield
+    if not existed and os.path.isdir(DEFAULT_PIN_ROOT):
+        _removed_at_end.append(_remove_if_empty(DEFAULT_PIN_ROOT))
+
+
+def pytest_terminal_summary(terminalreporter):
+    for nodeid in _appeared_in:
+        outcome = "removed at the end" if any(_removed_at_end) else "left in place"
+        terminalreporter.write_line(f"natra: {DEFAULT_PIN_ROOT} appeared during {nodeid} ({outcome})")
