@@ -55,6 +55,14 @@ image:
 image-local:
 	bash packaging/build_image.sh --local-bases
 
+# Removes what image-local keeps in buildah's storage (about 1.8 GB: the image,
+# its build stages' layers, the two Debian bases).
+.PHONY: image-clean
+image-clean:
+	-buildah rmi -f natra:$$(sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml) \
+	  localhost/natra-base:bookworm localhost/natra-base:bullseye
+	-buildah rmi --prune
+
 # Benchmarks (issue 8): every scenario through the real CNI chain, ~30 min,
 # writes docs/benchmarks.md and docs/img/bench-*.png. bench-smoke only checks
 # that the scripts still run (about a minute, output under /tmp).
