@@ -14,7 +14,8 @@ import os
 
 import pytest
 
-DEFAULT_PIN_ROOT = "/sys/fs/bpf/natra"  # natra.pins.DEFAULT_ROOT, without importing natra here
+from natra.pins import DEFAULT_ROOT as DEFAULT_PIN_ROOT
+
 _appeared_in: list[str] = []
 _removed_at_end: list[bool] = []
 

@@ -5,7 +5,8 @@ Owns: what test_bundle.py (the bundle installed by the Python installer) and
 test_image.py (the bundle installed by the image's init container) both drive:
 `fake_host` (bin dir with Debian's plugins linked in, conf dir with one ptp
 conflist on a free /24), `Pod` (a namespace Pod added and deleted through a
-natra.cnichain Chain), `iperf` and `hooked_programs`.
+natra.cnichain Chain), `iperf`, `hooked_programs` and `limited_pod` (a Pod
+whose limit is measured both ways against R*t+B).
 Rule: every name starts with the caller's prefix; every namespace a Pod makes
 is removed on exit, also when the test fails.
 Must not know: how Natra got onto the fake host.
@@ -20,9 +21,11 @@ import random
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from natra import attach
+from natra import attach, params
 from natra import install as inst
 from natra.cnichain import DEBIAN_CNI_DIR, Attachment, Chain
 
@@ -31,6 +34,13 @@ CONFLIST = "10-ptp.conflist"
 SUBNET_POOL = ipaddress.ip_network("10.236.0.0/16")
 IPERF_PORT = 5201
 MAX_UINT32 = 2**32 - 1  # containerd's burst when the Pod sets none
+LIMIT_BPS = 20_000_000
+IPERF_SECONDS = 2
+# Bits delivered in t seconds stay within R*t + B (B: Natra's clamped burst);
+# iperf3's receiver clock starts a little after the first bytes, hence 2 %.
+TIMING_SLACK = 1.02
+MIN_SHARE = 0.5  # a limiter that throttles far below its rate is broken too
+BOTH_WAYS = (("to the Pod", False), ("from the Pod", True))
 
 
 def free_subnet() -> str:
@@ -135,3 +145,26 @@ def iperf(pod: Pod, reverse: bool, seconds: int) -> tuple[float, float]:
     finally:
         server.kill()
         server.wait()
+
+
+@contextmanager
+def limited_pod(root: Path, name: str, directions=BOTH_WAYS) -> Iterator[Pod]:
+    """A Pod with containerd-shaped limits added through the fake node's chain
+    (ptp, natra, portmap), its programs hooked, CHECK passing, its limit measured
+    with iperf3 in `directions`; deleted through the chain when the block ends
+    (the Pod's exit does it on failure)."""
+    chain = chain_of(root)
+    assert [p["type"] for p in chain.conflist["plugins"]] == ["ptp", "natra", "portmap"]
+    limits = {"IngressRate": LIMIT_BPS, "IngressBurst": MAX_UINT32,
+              "EgressRate": LIMIT_BPS, "EgressBurst": MAX_UINT32}
+    burst = params.default_burst_bits(LIMIT_BPS, MAX_UINT32)
+    with Pod(chain, name, limits) as pod:
+        pod.add()
+        assert hooked_programs(pod.host_veth) == 2
+        chain.check(pod.att)
+        for direction, reverse in directions:
+            bits, seconds = iperf(pod, reverse, IPERF_SECONDS)
+            assert bits <= (LIMIT_BPS * seconds + burst) * TIMING_SLACK, (direction, bits, seconds)
+            assert bits >= MIN_SHARE * LIMIT_BPS * seconds, (direction, bits, seconds)
+        yield pod
+        chain.delete(pod.att)

@@ -29,19 +29,12 @@ import nodelab as N
 import pytest
 
 from natra import install as inst
-from natra import params
 from natra.cnichain import DEBIAN_CNI_DIR, Chain, make_bin_dir
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "dist" / "natra"
 PREFIX = "nd6-"
 BPFFS = "/sys/fs/bpf"
-LIMIT_BPS = 20_000_000
-IPERF_SECONDS = 2
-# Bits delivered in t seconds stay within R*t + B (B: Natra's clamped burst);
-# iperf3's receiver clock starts a little after the first bytes, hence 2 %.
-TIMING_SLACK = 1.02
-MIN_SHARE = 0.5  # a limiter that throttles far below its rate is broken too
 ADD_RUNS = 12
 
 
@@ -93,21 +86,9 @@ def test_version_as_the_runtime_calls_it(node):
 
 def test_chain_through_the_bundle_limits_a_pod_both_ways(node):
     root, tag, pins = node
-    chain = N.chain_of(root)
-    assert [p["type"] for p in chain.conflist["plugins"]] == ["ptp", "natra", "portmap"]
-    limits = {"IngressRate": LIMIT_BPS, "IngressBurst": N.MAX_UINT32,
-              "EgressRate": LIMIT_BPS, "EgressBurst": N.MAX_UINT32}
-    with N.Pod(chain, f"{PREFIX}{tag}", limits) as pod:
-        pod.add()
-        assert N.hooked_programs(pod.host_veth) == 2
-        chain.check(pod.att)
-        burst = params.default_burst_bits(LIMIT_BPS, N.MAX_UINT32)
-        for direction, reverse in (("to the Pod", False), ("from the Pod", True)):
-            bits, seconds = N.iperf(pod, reverse, IPERF_SECONDS)
-            assert bits <= (LIMIT_BPS * seconds + burst) * TIMING_SLACK, (direction, bits, seconds)
-            assert bits >= MIN_SHARE * LIMIT_BPS * seconds, (direction, bits, seconds)
-        chain.delete(pod.att)
-        assert os.listdir(pins) == []
+    with N.limited_pod(root, f"{PREFIX}{tag}"):
+        pass
+    assert os.listdir(pins) == []
 
 
 def test_add_latency_bundle_next_to_python(node, tmp_path):
@@ -120,7 +101,7 @@ def test_add_latency_bundle_next_to_python(node, tmp_path):
     (tmp_path / "pybin").mkdir()
     python_chain = Chain(chain.conflist, make_bin_dir(str(tmp_path / "pybin"), python=sys.executable))
     natra = next(p for p in chain.conflist["plugins"] if p["type"] == "natra")
-    limits = {"IngressRate": LIMIT_BPS, "IngressBurst": N.MAX_UINT32}
+    limits = {"IngressRate": N.LIMIT_BPS, "IngressBurst": N.MAX_UINT32}
     times: dict[str, list[float]] = {"bundle": [], "python -m natra": []}
     cpu: dict[str, list[float]] = {label: [] for label in times}
     with N.Pod(chain, f"{PREFIX}{tag}", limits) as pod:

@@ -44,7 +44,6 @@ import time
 import tomllib
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import nodelab as N
@@ -52,7 +51,6 @@ import pytest
 import yaml
 
 from natra import install as inst
-from natra import params
 from natra.cnichain import DEBIAN_CNI_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,10 +61,6 @@ HOST_BUNDLE = REPO / "dist" / "natra"
 PREFIX = "ni7-"
 BPFFS = "/sys/fs/bpf"
 GLIBC_MAX = "2.31"
-LIMIT_BPS = 20_000_000
-IPERF_SECONDS = 2
-TIMING_SLACK = 1.02  # as test_bundle.py: iperf3's receiver clock starts late
-MIN_SHARE = 0.5
 
 
 # linux/capability.h, by bit.
@@ -267,30 +261,6 @@ exec buildah run --isolation oci --network host --cap-add {caps} \\
 """
 
 
-BOTH_WAYS = (("to the Pod", False), ("from the Pod", True))
-
-
-@contextmanager
-def limited_pod(root: Path, name: str, directions=BOTH_WAYS) -> Iterator[N.Pod]:
-    """A Pod added through the fake node's chain, its limit measured with iperf3;
-    deleted through the chain when the block ends (the Pod's exit does it on failure)."""
-    chain = N.chain_of(root)
-    assert [p["type"] for p in chain.conflist["plugins"]] == ["ptp", "natra", "portmap"]
-    limits = {"IngressRate": LIMIT_BPS, "IngressBurst": N.MAX_UINT32,
-              "EgressRate": LIMIT_BPS, "EgressBurst": N.MAX_UINT32}
-    burst = params.default_burst_bits(LIMIT_BPS, N.MAX_UINT32)
-    with N.Pod(chain, name, limits) as pod:
-        pod.add()
-        assert N.hooked_programs(pod.host_veth) == 2
-        chain.check(pod.att)
-        for direction, reverse in directions:
-            bits, seconds = N.iperf(pod, reverse, IPERF_SECONDS)
-            assert bits <= (LIMIT_BPS * seconds + burst) * TIMING_SLACK, (direction, bits, seconds)
-            assert bits >= MIN_SHARE * LIMIT_BPS * seconds, (direction, bits, seconds)
-        yield pod
-        chain.delete(pod.att)
-
-
 def test_a_debian_11_node_limits_a_pod(tmp_path, container, image_bundle):
     tag = secrets.token_hex(3)
     root = tmp_path / "host"
@@ -309,7 +279,7 @@ def test_a_debian_11_node_limits_a_pod(tmp_path, container, image_bundle):
     conf.write_text(json.dumps(conflist))
     os.makedirs(pins, exist_ok=True)
     try:
-        with limited_pod(root, f"{PREFIX}{tag}", directions=BOTH_WAYS[:1]):
+        with N.limited_pod(root, f"{PREFIX}{tag}", directions=N.BOTH_WAYS[:1]):
             assert os.listdir(pins), "the plugin pinned nothing"
         assert os.listdir(pins) == []
         log = (logdir / "cni.log").read_text()
@@ -413,7 +383,7 @@ def test_daemonset_containers_from_the_image_install_limit_export_uninstall(tmp_
         assert done.returncode == 0, done.stdout + done.stderr
         bin_dir = node.root / inst.DEFAULT_CNI_BIN_DIR
         assert (bin_dir / "natra").is_symlink()
-        with limited_pod(node.root, f"{PREFIX}{tag}") as pod:
+        with N.limited_pod(node.root, f"{PREFIX}{tag}") as pod:
             port = _free_port()
             spec = node.pod["containers"][0]
             exporter = node.run(spec, env_extra={"NATRA_METRICS_PORT": str(port),
@@ -426,7 +396,7 @@ def test_daemonset_containers_from_the_image_install_limit_export_uninstall(tmp_
             assert re.search(r"^natra_pods 1\.0$", metrics, re.M), said + metrics[-1500:]
             limit = [line for line in metrics.splitlines()
                      if line.startswith("natra_limit_bits_per_second{") and f'pod="{pod.name}"' in line]
-            assert len(limit) == 2 and all(float(line.split()[-1]) == LIMIT_BPS for line in limit), limit
+            assert len(limit) == 2 and all(float(line.split()[-1]) == N.LIMIT_BPS for line in limit), limit
             exporter = None
         done = node.init("uninstall")
         assert done.returncode == 0, done.stdout + done.stderr
