@@ -12,7 +12,7 @@ Must not know: how anything was measured.
 from __future__ import annotations
 
 from bench.stats import WIRE_PER_PAYLOAD, spread
-from natra.params import DEFAULT_WINDOW_NS, default_threshold_bytes
+from natra.kernel.params import DEFAULT_WINDOW_NS, default_threshold_bytes
 
 AIM_SHARE = 0.93
 AIM_P99_RATIO = 1.5

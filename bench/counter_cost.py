@@ -34,10 +34,10 @@ import struct
 import sys
 import time
 
-from natra import bpfsys, maps, testrun
-from natra import layout as L
-from natra.loader import BpfObject
-from natra.params import DataPathParams, to_config
+from natra.kernel import bpfsys, maps, testrun
+from natra.kernel import layout as L
+from natra.kernel.loader import BpfObject
+from natra.kernel.params import DataPathParams, to_config
 
 FRAME_LEN = 1514
 RATE_BPS = 100_000_000_000  # 100 Gbit/s: repeated frames keep passing

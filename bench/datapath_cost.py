@@ -30,10 +30,10 @@ import struct
 import sys
 import time
 
-from natra import layout as L
-from natra import maps, testrun
-from natra.loader import BpfObject, object_path
-from natra.params import DataPathParams, to_config
+from natra.kernel import layout as L
+from natra.kernel import maps, testrun
+from natra.kernel.loader import BpfObject, object_path
+from natra.kernel.params import DataPathParams, to_config
 
 FRAME_LEN = 1514  # a full-size TCP frame; the parser's work does not depend on it
 RATE_BPS = 100_000_000_000  # 100 Gbit/s: repeated frames keep passing, so the pass path is timed

@@ -1,11 +1,11 @@
 """The benchmarks' test bench: Pods made through the real CNI chain, and traffic into them.
 
-Owns: one `Bench` per run: a "remote node" namespace (natra.localnet), CNI
+Owns: one `Bench` per run: a "remote node" namespace (natra.lab.localnet), CNI
 bin dirs (Debian's plugins plus `natra` as the Python entry point or the node
 bundle), one conflist per limiter ("natra" = ptp + natra, "bandwidth" = ptp +
 the standard plugin, "none" = ptp alone) each with its own /24 of
 10.208.0.0/16, Pods as namespaces with containerd-shaped bandwidth capability
-args, per-plugin timing of every CNI call, and the iperf3 / natra.traffic
+args, per-plugin timing of every CNI call, and the iperf3 / natra.lab.traffic
 processes it starts.
 Rule: everything it makes is registered before use and removed by `close()`
 (DEL through the chain, then namespaces, bin dirs, IPAM stores, stray pins of
@@ -25,8 +25,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from natra import cnichain
-from natra.localnet import LocalNet, netns_path
+from natra.lab import cnichain
+from natra.lab.localnet import LocalNet, netns_path
 
 PREFIX = "nt8-"
 REMOTE_SUBNET = "10.209.0"  # the remote node at .2, the host's side at .1
@@ -37,7 +37,7 @@ LIMITERS = ("natra", "bandwidth", "none")
 CONTAINERD_BURST_BITS = 2**32 - 1
 BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dist", "natra", "natra")
 IPERF_INTERVAL = "0.1"  # s: iperf3's finest report interval, the grain of the R*t+B check
-SERVER_READY_S = 0.3  # iperf3 / natra.traffic servers listen well within this
+SERVER_READY_S = 0.3  # iperf3 / natra.lab.traffic servers listen well within this
 IPERF_GRACE_S = 30  # beyond the test length before a hung iperf3 is killed
 
 
@@ -209,19 +209,19 @@ class Bench:
         return report
 
     def traffic_server(self, pod: Pod, port: int, deadline_s: float) -> subprocess.Popen:
-        return self.spawn(pod.netns, sys.executable, "-m", "natra.traffic", "serve", "--port", str(port),
+        return self.spawn(pod.netns, sys.executable, "-m", "natra.lab.traffic", "serve", "--port", str(port),
                           "--deadline", f"{deadline_s:g}")
 
     def traffic_client(self, pod: Pod, port: int, size: int, count: int,
                        interval_s: float) -> subprocess.Popen:
-        return self.spawn(self.remote.netns, sys.executable, "-m", "natra.traffic", "client",
+        return self.spawn(self.remote.netns, sys.executable, "-m", "natra.lab.traffic", "client",
                           "--host", pod.ip, "--port", str(port), "--size", str(size), "--count", str(count),
                           "--interval", f"{interval_s:g}")
 
     def traffic_json(self, proc: subprocess.Popen, timeout: float) -> dict:
         code, out, err = self.finish(proc, timeout=timeout)
         if code != 0:
-            raise RuntimeError(f"natra.traffic client exited {code}: {err.strip()[-300:]}")
+            raise RuntimeError(f"natra.lab.traffic client exited {code}: {err.strip()[-300:]}")
         return json.loads(out)
 
     # ---- cleanup ----------------------------------------------------------------------
@@ -273,7 +273,7 @@ def prefix_dir(prefix: str, name: str) -> str:
 
 def _remove_stray_pins(prefix: str) -> list[str]:
     """Pins left by our containers (a DEL that failed); removed through the facade."""
-    from natra import datapath
+    from natra.kernel import datapath
 
     problems = []
     try:

@@ -22,7 +22,7 @@ from natra.reference import accel
 from natra.reference.engine import Batch, Model, process_batch
 from natra.reference.key import parse_frame
 
-from natra.params import params_for, to_config
+from natra.kernel.params import params_for, to_config
 
 FLOWS = 1000
 RATE_BPS = 100_000_000

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from bench import stats
 from bench.harness import CONTAINERD_BURST_BITS, SERVER_READY_S, Bench, Pod
-from natra.params import default_burst_bits
+from natra.kernel.params import default_burst_bits
 
 DIRECTIONS = ("to_pod", "from_pod")  # into the Pod: remote -> Pod; out of it: iperf3 -R
 IPERF_PORT = 5301
@@ -166,8 +166,8 @@ def natra_counters(pod: Pod, direction: str = "to_pod") -> dict[str, int] | None
     """Verdict packet counters of one direction of a Natra Pod (None for other limiters)."""
     if pod.limiter != "natra":
         return None
-    from natra import bpfsys, maps, pins
-    from natra import layout as L
+    from natra.kernel import bpfsys, maps, pins
+    from natra.kernel import layout as L
 
     fd = bpfsys.obj_get(pins.pin_dir(pod.container_id).map("natra_counters"))
     try:
@@ -471,7 +471,7 @@ def _bpftool(*args: str) -> list[dict]:
 
 def natra_pin_memory(container_ids: list[str]) -> dict[str, dict]:
     """Per container: map and program memlock bytes (bpftool) and pinned objects."""
-    from natra import pins
+    from natra.kernel import pins
 
     dirs = {pins.pin_dir(cid).path: cid for cid in container_ids}
     out = {

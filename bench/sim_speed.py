@@ -24,8 +24,8 @@ from natra.simulations import metrics
 from natra.simulations import workloads as W
 from natra.simulations.sweep import decide_all
 
-from natra import layout as L
-from natra.params import DEFAULT_FLOW_TABLE, params_for, to_config
+from natra.kernel import layout as L
+from natra.kernel.params import DEFAULT_FLOW_TABLE, params_for, to_config
 
 BENCH_RATE_BPS = 10 * 10**9  # 10 Gbit/s at 0.6 load: about 0.5 M frames per second of traffic
 PACKETS_PER_SIM_SECOND = 0.6 * BENCH_RATE_BPS / 8 / W.MTU_FRAME_BYTES

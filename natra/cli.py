@@ -35,16 +35,16 @@ class Subcommand:
 SUBCOMMANDS: dict[str, Subcommand] = {
     "version": Subcommand("natra.cli", "print Natra's version and the CNI versions it speaks",
                           main="version_main", add_arguments=None),
-    "demo": Subcommand("natra.demo", "Natra beside the standard bandwidth plugin on this machine"),
-    "status": Subcommand("natra.status_cli", "show what Natra limits on this node",
+    "demo": Subcommand("natra.lab.demo", "Natra beside the standard bandwidth plugin on this machine"),
+    "status": Subcommand("natra.node.status_cli", "show what Natra limits on this node",
                          main="status_main", add_arguments="add_status_arguments"),
-    "top": Subcommand("natra.status_cli", "live view of limited Pods and heavy hitters",
+    "top": Subcommand("natra.node.status_cli", "live view of limited Pods and heavy hitters",
                       main="top_main", add_arguments="add_top_arguments"),
-    "exporter": Subcommand("natra.status_cli", "serve Prometheus metrics and the live page",
+    "exporter": Subcommand("natra.node.status_cli", "serve Prometheus metrics and the live page",
                            main="exporter_main", add_arguments="add_exporter_arguments"),
-    "install": Subcommand("natra.install_cli", "install Natra on this node (chain it into the conflist)",
+    "install": Subcommand("natra.node.install_cli", "install Natra on this node (chain it into the conflist)",
                           main="install_main", add_arguments="add_install_arguments"),
-    "uninstall": Subcommand("natra.install_cli", "remove Natra from this node",
+    "uninstall": Subcommand("natra.node.install_cli", "remove Natra from this node",
                             main="uninstall_main", add_arguments="add_uninstall_arguments"),
 }
 

@@ -30,8 +30,8 @@ from natra.reference.hashing import HASH_SEEDS, columns, key_columns, murmur3_32
 from natra.reference.key import ETH_P_IP, ETH_P_IPV6, KEY_LEN, parse_frame
 from natra.reference.tables import Tables, config_row
 
-from natra import layout as L
-from natra.params import ConfigValues
+from natra.kernel import layout as L
+from natra.kernel.params import ConfigValues
 
 U64 = (1 << 64) - 1
 U32 = (1 << 32) - 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from natra import layout as L
+from natra.kernel import layout as L
 
 MASK32 = 0xFFFFFFFF
 C1 = 0xCC9E2D51

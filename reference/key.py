@@ -21,8 +21,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from natra import layout as L
-from natra.flowkey import format_key  # noqa: F401  (one formatter for model and tools)
+from natra.kernel import layout as L
+from natra.kernel.flowkey import format_key  # noqa: F401  (one formatter for model and tools)
 
 KEY_LEN = 40  # sizeof(struct natra_flow_key)
 ETH_HLEN = 14  # destination, source, EtherType

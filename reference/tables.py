@@ -1,6 +1,6 @@
 """The model's state tables: numpy arrays laid out like the BPF maps.
 
-Owns: the numpy dtypes built from natra.layout's ctypes mirror of bpf/natra.h,
+Owns: the numpy dtypes built from natra.kernel.layout's ctypes mirror of bpf/natra.h,
 and `Tables`, the arrays of one model (config, state, sketch, heavy-flow
 table with its LRU bookkeeping, counters). The pure-Python step and the C
 accelerator both work on these same arrays, so they cannot drift apart.
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from natra import layout as L
-from natra.params import ConfigValues
+from natra.kernel import layout as L
+from natra.kernel.params import ConfigValues
 
 CONFIG_DTYPE = np.dtype(L.Config)
 STATE_DTYPE = np.dtype(L.State)

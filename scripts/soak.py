@@ -39,10 +39,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from natra import bpfsys  # noqa: E402 - after the path fix, for runs from a checkout
-from natra import layout as L  # noqa: E402
+from natra.kernel import bpfsys  # noqa: E402 - after the path fix, for runs from a checkout
+from natra.kernel import layout as L  # noqa: E402
 
-# bpf(2) commands natra/bpfsys.py does not wrap (yet).
+# bpf(2) commands natra/kernel/bpfsys.py does not wrap (yet).
 NATRA_PREFIX = "natra"  # every map and program of Natra is named natra_*
 # Rates (bit/s) no other test or engineer uses: 21.9xxx Mbit/s in steps of 7 bit/s.
 MARKER_RATE_BASE = 21_900_003
@@ -182,7 +182,7 @@ def _run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.Comp
 
 class Soak:
     def __init__(self, pods: int, seed: int):
-        from natra import cnichain
+        from natra.lab import cnichain
 
         self.pods = pods
         self.rng = random.Random(seed)
@@ -226,7 +226,8 @@ class Soak:
             server.wait()
 
     def _one_life(self, slot: int, generation: int) -> None:
-        from natra import cnichain, datapath
+        from natra.kernel import datapath
+        from natra.lab import cnichain
 
         name = f"{PREFIX}{slot}-{generation}"
         with self.lock:

@@ -24,8 +24,8 @@ import numpy as np
 from natra.reference.engine import Batch, BatchResult, Model, process_batch
 from natra.reference.key import KEY_LEN, format_key, parse_frame
 
-from natra import layout as L
-from natra.params import ConfigValues
+from natra.kernel import layout as L
+from natra.kernel.params import ConfigValues
 
 ETH_MIN_FRAME = 60  # bytes without FCS: the shortest frame an Ethernet NIC puts on the wire
 TEST_RUN_MAX_FRAME = 3500  # bytes; BPF_PROG_TEST_RUN refuses frames above ~3.7 KB here
@@ -60,19 +60,19 @@ class KernelEngine:
     """The BPF program as a replay engine (root, bpffs not needed: nothing is pinned)."""
 
     def __init__(self, configs: Sequence[ConfigValues], flow_table: int):
-        from natra.loader import BpfObject
+        from natra.kernel.loader import BpfObject
 
         self.obj = BpfObject.load(_with_test_clock(configs), flow_table=flow_table)
 
     def _verdict_packets(self, direction: int) -> list[int]:
-        from natra import maps
+        from natra.kernel import maps
 
         counters = maps.read_counters(self.obj.map_fd("natra_counters"), direction)
         return [counters[L.verdict_packets_index(v)] for v in range(L.NVERDICTS)]
 
     def run_frames(self, batch: Batch, frames: Sequence[bytes]) -> BatchResult:
         """Frames already prepared; the verdict of each is the counter that moved."""
-        from natra import testrun
+        from natra.kernel import testrun
 
         n = len(frames)
         verdicts = np.empty(n, dtype=np.uint8)
@@ -93,7 +93,7 @@ class KernelEngine:
         return self.run_frames(prepared_b, prepared)
 
     def snapshot(self) -> dict:
-        from natra import maps
+        from natra.kernel import maps
 
         return maps.snapshot(self.obj)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from natra import layout as L
+from natra.kernel import layout as L
 
 KEY_BYTES = 40  # sizeof(struct natra_flow_key)
 FLOW_VALUE_BYTES = 56  # sizeof(struct natra_flow)

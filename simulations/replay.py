@@ -24,8 +24,15 @@ from natra.reference.engine import Batch, BatchResult, Model, process_batch
 from natra.reference.key import KEY_LEN, format_key, parse_frame
 from natra.simulations.pcapio import Record, read_capture
 
-from natra import layout as L
-from natra.params import DEFAULT_DEPTH, DEFAULT_FLOW_TABLE, DEFAULT_WIDTH, ConfigValues, params_for, to_config
+from natra.kernel import layout as L
+from natra.kernel.params import (
+    DEFAULT_DEPTH,
+    DEFAULT_FLOW_TABLE,
+    DEFAULT_WIDTH,
+    ConfigValues,
+    params_for,
+    to_config,
+)
 
 CHUNK_FRAMES = 65536  # frames per batch: bounds memory and paces the progress bar
 PROGRESS_MIN_FRAMES = 200_000  # captures at least this large show a progress bar
@@ -212,7 +219,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", required=True, type=lambda s: _parse_bits(s, "rate"),
                         help="limit in bit/s, a Kubernetes quantity (10M, 1G)")
     parser.add_argument("--burst", type=lambda s: _parse_bits(s, "burst"), default=None,
-                        help="bucket depth in bits, a Kubernetes quantity (default: clamp of natra.params)")
+                        help="bucket depth in bits, a Kubernetes quantity (default: as natra.kernel.params)")
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="sketch columns (power of two)")
     parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, help="sketch rows (1..8)")
     parser.add_argument("--threshold", type=int, default=None, help="heavy-hitter threshold, bytes/window")
@@ -253,7 +260,7 @@ def run(args) -> int:
     """Replay a capture through the data path and summarise per flow."""
     from natra.simulations.pcapio import CaptureError
 
-    from natra.params import ParamError
+    from natra.kernel.params import ParamError
 
     try:
         configs, settings = build_configs(args)

@@ -13,7 +13,7 @@ Rule: a point's numbers depend only on the point (its seed included), never
 on the worker or the order points ran in; results come back in grid order.
 Thresholds are given in % of what the Pod may send in a window (rate *
 window), reserves in % of the burst; "default" means Natra's own rule from
-natra/params.py. The burst is always Natra's default for the rate.
+natra/kernel/params.py. The burst is always Natra's default for the rate.
 Must not know: how workloads or metrics are computed inside; the kernel.
 """
 
@@ -35,8 +35,8 @@ import numpy as np
 from natra.simulations import metrics
 from natra.simulations import workloads as W
 
-from natra import layout as L
-from natra.params import DEFAULT_FLOW_TABLE, params_for, to_config
+from natra.kernel import layout as L
+from natra.kernel.params import DEFAULT_FLOW_TABLE, params_for, to_config
 
 CHUNK_PACKETS = 1 << 20  # frames per process_batch call: bounds the (n, 40) key array to 40 MiB
 WORKLOAD_CACHE = 4  # open-loop workloads kept per worker process
@@ -55,9 +55,9 @@ class Point:
     workload: str
     width: int  # sketch columns
     depth: int  # sketch rows
-    threshold_pct: float | None  # % of rate * window; None: natra.params' rule
+    threshold_pct: float | None  # % of rate * window; None: natra.kernel.params' rule
     window_ms: float  # sketch window, ms
-    reserve_pct: float | None  # % of the burst only mice may spend; None: natra.params' rule
+    reserve_pct: float | None  # % of the burst only mice may spend; None: natra.kernel.params' rule
     rate_bps: int  # the Pod's limit, bit/s
     duration_s: float  # workload length, s
     seed: int

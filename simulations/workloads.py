@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from natra import layout as L
+from natra.kernel import layout as L
 
 KEY_LEN = 40  # sizeof(struct natra_flow_key)
 ETH_HLEN = 14

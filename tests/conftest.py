@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from natra.pins import DEFAULT_ROOT as DEFAULT_PIN_ROOT
+from natra.kernel.pins import DEFAULT_ROOT as DEFAULT_PIN_ROOT
 
 _appeared_in: list[str] = []
 _removed_at_end: list[bool] = []

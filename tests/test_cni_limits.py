@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from natra import layout as L
 from natra.cni.errors import CniError, Kind
 from natra.cni.limits import POD_ANNOTATIONS_CAPABILITY, extract_limits, lookup
+from natra.kernel import layout as L
 
 IN, OUT = L.DIR_TO_POD, L.DIR_FROM_POD
 MAXU32 = 2**32 - 1

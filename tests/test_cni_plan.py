@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from natra import layout as L
-from natra import params as P
 from natra.cni.errors import CniError
 from natra.cni.limits import POD_ANNOTATIONS_CAPABILITY
 from natra.cni.plan import drift, host_candidates, keeps, make_plan
 from natra.cni.request import parse_request
+from natra.kernel import layout as L
+from natra.kernel import params as P
 
 IN, OUT = L.DIR_TO_POD, L.DIR_FROM_POD
 MAXU32 = 2**32 - 1

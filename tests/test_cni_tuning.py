@@ -2,7 +2,6 @@
 
 import pytest
 
-from natra import params as P
 from natra.cni.errors import CniError
 from natra.cni.tuning import (
     ANNOTATION_KEYS,
@@ -13,6 +12,7 @@ from natra.cni.tuning import (
     pod_tuning,
     read_duration,
 )
+from natra.kernel import params as P
 
 
 def test_defaults_match_params():

@@ -1,4 +1,4 @@
-"""natra/cnichain.py without root: libcni's conflist semantics, checked on recording plugins.
+"""natra/lab/cnichain.py without root: libcni's conflist semantics, checked on recording plugins.
 
 The plugins here are real executables (small Python scripts in a temp bin dir)
 that record what they were given and answer like a chained plugin; the kernel
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natra import cnichain as N
+from natra.lab import cnichain as N
 
 # A plugin that appends {command, env, config} to $RECORD and prints prevResult with one more
 # interface named after itself (ADD), nothing (DEL/CHECK), or fails when its config says so.

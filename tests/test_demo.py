@@ -1,4 +1,4 @@
-"""natra/demo.py without root: percentiles, the table, the Pods' annotations and addresses, slots.
+"""natra/lab/demo.py without root: percentiles, the table, the Pods' annotations and addresses, slots.
 
 The kernel half (the demo actually run, Ctrl-C included) is tests/kernel/test_demo_live.py.
 """
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natra import demo as D
-from natra.cri import node as NODE
+from natra.lab import demo as D
+from natra.lab.cri import node as NODE
 
 TAKEN = [ipaddress.ip_network(n) for n in ("10.200.0.0/13", "10.208.0.0/16", "10.209.0.0/16",
                                            "10.210.0.0/16", "10.219.0.0/16", "10.236.0.0/16")]

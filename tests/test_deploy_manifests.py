@@ -17,8 +17,8 @@ kv_utils = pytest.importorskip("kubernetes_validate.utils", reason="pip install 
 yamllint_config = pytest.importorskip("yamllint.config", reason="pip install yamllint")
 from yamllint import linter  # noqa: E402
 
-from natra import install as inst  # noqa: E402
-from natra import install_cli  # noqa: E402
+from natra.node import install as inst  # noqa: E402
+from natra.node import install_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

@@ -1,4 +1,4 @@
-"""Tests of natra/exporter.py without a kernel: families from made-up views,
+"""Tests of natra/node/exporter.py without a kernel: families from made-up views,
 the text format as Prometheus' own parser reads it, and the HTTP endpoints on
 loopback."""
 
@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from test_observe import flow, key, pod, raw_dir  # tests/ is on sys.path (pytest rootdir-less import)
 
-from natra import exporter as E
-from natra import layout as L
-from natra import observe as O
+from natra.kernel import layout as L
+from natra.node import exporter as E
+from natra.node import observe as O
 
 
 def view(cid: str, name: str, counters: list[int], nflows: int = 2) -> O.PodView:

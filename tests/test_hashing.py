@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from natra.reference.hashing import columns, key_columns, key_hashes, murmur3_32, murmur3_32_keys
 
-from natra import layout as L
+from natra.kernel import layout as L
 
 # The table of docs/design.md: published MurmurHash3 x86_32 results.
 VECTORS = [

@@ -1,4 +1,4 @@
-"""natra.install and natra.install_cli on fake host roots holding real-world conflists.
+"""natra.node.install and natra.node.install_cli on fake host roots holding real-world conflists.
 
 Each fixture in tests/fixtures/cni is a config in the shape its project ships.
 The round trip (install, install again, uninstall) must leave every byte of the
@@ -20,10 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from natra import install as inst
-from natra import install_cli
 from natra.cni import tuning
-from natra.cnichain import Attachment, Chain
+from natra.lab.cnichain import Attachment, Chain
+from natra.node import install as inst
+from natra.node import install_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cni"
 ALL_FIXTURES = sorted(p.name for p in FIXTURES.iterdir() if p.name.endswith(inst.CONF_EXTENSIONS))

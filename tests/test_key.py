@@ -30,7 +30,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether  # noqa: E402
 from scapy.layers.sctp import SCTP  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 
-from natra import layout as L  # noqa: E402
+from natra.kernel import layout as L  # noqa: E402
 
 MAC = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 V4 = ("10.0.0.1", "10.0.0.2")

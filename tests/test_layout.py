@@ -1,4 +1,4 @@
-"""natra/layout.py against bpf/natra.h and the compiled object's BTF.
+"""natra/kernel/layout.py against bpf/natra.h and the compiled object's BTF.
 
 Every #define of the header must equal the Python constant of the same name
 (without the NATRA_ prefix), and every struct the object's BTF describes must
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from natra import layout as L
+from natra.kernel import layout as L
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = ROOT / "bpf" / "natra.h"
@@ -50,7 +50,7 @@ def test_header_has_the_constants_we_expect():
 
 @pytest.mark.parametrize("name", sorted(header_defines()))
 def test_every_define_equals_the_python_constant(name):
-    assert hasattr(L, name), f"natra/layout.py lacks {name} (bpf/natra.h has NATRA_{name})"
+    assert hasattr(L, name), f"natra/kernel/layout.py lacks {name} (bpf/natra.h has NATRA_{name})"
     assert getattr(L, name) == header_defines()[name]
 
 

@@ -1,4 +1,4 @@
-"""Pure tests of natra/observe.py: from made-up pinned records to PodViews.
+"""Pure tests of natra/node/observe.py: from made-up pinned records to PodViews.
 
 No kernel: RawPod records are built here the way the edge reads them
 (fields of natra_config / natra_state, NCOUNTERS counters, flow dicts).
@@ -13,10 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from natra.reference import key as refkey
 
-from natra import flowkey
-from natra import layout as L
-from natra import observe as O
-from natra.params import params_for, to_config
+from natra.kernel import flowkey
+from natra.kernel import layout as L
+from natra.kernel.params import params_for, to_config
+from natra.node import observe as O
 
 MS = 1_000_000
 WINDOW = 100 * MS
@@ -191,11 +191,11 @@ def test_format_key_reads_every_key(k):
 
 
 def test_reading_tables_imports_no_model_and_no_numpy():
-    """natra.observe runs on nodes from the bundle, which carries neither."""
+    """natra.node.observe runs on nodes from the bundle, which carries neither."""
     import subprocess
     import sys
 
-    code = ("import sys, natra.observe; "
+    code = ("import sys, natra.node.observe; "
             "bad = [m for m in ('numpy', 'natra.reference') if m in sys.modules]; "
             "sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,11 +1,11 @@
-"""natra.params: defaults, clamps and the derived kernel config."""
+"""natra.kernel.params: defaults, clamps and the derived kernel config."""
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from natra import layout as L
-from natra.params import (
+from natra.kernel import layout as L
+from natra.kernel.params import (
     MIN_DEFAULT_BURST_BITS,
     MIN_RESERVE_BITS,
     DataPathParams,

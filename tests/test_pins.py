@@ -1,8 +1,8 @@
-"""Tests of natra/pins.py: container ID -> pin directory names, and the directory itself.
+"""Tests of natra/kernel/pins.py: container ID -> pin directory names, and the directory itself.
 
 No root needed: naming is pure, and making/clearing/listing directories is
 checked on a temporary (non-bpffs) directory. The pure half of the meta record
-(natra/meta.py encode/decode) is checked here too; pinning it needs bpffs and
+(natra/kernel/meta.py encode/decode) is checked here too; pinning it needs bpffs and
 is covered in tests/kernel/test_datapath.py.
 """
 
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natra import layout as L
-from natra import meta, pins
+from natra.kernel import layout as L
+from natra.kernel import meta, pins
 
 container_ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.\-]{0,80}\Z")
 

@@ -20,8 +20,8 @@ from natra.reference import accel
 from natra.reference.engine import Batch, Model, process_batch
 from natra.reference.key import make_key
 
-from natra import layout as L
-from natra.params import DataPathParams, to_config
+from natra.kernel import layout as L
+from natra.kernel.params import DataPathParams, to_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

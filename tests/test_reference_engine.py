@@ -1,4 +1,4 @@
-"""The model's guarantees (DATAPATH.md), each as a property over generated traffic.
+"""The model's guarantees (docs/design.md, "Guarantees"), each as a property over generated traffic.
 
 Every property is the exact envelope docs/design.md states, checked on the
 pure-Python specification (Model(..., accelerator=False)); the long runs use
@@ -19,8 +19,8 @@ from natra.reference.engine import Batch, Model, drain, process_batch
 from natra.reference.hashing import key_columns
 from natra.reference.key import make_key, parse_frame
 
-from natra import layout as L
-from natra.params import DataPathParams, params_for, to_config
+from natra.kernel import layout as L
+from natra.kernel.params import DataPathParams, params_for, to_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSING = L.PASSING_VERDICTS

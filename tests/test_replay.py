@@ -224,7 +224,7 @@ def test_replay_is_the_model(tmp_path):
     """The replay's verdicts are the per-packet model's, frame by frame."""
     from natra.reference.engine import Model
 
-    from natra.params import params_for, to_config
+    from natra.kernel.params import params_for, to_config
 
     records = mixed_capture(3, 10**6, 0.5)
     configs = [to_config(params_for(10**6)), to_config(None)]

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from natra.simulations import metrics as M
 
-from natra import layout as L
+from natra.kernel import layout as L
 
 
 def _brute_excess(now, wire, rate_bps, depth_nbit):

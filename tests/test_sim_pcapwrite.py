@@ -7,7 +7,7 @@ from natra.simulations import workloads as W
 from natra.simulations.pcapio import read_capture
 from natra.simulations.pcapwrite import FULL_FRAMES, write_pcap
 
-from natra import layout as L
+from natra.kernel import layout as L
 
 
 def _passing(now, wire, keys, ect):

@@ -11,8 +11,8 @@ from natra.simulations import sweep
 from natra.simulations import workloads as W
 from natra.simulations.cli import main as natra_sim
 
-from natra import layout as L
-from natra.params import params_for, to_config
+from natra.kernel import layout as L
+from natra.kernel.params import params_for, to_config
 
 TIMING_FIELDS = ("model_s", "elapsed_s")
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from natra.reference.key import ETH_P_IP, ETH_P_IPV6, make_key
 from natra.simulations import workloads as W
 
-from natra import layout as L
+from natra.kernel import layout as L
 
 SHORT_NS = 300_000_000  # 0.3 s keeps every generator well under a second
 SMALL = {

@@ -1,4 +1,4 @@
-"""Tests of natra/status_cli.py: the text of `natra status` / `natra top` from
+"""Tests of natra/node/status_cli.py: the text of `natra status` / `natra top` from
 made-up views, and both commands end to end on a node with no Natra Pod."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import json
 
 from test_observe import flow, key, pod, raw_dir  # tests/ is on sys.path (pytest rootdir-less import)
 
-from natra import layout as L
-from natra import observe as O
-from natra import status_cli as S
+from natra.kernel import layout as L
+from natra.node import observe as O
+from natra.node import status_cli as S
 
 NOW = 10**12
 WINDOW = 100_000_000

@@ -1,13 +1,13 @@
 """Carry a Plan out: the only part of the plugin with effects.
 
 Owns: the peer check (the host interface named in prevResult must be the veth
-peer of CNI_IFNAME inside the Pod's namespace), the calls into natra.datapath
+peer of CNI_IFNAME inside the Pod's namespace), the calls into natra.kernel.datapath
 for each command, the fail-open rule and its marker files (so a CHECK right
 after a failed-open ADD passes, as CRI-O needs), and the log line each
 command leaves.
 Rule: after a request is understood, ADD and DEL never fail: every error is
 one log line and the Pod keeps working unlimited. Only CHECK, STATUS and GC
-report kernel problems, as CNI errors. natra.datapath is imported lazily so
+report kernel problems, as CNI errors. natra.kernel.datapath is imported lazily so
 the pure core never needs it.
 Must not know: how limits are read or configs computed (the Plan says it),
 how results are printed.
@@ -18,10 +18,10 @@ from __future__ import annotations
 import os
 import socket
 
-from natra import layout as L
 from natra.cni.errors import CniError, Kind
 from natra.cni.log import Log
 from natra.cni.plan import Attachment, Plan, drift, keeps
+from natra.kernel import layout as L
 
 FAIL_OPEN_DIR = "fail-open"  # under Settings.state_dir: one file per failed-open container
 
@@ -32,9 +32,9 @@ class FailOpen(Exception):
 
 def _datapath():
     try:
-        from natra import datapath
+        from natra.kernel import datapath
     except Exception as exc:  # noqa: BLE001 - a broken install must not break Pods
-        raise FailOpen(f"natra.datapath cannot be imported: {exc}") from exc
+        raise FailOpen(f"natra.kernel.datapath cannot be imported: {exc}") from exc
     return datapath
 
 
@@ -69,7 +69,7 @@ def _clear_marker(plan: Plan) -> None:
 
 def host_interface(attachment: Attachment) -> str:
     """The prevResult host interface that really is the peer of the Pod's interface."""
-    from natra import netlink
+    from natra.kernel import netlink
 
     try:
         peer = netlink.peer_ifindex(attachment.netns, attachment.pod_ifname)

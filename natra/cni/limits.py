@@ -23,9 +23,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from natra import layout as L
 from natra.cni.errors import CniError, Kind
 from natra.cni.quantity import QuantityError, parse_bandwidth, parse_quantity
+from natra.kernel import layout as L
 
 POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
 BANDWIDTH_KEY = "bandwidth"

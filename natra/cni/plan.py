@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from natra import layout as L
-from natra import params as P
 from natra.cni import versions
 from natra.cni.errors import CniError, Kind
 from natra.cni.limits import Limits, extract_limits, pod_annotations
 from natra.cni.request import Request
 from natra.cni.tuning import Settings, cluster_settings, location_settings, pod_tuning
+from natra.kernel import layout as L
+from natra.kernel import params as P
 
 VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 

@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from math import ceil
 
-from natra import layout as L
-from natra import params as P
 from natra.cni.errors import CniError, Kind
 from natra.cni.quantity import QuantityError, parse_quantity
+from natra.kernel import layout as L
+from natra.kernel import params as P
 
 ANNOTATION_PREFIX = "natra.io/"
 ATTACH_MODES = ("auto", "tcx", "clsact")
@@ -58,7 +58,7 @@ class Tuning:
     flow_table: int = P.DEFAULT_FLOW_TABLE  # heavy-flow entries per Pod
 
     def params_kwargs(self) -> dict:
-        """Keyword arguments for natra.params.params_for (a fresh dict each call)."""
+        """Keyword arguments for natra.kernel.params.params_for (a fresh dict each call)."""
         kwargs = {"width": self.width, "depth": self.depth, "window_ns": self.window_ns,
                   "burst_time_ns": self.max_burst_time_ns, "ecn": self.ecn}
         if self.threshold_bytes is not None:

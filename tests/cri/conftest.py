@@ -2,7 +2,7 @@
 Pod sandboxes through the CNI chain ptp -> natra (or ptp -> bandwidth).
 
 Owns: deciding whether containerd can run here (and skipping with the reason
-when not), choosing the chain, bringing the node (natra.cri.runtime's
+when not), choosing the chain, bringing the node (natra.lab.cri.runtime's
 DemoRuntime, recording every CNI call) and the remote namespace up once per
 session, the kubelet-side CRI client (cri_client, compiled from our api.proto,
 independent of the node's own hand-written client), a `pods` helper that
@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cri_wire as wire  # noqa: E402
 
-import natra.cri as CRI  # noqa: E402
-from natra.cri import node as NODE  # noqa: E402
-from natra.cri import runtime as R  # noqa: E402
+import natra.lab.cri as CRI  # noqa: E402
+from natra.lab.cri import node as NODE  # noqa: E402
+from natra.lab.cri import runtime as R  # noqa: E402
 
 CHAIN_ENV = "NATRA_CRI_CHAIN"
 CHAIN_NATRA, CHAIN_BANDWIDTH = NODE.LIMITER_NATRA, NODE.LIMITER_BANDWIDTH

@@ -2,7 +2,7 @@
 
 Owns: one network namespace standing for another node, joined to the host by
 a veth with routes both ways and forwarding on that veth, so traffic into a Pod
-arrives from outside the host as on a real node (PLATFORM.md: a sender in the
+arrives from outside the host as on a real node (a sender in the
 host's own namespace hides how a limiter treats TCP); and running iperf3
 between that namespace and a Pod's namespace, returning bytes and seconds as
 the receiver counted them.

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from cri_client import CriError
 
-from natra.cri.node import LIMITER_NATRA as CHAIN_NATRA
+from natra.lab.cri.node import LIMITER_NATRA as CHAIN_NATRA
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -78,7 +78,7 @@ def eventually(predicate, timeout_s: float = GONE_TIMEOUT_S) -> bool:
 
 
 def inspection(node, sid):
-    from natra import datapath
+    from natra.kernel import datapath
 
     return datapath.inspect(sid, root=node.bpffs_root)
 
@@ -161,8 +161,8 @@ def test_pod_is_limited_in_both_directions(cri_node, pods):
 
 def test_natra_tuning_annotations_reach_the_kernel(cri_node, pods):
     cri_node.require_natra()
-    from natra import layout as L
-    from natra import params as P
+    from natra.kernel import layout as L
+    from natra.kernel import params as P
 
     tuning = {"natra.io/width": "256", "natra.io/depth": "2", "natra.io/window": "50ms",
               "natra.io/threshold": "128Ki", "natra.io/max-burst-time": "300ms", "natra.io/ecn": "false",
@@ -192,8 +192,8 @@ def test_natra_tuning_annotations_reach_the_kernel(cri_node, pods):
 
 def test_malformed_natra_annotation_fails_open(cri_node, pods):
     cri_node.require_natra()
-    from natra import layout as L
-    from natra import params as P
+    from natra.kernel import layout as L
+    from natra.kernel import params as P
 
     spec, sid, view = start(pods, {**LIMITS, "natra.io/width": "banana", "natra.io/window": "-3"})
     shown = status_pod(cri_node, sid)
@@ -268,7 +268,7 @@ def test_twenty_parallel_sandboxes_leave_nothing(cri_node, pods):
     assert leased == [], leased
     assert eventually(lambda: not any(link_exists(n) for n in host_side))
     if cri_node.chain == CHAIN_NATRA:
-        from natra import datapath
+        from natra.kernel import datapath
 
         assert not set(sids) & set(datapath.list_installed(root=cri_node.bpffs_root))
         assert eventually(lambda: not any(bpf_object_exists(k, i) for k, i in objects))

@@ -26,9 +26,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from natra.cri import image as OCI
-from natra.cri import node as NODE
-from natra.cri import protocol as PB
+from natra.lab.cri import image as OCI
+from natra.lab.cri import node as NODE
+from natra.lab.cri import protocol as PB
 
 IMAGE = "natra.test/pause:nt10"
 BASE = Path("/tmp/nt10-cri-example")

@@ -1,12 +1,12 @@
-"""The kernel tests' view of natra.cnichain: Pods as nt4-* namespaces, calls as results.
+"""The kernel tests' view of natra.lab.cnichain: Pods as nt4-* namespaces, calls as results.
 
-Owns: only what tests need on top of the one chain runner (natra/cnichain.py):
+Owns: only what tests need on top of the one chain runner (natra/lab/cnichain.py):
 a throwaway bin dir per test (`natra` is this checkout's `python -m natra`, or
 the node bundle when NATRA_PLUGIN names it), `Pod` (an Attachment whose
 network namespace is /run/netns/<name>), a `Chain` whose add/check/delete
 return every plugin call instead of raising (tests assert on codes, stdout
 and stderr), and an ICMP `ping` (this machine has no ping binary).
-Rule: nothing here runs a plugin itself; natra.cnichain does. Every namespace
+Rule: nothing here runs a plugin itself; natra.lab.cnichain does. Every namespace
 and directory made here is removed by the caller's cleanup (delete_netns,
 remove_tree).
 Must not know: what any plugin does inside.
@@ -21,8 +21,8 @@ import struct
 import subprocess
 import time
 
-from natra import cnichain
-from natra.cnichain import (  # noqa: F401 - re-exported for the test modules
+from natra.lab import cnichain
+from natra.lab.cnichain import (  # noqa: F401 - re-exported for the test modules
     CAPABILITY_ANNOTATIONS,
     DEBIAN_CNI_DIR,
     PLUGIN_TIMEOUT_S,

@@ -14,8 +14,8 @@ import os
 
 import pytest
 
-from natra import layout as L
-from natra.params import ConfigValues, params_for, to_config
+from natra.kernel import layout as L
+from natra.kernel.params import ConfigValues, params_for, to_config
 
 BPFFS = "/sys/fs/bpf"
 BPF_FS_MAGIC = 0xCAFE4A11
@@ -44,7 +44,7 @@ def kernel_unavailable() -> str | None:
         return "needs root for bpf(2)"
     if not os.path.isdir(BPFFS) or not _is_bpffs(BPFFS):
         return f"bpffs is not mounted at {BPFFS} (mount -t bpf bpf {BPFFS})"
-    from natra.loader import LoadError, object_path
+    from natra.kernel.loader import LoadError, object_path
 
     try:
         for variant in ("natra", "natra_trace", "natra_parse"):
@@ -76,7 +76,7 @@ test_configs.__test__ = False  # a helper, not a test
 @pytest.fixture
 def load_natra(kernel):
     """Factory: load_natra(configs, flow_table=..., variant='natra') -> BpfObject, closed after."""
-    from natra.loader import BpfObject, object_path
+    from natra.kernel.loader import BpfObject, object_path
 
     loaded = []
 

@@ -10,8 +10,8 @@ removes what it made, also when the test fails half-way).
 The host side forwards between the two veths with per-interface forwarding
 (net.ipv4.conf.<if>.forwarding=1 on our two veths only), so the host's global
 `ip_forward` and every other interface stay as they were. Traffic into the Pod
-comes from another namespace, as on a node (docs: PLATFORM.md, "Testing
-against the kernel").
+comes from another namespace, as on a node: a sender in the host's own
+namespace would hide how a limiter treats TCP.
 
 Rule: every name starts with NAME_PREFIX so parallel test suites never collide
 and a leak is easy to attribute. Must not know: Natra's programs or maps.
@@ -86,7 +86,7 @@ def kernel_skip_reason(*, tools: tuple[str, ...] = (), files: dict[str, str] | N
             __import__(module)
         except ImportError:
             return f"needs the Python module {module}"
-    from natra.loader import LoadError, object_path
+    from natra.kernel.loader import LoadError, object_path
 
     try:
         object_path()

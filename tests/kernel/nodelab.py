@@ -5,7 +5,7 @@ Owns: what test_bundle.py (the bundle installed by the Python installer) and
 test_image.py (the bundle installed by the image's init container) both drive:
 `fake_host` (bin dir with Debian's plugins linked in, conf dir with one ptp
 conflist on a free /24), `Pod` (a namespace Pod added and deleted through a
-natra.cnichain Chain), `iperf`, `hooked_programs` and `limited_pod` (a Pod
+natra.lab.cnichain Chain), `iperf`, `hooked_programs` and `limited_pod` (a Pod
 whose limit is measured both ways against R*t+B).
 Rule: every name starts with the caller's prefix; every namespace a Pod makes
 is removed on exit, also when the test fails.
@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from natra import attach, params
-from natra import install as inst
-from natra.cnichain import DEBIAN_CNI_DIR, Attachment, Chain
+from natra.kernel import attach, params
+from natra.lab.cnichain import DEBIAN_CNI_DIR, Attachment, Chain
+from natra.node import install as inst
 
 CNI_VERSION = "1.0.0"  # Debian's plugins (1.1.1) speak up to 1.0.0
 CONFLIST = "10-ptp.conflist"

@@ -3,11 +3,11 @@
 Owns: a small node: a "remote node" namespace and N Pod namespaces, each
 joined to the host by a veth with its own /30, routed both ways through the
 host, and Natra installed on each Pod's host veth through the data-path
-facade (natra.datapath) into a private bpffs. Neighbours are static and IPv6
+facade (natra.kernel.datapath) into a private bpffs. Neighbours are static and IPv6
 is off on every veth, so the only frames that cross are the ones the test
 sends: interface counters then account for every frame Natra counts.
 Also the traffic: iperf3 bulk flows with a fixed client port and short
-requests (natra.traffic), and the exporter as a subprocess on loopback.
+requests (natra.lab.traffic), and the exporter as a subprocess on loopback.
 
 Rule: every namespace, veth, pin and process made here is removed on the way
 out (context managers with finally), also when a test fails half-way.
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import netns
 
-from natra import datapath
-from natra import layout as L
-from natra.params import params_for, to_config
+from natra.kernel import datapath
+from natra.kernel import layout as L
+from natra.kernel.params import params_for, to_config
 
 PREFIX = "nt7-"
 IPERF_PORT = 5201
@@ -150,7 +150,7 @@ def servers(pods: list[Pod], deadline_s: float,
         for p in pods:
             for port in iperf_ports:
                 stack.enter_context(netns.process(["iperf3", "-s", "-p", str(port), "-1"], ns=p.ns))
-            stack.enter_context(netns.process([sys.executable, "-m", "natra.traffic", "serve", "--port",
+            stack.enter_context(netns.process([sys.executable, "-m", "natra.lab.traffic", "serve", "--port",
                                                str(SHORT_PORT), "--deadline", str(deadline_s)], ns=p.ns))
         time.sleep(SERVER_START_S)
         yield
@@ -167,7 +167,7 @@ def bulk(remote: Side, pod: Pod, index: int, seconds: float, *, port: int = IPER
 
 
 def short(remote: Side, pod: Pod, count: int, size: int, interval_s: float) -> subprocess.Popen:
-    return subprocess.Popen(["ip", "netns", "exec", remote.ns, sys.executable, "-m", "natra.traffic",
+    return subprocess.Popen(["ip", "netns", "exec", remote.ns, sys.executable, "-m", "natra.lab.traffic",
                              "client", "--host", pod.ip, "--port", str(SHORT_PORT), "--size", str(size),
                              "--count", str(count), "--interval", str(interval_s)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

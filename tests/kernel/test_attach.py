@@ -1,4 +1,4 @@
-"""Tests of natra/attach.py on real veths: tcx and clsact, replace, detach, neighbours.
+"""Tests of natra/kernel/attach.py on real veths: tcx and clsact, replace, detach, neighbours.
 
 What is attached is read back from the kernel (BPF_PROG_QUERY for tcx, the
 netlink filter dump for clsact, `tc` for qdiscs), never from the filesystem
@@ -19,9 +19,9 @@ import struct
 import netns
 import pytest
 
-from natra import attach, bpfsys, maps
-from natra import layout as L
-from natra.params import to_config
+from natra.kernel import attach, bpfsys, maps
+from natra.kernel import layout as L
+from natra.kernel.params import to_config
 
 TC_ACT_UNSPEC = -1  # == TCX_NEXT: "continue with the next program"
 FRAMES = 20
@@ -111,7 +111,7 @@ def bpffs():
 @pytest.fixture
 def natra_loader():
     """Factory of loaded Natra objects (unlimited: every frame passes), closed after."""
-    from natra.loader import BpfObject
+    from natra.kernel.loader import BpfObject
 
     loaded = []
 

@@ -2,7 +2,7 @@
 
 `natra install` puts the bundle into a fake host root's /opt/cni/bin next to
 Debian's real plugins and chains it into a ptp conflist; the chain then runs
-against namespace Pods exactly as libcni would (natra.cnichain): VERSION,
+against namespace Pods exactly as libcni would (natra.lab.cnichain): VERSION,
 ADD with containerd-shaped limits, CHECK, traffic through the limit both ways,
 DEL, and the uninstall that gives the conflist back. The bundle is not built
 by the test suite (`make node-bundle` takes a while): without it, skip.
@@ -28,8 +28,8 @@ from pathlib import Path
 import nodelab as N
 import pytest
 
-from natra import install as inst
-from natra.cnichain import DEBIAN_CNI_DIR, Chain, make_bin_dir
+from natra.lab.cnichain import DEBIAN_CNI_DIR, Chain, make_bin_dir
+from natra.node import install as inst
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "dist" / "natra"

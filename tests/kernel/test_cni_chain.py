@@ -1,13 +1,13 @@
 """The plugin driven as a runtime drives it: Debian's ptp/bridge + host-local, then natra.
 
 Each Pod is a network namespace (nt4-*); plugins run as subprocesses with the
-environment and stdin libcni would give them (natra.cnichain, through
+environment and stdin libcni would give them (natra.lab.cnichain, through
 tests/kernel/chain.py). Every test that takes `lab` runs twice: with
 `python -m natra` from this checkout, and with the node bundle
 (dist/natra/natra, `make node-bundle`) as /opt/cni/bin/natra would be called;
 the bundle runs skip when it is not built. Natra's
 state goes to a private bpffs root so GC here never touches anyone else's.
-Kernel state is read back through natra.datapath.inspect, the kernel's own
+Kernel state is read back through natra.kernel.datapath.inspect, the kernel's own
 tcx program query and bpftool.
 """
 
@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from natra import layout as L
-from natra import params as P
 from natra.cni import versions
+from natra.kernel import layout as L
+from natra.kernel import params as P
 
 IN, OUT = L.DIR_TO_POD, L.DIR_FROM_POD
 MAXU32 = 2**32 - 1
@@ -90,7 +90,7 @@ class Lab:
         return pod
 
     def close(self) -> None:
-        from natra import datapath
+        from natra.kernel import datapath
 
         for ch, pod in self.pods:
             try:
@@ -139,7 +139,7 @@ def prog_name(prog_id: int) -> str:
 
 def tcx_programs(ifname: str) -> dict[int, list[str]]:
     """Names of the programs the kernel runs on each tcx hook of `ifname`."""
-    from natra import attach
+    from natra.kernel import attach
 
     index = socket.if_nametoindex(ifname)
     return {d: [prog_name(i) for i in attach.tcx_prog_ids(index, d)] for d in (IN, OUT)}
@@ -150,7 +150,7 @@ def expected_config(rate: int, burst: int | None) -> P.ConfigValues:
 
 
 def assert_limited(lab: Lab, pod: C.Pod, directions: dict[int, P.ConfigValues]):
-    from natra import datapath
+    from natra.kernel import datapath
 
     found = datapath.inspect(pod.container_id, root=lab.root)
     assert found is not None and found.ok, found
@@ -165,7 +165,7 @@ def assert_limited(lab: Lab, pod: C.Pod, directions: dict[int, P.ConfigValues]):
 
 
 def assert_not_limited(lab: Lab, pod: C.Pod):
-    from natra import datapath
+    from natra.kernel import datapath
 
     assert datapath.inspect(pod.container_id, root=lab.root) is None
     programs = tcx_programs(C.host_veth(pod))
@@ -248,7 +248,7 @@ def test_del_after_the_netns_is_gone(lab):
     C.delete_netns(pod)  # the veth pair goes with it; our pinned links go defunct
     natra_del = ch._run(ch.conflist["plugins"][1], "DEL", pod, pod.cached_result)
     assert natra_del.code == 0, natra_del.stderr
-    from natra import datapath
+    from natra.kernel import datapath
 
     assert datapath.inspect(pod.container_id, root=lab.root) is None
     assert datapath.list_installed(root=lab.root) == []
@@ -270,13 +270,13 @@ def test_parallel_pods(lab):
         assert all([c.code for c in calls] == [0, 0] for calls in checks)
         dels = list(pool.map(ch.delete, pods))
         assert all([c.code for c in calls] == [0, 0] for calls in dels)
-    from natra import datapath
+    from natra.kernel import datapath
 
     assert datapath.list_installed(root=lab.root) == []
 
 
 def test_check_reports_drift_and_missing_state(lab):
-    from natra import datapath
+    from natra.kernel import datapath
 
     ch = lab.chain("1.0.0")
     pod = lab.pod(ch, "drift", capability_args=CONTAINERD_ARGS)
@@ -292,7 +292,7 @@ def test_check_reports_drift_and_missing_state(lab):
 
 
 def test_gc_removes_what_is_not_valid(lab):
-    from natra import datapath
+    from natra.kernel import datapath
 
     ch = lab.chain("1.1.0")
     a = lab.pod(ch, "gca", capability_args=CONTAINERD_ARGS)
@@ -333,7 +333,7 @@ def _corrupt_object(lab: Lab) -> dict:
 
 
 def _truncated_object(lab: Lab) -> dict:
-    from natra.loader import object_path
+    from natra.kernel.loader import object_path
 
     path = os.path.join(lab.tmp, "truncated.bpf.o")
     with open(object_path(), "rb") as src, open(path, "wb") as dst:
@@ -358,7 +358,7 @@ def _section_offset(elf: bytes, wanted: str) -> int:
 def _rejected_object(lab: Lab) -> dict:
     """The real object with its first instruction reading r5, which is never set: the
     verifier refuses it ('R5 !read_ok'), a genuine verifier rejection."""
-    from natra.loader import object_path
+    from natra.kernel.loader import object_path
 
     with open(object_path(), "rb") as f:
         elf = bytearray(f.read())

@@ -48,7 +48,7 @@ def lab():
 
 def nothing_of_natra_on(veth: str) -> list[str]:
     """What of Natra netlink and BPF_PROG_QUERY still see on a host veth."""
-    from natra import attach
+    from natra.kernel import attach
 
     found = []
     index = socket.if_nametoindex(veth)
@@ -125,7 +125,7 @@ def test_gc_during_adds_and_dels_keeps_live_state(lab):
     for pod in live:
         assert_limited(lab, pod, "tcx")
     assert C.ping(live[0].ip)
-    from natra import datapath
+    from natra.kernel import datapath
 
     assert sorted(datapath.list_installed(root=lab.root)) == sorted(p.container_id for p in live)
     # Round 2: DELs of half the live Pods race with GCs and with re-ADDs of the other half.

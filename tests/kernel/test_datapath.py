@@ -1,4 +1,4 @@
-"""Tests of natra/datapath.py, the facade the CNI plugin calls, on real veths.
+"""Tests of natra/kernel/datapath.py, the facade the CNI plugin calls, on real veths.
 
 Each test gets a private bpffs instance (unmounted afterwards, so even a
 failing test leaves no pin) and a throw-away veth. What is attached is read
@@ -15,9 +15,9 @@ import time
 import netns
 import pytest
 
-from natra import attach, bpfsys, datapath, meta, pins
-from natra import layout as L
-from natra.params import params_for, to_config
+from natra.kernel import attach, bpfsys, datapath, meta, pins
+from natra.kernel import layout as L
+from natra.kernel.params import params_for, to_config
 
 SKIP_REASON = netns.kernel_skip_reason()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))]
@@ -26,7 +26,7 @@ MODES = ["tcx", "clsact"]
 BOTH = {L.DIR_TO_POD, L.DIR_FROM_POD}
 CID = "0123abcd.pod-1_x"
 POD_META = {"pod_namespace": "default", "pod_name": "web-1", "pod_uid": "6f1c", "ifname": "eth0"}
-PROBE_BUDGET_S = 0.020  # the brief's "fast": containerd polls STATUS
+PROBE_BUDGET_S = 0.020  # STATUS must be fast: containerd polls it
 
 
 def configs(to_pod_bps: int | None = 10_000_000, from_pod_bps: int | None = 20_000_000):

@@ -1,4 +1,4 @@
-"""`natra demo` run for real (natra/demo.py; the pure half is tests/test_demo.py): JSON results, Ctrl-C,
+"""`natra demo` run for real (natra/lab/demo.py; the pure half is tests/test_demo.py): JSON results, Ctrl-C,
 and nothing left behind.
 
 Each test runs the demo as a subprocess (`python -m natra demo`), which takes
@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from conftest import kernel_unavailable
 
-from natra import demo as D
-from natra import pins
-from natra.cri import runtime as R
+from natra.kernel import pins
+from natra.lab import demo as D
+from natra.lab.cri import runtime as R
 
 REPO = Path(__file__).resolve().parents[2]
 DURATION_S = 3

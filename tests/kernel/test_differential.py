@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from natra import layout as L
-from natra import maps, testrun
-from natra.params import DataPathParams, to_config
+from natra.kernel import layout as L
+from natra.kernel import maps, testrun
+from natra.kernel.params import DataPathParams, to_config
 
 engine = pytest.importorskip("natra.reference.engine", reason="the reference model is not importable")
 
@@ -138,7 +138,7 @@ class KernelVersusModel(RuleBasedStateMachine):
                 enabled=st.sampled_from([(True, True), (True, False), (False, True)]),
                 start=st.one_of(st.just(0), st.integers(0, 10**12), st.integers(2**62, 2**63)))
     def load(self, data, width, depth, enabled, start):
-        from natra.loader import BpfObject
+        from natra.kernel.loader import BpfObject
 
         self.width, self.depth = width, depth
         configs = [to_config(data.draw(params(width, depth)) if on else None, test_clock=True,

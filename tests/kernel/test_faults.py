@@ -192,7 +192,7 @@ def qdisc_kinds(ifname: str) -> list[str]:
 
 
 def inspection(lab: Lab, pod: C.Pod):
-    from natra import datapath
+    from natra.kernel import datapath
 
     return datapath.inspect(pod.container_id, root=lab.root)
 
@@ -208,7 +208,7 @@ def assert_limited(lab: Lab, pod: C.Pod, mode: str | None = None) -> None:
 
 def natra_packets(lab: Lab, pod: C.Pod) -> int:
     """Frames Natra's programs saw for this Pod (both directions, every counter)."""
-    from natra import bpfsys, maps, pins
+    from natra.kernel import bpfsys, maps, pins
 
     fd = bpfsys.obj_get(pins.pin_dir(pod.container_id, lab.root).map("natra_counters"))
     try:
@@ -378,7 +378,7 @@ def test_another_filter_keeps_running(lab, mode):
 def _foreign_tcx(lab: Lab, veth: str, tag: str) -> list[int]:
     """The foreign program attached as a tcx link on both hooks of `veth` (appended
     last); returns the link fds, which keep it attached until closed."""
-    from natra import bpfsys
+    from natra.kernel import bpfsys
 
     pin = os.path.join(lab.root, f"foreign_{tag}")
     run("bpftool", "prog", "load", _foreign_object(lab), pin, "type", "classifier")
@@ -397,7 +397,7 @@ def _foreign_tcx(lab: Lab, veth: str, tag: str) -> list[int]:
 
 def _tcx_programs(veth: str) -> list[list[tuple[int, str]]]:
     """(id, name) of every program on the tcx egress and ingress hooks, in run order."""
-    from natra import attach, bpfsys
+    from natra.kernel import attach, bpfsys
 
     index = socket.if_nametoindex(veth)
     hooks = []
@@ -610,7 +610,7 @@ def test_map_creation_fails_under_a_memory_limit(lab):
 
 def _crash_mid_add(lab: Lab, ch: C.Chain, pod: C.Pod, prev: dict) -> str:
     """Start natra ADD and SIGKILL it as soon as its pin directory appears; what was caught."""
-    from natra import pins
+    from natra.kernel import pins
 
     pin_dir = pins.pin_dir(pod.container_id, lab.root).path
     config = ch.plugin_config(natra_plugin(ch), pod, prev)
@@ -632,9 +632,9 @@ def _crash_mid_add(lab: Lab, ch: C.Chain, pod: C.Pod, prev: dict) -> str:
 def _partial_by_hand(lab: Lab, pod: C.Pod, rate: int) -> str:
     """What a crash after 'pin maps' leaves: meta says pending, maps and programs pinned,
     nothing attached."""
-    from natra import bpfsys, datapath, meta, pins
-    from natra import params as P
-    from natra.loader import BpfObject
+    from natra.kernel import bpfsys, datapath, meta, pins
+    from natra.kernel import params as P
+    from natra.kernel.loader import BpfObject
 
     pd = pins.pin_dir(pod.container_id, lab.root)
     configs = [P.to_config(P.params_for(rate))] * 2

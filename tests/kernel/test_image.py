@@ -50,8 +50,8 @@ import nodelab as N
 import pytest
 import yaml
 
-from natra import install as inst
-from natra.cnichain import DEBIAN_CNI_DIR
+from natra.lab.cnichain import DEBIAN_CNI_DIR
+from natra.node import install as inst
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]

@@ -1,4 +1,4 @@
-"""natra/loader.py on the real kernel: sizes, config, fds, pins, errors.
+"""natra/kernel/loader.py on the real kernel: sizes, config, fds, pins, errors.
 
 Root tests: each loads private objects (closed by the load_natra fixture) and
 removes every pin it makes, also when it fails.
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from natra import bpfsys, maps
-from natra import layout as L
-from natra.loader import BpfObject, LoadError, ObjectMissing, object_path
-from natra.params import params_for, to_config
+from natra.kernel import bpfsys, maps
+from natra.kernel import layout as L
+from natra.kernel.loader import BpfObject, LoadError, ObjectMissing, object_path
+from natra.kernel.params import params_for, to_config
 
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_MAP_TYPE = {"natra_config": 2, "natra_state": 2, "natra_sketch": 2, "natra_flows": 9,

@@ -24,7 +24,7 @@ import observe_net as N
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from natra import observe
+from natra.node import observe
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -16,9 +16,9 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
-from natra import layout as L
-from natra import maps, testrun
-from natra.params import DataPathParams, to_config
+from natra.kernel import layout as L
+from natra.kernel import maps, testrun
+from natra.kernel.params import DataPathParams, to_config
 
 TEST_WIDTH = 64  # a small sketch: snapshots stay quick
 TEST_DEPTH = 4

@@ -28,16 +28,16 @@ import time
 import netns
 import pytest
 
-from natra import datapath, pins
-from natra import layout as L
-from natra.params import params_for, to_config
+from natra.kernel import datapath, pins
+from natra.kernel import layout as L
+from natra.kernel.params import params_for, to_config
 
 
 def _skip_reason() -> str | None:
     reason = netns.have_root_kernel()
     if reason:
         return reason
-    from natra.loader import LoadError, object_path
+    from natra.kernel.loader import LoadError, object_path
 
     try:
         object_path("natra_trace")
@@ -233,8 +233,8 @@ def test_kernel_and_model_agree_on_every_frame(root, veth, mode, direction):
     Model = _model_class()
     if Model is None:
         pytest.skip("model not available")
-    from natra import bpfsys
-    from natra.loader import object_path
+    from natra.kernel import bpfsys
+    from natra.kernel.loader import object_path
 
     frames = build_frames()
     configs = config_for(direction)

@@ -2,7 +2,7 @@
 
 A "remote node" namespace and a "Pod" namespace are joined through the host
 (tests/kernel/netns.py), Natra is installed on the Pod's host veth through the
-facade (natra/datapath.py) in tcx and in clsact mode, and iperf3 runs a few
+facade (natra/kernel/datapath.py) in tcx and in clsact mode, and iperf3 runs a few
 seconds of bulk TCP: remote -> Pod (DIR_TO_POD, host-veth egress) and
 Pod -> remote (DIR_FROM_POD, host-veth ingress). The receiving iperf3 reports
 bytes per interval (JSON); every run of consecutive intervals must stay within
@@ -22,9 +22,9 @@ import time
 import netns
 import pytest
 
-from natra import datapath, maps, pins
-from natra import layout as L
-from natra.params import params_for, to_config
+from natra.kernel import datapath, maps, pins
+from natra.kernel import layout as L
+from natra.kernel.params import params_for, to_config
 
 SKIP_REASON = netns.kernel_skip_reason(tools=("iperf3",))
 pytestmark = [pytest.mark.root, pytest.mark.slow,
@@ -94,7 +94,7 @@ def test_tcp_stays_within_the_limit_and_reaches_it(topology, root, mode, rate, d
         assert done.mode == mode
         report = iperf(topology, direction)
         fd_path = pins.pin_dir(CID, root).map("natra_counters")
-        from natra import bpfsys
+        from natra.kernel import bpfsys
 
         fd = bpfsys.obj_get(fd_path)
         try:

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from natra import observe
+from natra.node import observe
 
 DEFAULT_INTERVAL_S = 1.0
 TOP_HITTERS = 3  # heavy hitters per direction in `top` (status lists observe.DEFAULT_TOP)
@@ -221,20 +221,20 @@ def top_main(args: argparse.Namespace) -> int:
 
 
 def exporter_main(args: argparse.Namespace) -> int:
-    from natra import exporter  # prometheus_client only when serving
+    from natra.node import exporter  # prometheus_client only when serving
 
     return exporter.run(args)
 
 
 def add_exporter_arguments(parser: argparse.ArgumentParser) -> None:
-    from natra import exporter
+    from natra.node import exporter
 
     exporter.add_arguments(parser)
 
 
 # name -> (help, add arguments, run). natra/cli.py's SUBCOMMANDS registry should name this module
 # with these functions (status_main/add_status_arguments, top_main/add_top_arguments,
-# exporter_main/add_exporter_arguments); `python3 -m natra.status_cli` runs them without it.
+# exporter_main/add_exporter_arguments); `python3 -m natra.node.status_cli` runs them without it.
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {
     "status": ("every Pod Natra manages here: limits, counters, heavy hitters",

@@ -6,8 +6,8 @@ Owns: the order of the kernel steps for one container, nothing else:
              -> attach each limited direction (links pinned) -> final meta
     remove:  detach (tcx links; our clsact filters while the veth exists)
              -> unpin everything -> remove the directory
-It is pure orchestration of natra.loader, natra.attach, natra.pins and
-natra.meta.
+It is pure orchestration of natra.kernel.loader, natra.kernel.attach, natra.kernel.pins and
+natra.kernel.meta.
 
 Rules kept:
 - Per-container state lives only in the pin directory (its name derives from
@@ -23,7 +23,7 @@ Rules kept:
 - probe answers in a few ms: no object load, no netlink.
 
 Must not know: CNI, quantities, annotations. No pyroute2 at module level: only
-the clsact path (natra.attach) imports it.
+the clsact path (natra.kernel.attach) imports it.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from natra import attach, bpfsys, maps, meta, pins
-from natra import layout as L
-from natra.params import ConfigValues
+from natra.kernel import attach, bpfsys, maps, meta, pins
+from natra.kernel import layout as L
+from natra.kernel.params import ConfigValues
 
 BPF_FS_MAGIC = 0xCAFE4A11
 LIBBPF_SONAME = "libbpf.so.1"
@@ -97,7 +97,7 @@ def install(container_id: str, host_ifname: str, configs: Sequence[ConfigValues]
             meta: dict | None = None, root: str | None = None,
             object_path: str | None = None) -> Installed:
     """Load, pin and attach Natra for one container (replacing a previous install)."""
-    from natra import loader  # libbpf binding: only install needs it
+    from natra.kernel import loader  # libbpf binding: only install needs it
 
     try:
         pd = pins.pin_dir(container_id, root)
@@ -320,7 +320,7 @@ def probe(*, root: str | None = None) -> list[str]:
         problems.append(f"bpffs is not mounted at {existing} (needed for {base}): "
                         f"mount -t bpf bpf {existing}")
     try:
-        from natra import loader
+        from natra.kernel import loader
 
         loader.object_path()
     except FileNotFoundError as e:

@@ -1,7 +1,7 @@
 """Read and write Natra's maps through their file descriptors.
 
 Owns: the conversion between map bytes (layouts of bpf/natra.h, mirrored in
-natra.layout) and Python values: config per direction, state, sketch cells,
+natra.kernel.layout) and Python values: config per direction, state, sketch cells,
 the heavy-flow table, per-CPU counters summed over possible CPUs, and
 `snapshot`, the whole state in exactly the shape of the model's
 `Model.snapshot()` so model and kernel can be compared with `==`.
@@ -17,9 +17,9 @@ import struct
 from functools import lru_cache
 from typing import Protocol
 
-from natra import bpfsys
-from natra import layout as L
-from natra.params import ConfigValues
+from natra.kernel import bpfsys
+from natra.kernel import layout as L
+from natra.kernel.params import ConfigValues
 
 POSSIBLE_CPUS_FILE = "/sys/devices/system/cpu/possible"
 _U32 = struct.Struct("=I")

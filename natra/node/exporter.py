@@ -6,15 +6,15 @@ reading maps in the background), and the small HTTP server of the node's
 DaemonSet container:
 
     /metrics    Prometheus text format (prometheus_client)
-    /api/pods   the document of `natra status --json` (natra.observe.to_json)
-    /           a self-refreshing page (natra/web/index.html) polling /api/pods
+    /api/pods   the document of `natra status --json` (natra.node.observe.to_json)
+    /           a self-refreshing page (natra/node/web/index.html) polling /api/pods
 
 Rule: bounded label cardinality. Labels are namespace, pod, direction,
 class, action, verdict and a few fixed enumerations; never a flow, port or
 address (flows live in /api/pods and the page, not in the time series).
 `metric_families` is pure: it turns views into families and can be tested
 with made-up views. The port 9695 is the default (DEFAULT_LISTEN).
-Must not know: map layouts or how pins are read (natra.observe does that).
+Must not know: map layouts or how pins are read (natra.node.observe does that).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from importlib import resources
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from natra import observe
+from natra.node import observe
 
 DEFAULT_LISTEN = "0.0.0.0:9695"  # inside Prometheus' exporter range; see docs/observability.md
 POD_LABELS = ("namespace", "pod")
@@ -155,7 +155,7 @@ def live_source(root: str | None = None, top: int = observe.DEFAULT_TOP) -> Sour
 # ---- HTTP (effects) -------------------------------------------------------------------------------
 
 def page() -> bytes:
-    return resources.files("natra").joinpath("web", PAGE).read_bytes()
+    return resources.files("natra.node").joinpath("web", PAGE).read_bytes()
 
 
 def make_handler(source: Source, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:

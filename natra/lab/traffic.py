@@ -3,7 +3,7 @@
 Owns: a sink server that reads a request of a known size and answers one byte,
 and a client that sends requests of a given size and records how long each
 took (connect to answer). Run inside network namespaces with
-`ip netns exec NS python3 -m natra.traffic ...`; the client prints JSON.
+`ip netns exec NS python3 -m natra.lab.traffic ...`; the client prints JSON.
 Rule: bounded everywhere: a request count, a deadline and socket timeouts.
 Must not know: namespaces, limiters, CNI.
 """
@@ -86,7 +86,7 @@ def run_client(host: str, port: int, size: int, count: int, interval_s: float) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python3 -m natra.traffic")
+    ap = argparse.ArgumentParser(prog="python3 -m natra.lab.traffic")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--port", type=int, required=True)

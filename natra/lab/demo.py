@@ -8,8 +8,8 @@ and, at the same time, short request/response transfers; then it prints a
 side-by-side table: bulk goodput as a share of the limit, short transfer
 latency p50/p99 idle and under load, drops, heavy hitters found.
 Two runtimes make the Pods: `netns` (default) runs the chain itself on
-namespaces it makes (natra.cnichain); `containerd` runs a private containerd
-(natra.cri.runtime) whose CRI makes real Pod sandboxes from the standard
+namespaces it makes (natra.lab.cnichain); `containerd` runs a private containerd
+(natra.lab.cri.runtime) whose CRI makes real Pod sandboxes from the standard
 annotations, the standard-plugin Pod through a second runtime handler
 (RuntimeClass) with its own network.
 Rule: everything it makes is removed on the way out, Ctrl-C and SIGTERM
@@ -223,10 +223,10 @@ class Processes:
 
 
 class NetnsPods:
-    """Pods as namespaces made here, the chain run by natra.cnichain."""
+    """Pods as namespaces made here, the chain run by natra.lab.cnichain."""
 
     def __init__(self, net, prefix: str, slot: int, rate_bps: int, burst_bits: int):
-        from natra import cnichain
+        from natra.lab import cnichain
 
         self.cnichain, self.net, self.prefix, self.slot = cnichain, net, prefix, slot
         self.rate_bps, self.burst_bits = rate_bps, burst_bits
@@ -270,7 +270,7 @@ class CriPods:
     def __init__(self, prefix: str, slot: int, rate: str):
         from pathlib import Path
 
-        from natra.cri import node, runtime
+        from natra.lab.cri import node, runtime
 
         self.prefix, self.rate = prefix, rate
         node.reap_stale_nodes(Path(tempfile.gettempdir()), f"{DEMO_PREFIX}cri-")
@@ -307,7 +307,7 @@ def _collect(proc: subprocess.Popen, timeout: float) -> dict:
 
 def _natra_stats(pod: PodRun) -> dict:
     """Drops and heavy hitters of a Natra Pod, read from its pinned maps."""
-    from natra import observe  # the same reader `natra status` uses
+    from natra.node import observe  # the same reader `natra status` uses
 
     raw = observe.read_pod(pod.container_id)
     if raw is None:
@@ -333,14 +333,14 @@ def _tbf_drops(pod: PodRun) -> int | None:
 
 def _client(procs: Processes, remote_path: str, pod: PodRun, size: int, count: int,
             interval: float) -> subprocess.Popen:
-    return procs.spawn(remote_path, sys.executable, "-m", "natra.traffic", "client", "--host", pod.ip,
+    return procs.spawn(remote_path, sys.executable, "-m", "natra.lab.traffic", "client", "--host", pod.ip,
                        "--port", str(SHORT_PORT), "--size", str(size), "--count", str(count),
                        "--interval", str(interval))
 
 
 def _run_pod(procs: Processes, remote_path: str, pod: PodRun, rate_bps: int, duration: float,
              size: int) -> None:
-    server = procs.spawn(pod.netns_path, sys.executable, "-m", "natra.traffic", "serve",
+    server = procs.spawn(pod.netns_path, sys.executable, "-m", "natra.lab.traffic", "serve",
                          "--port", str(SHORT_PORT), "--deadline", str(duration * 3 + 30))
     iperf_srv = procs.spawn(pod.netns_path, "iperf3", "-s", "-1", "-p", str(IPERF_PORT))
     try:
@@ -408,13 +408,13 @@ def run(rate_bps: int, duration: float, size: int, as_json: bool = False,
         burst_bits: int = CONTAINERD_BURST_BITS, runtime: str = RUNTIME_NETNS,
         rate: str | None = None) -> int:
     """The whole demo; `rate` is the annotation text the containerd runtime gives its Pods."""
-    from natra.localnet import LocalNet
+    from natra.lab.localnet import LocalNet
 
     if os.geteuid() != 0:
         print("natra demo: needs root (namespaces, veths, BPF)", file=sys.stderr)
         return 1
     if runtime == RUNTIME_CONTAINERD:
-        from natra.cri import runtime as cri_runtime
+        from natra.lab.cri import runtime as cri_runtime
 
         why = cri_runtime.why_unavailable()
         if why:

@@ -4,7 +4,7 @@ Owns: the options and their environment fallbacks (the DaemonSet's init
 container passes everything through env from a ConfigMap), reading the
 cluster defaults file, waiting for the main network plugin's config to appear,
 and printing what the installer did.
-Rule: only wiring; every decision is `natra.install`'s. The clock is read
+Rule: only wiring; every decision is `natra.node.install`'s. The clock is read
 here, at the edge, and only to wait. `natra.cli` finds the subcommands
 through `add_install_arguments` / `install_main` and the uninstall pair.
 Must not know: conflists, bin dir layout, bpffs.
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from natra import install as inst
+from natra.node import install as inst
 
 # Environment fallbacks for every option, so one container spec serves both
 # commands (the DaemonSet sets NATRA_ACTION to `install` or `uninstall`).
@@ -194,7 +194,7 @@ COMMANDS = {"install": run_install, "uninstall": run_uninstall}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry: `python -m natra.install_cli install|uninstall ...`."""
+    """Stand-alone entry: `python -m natra.node.install_cli install|uninstall ...`."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: natra {{{','.join(COMMANDS)}}} [options]", file=sys.stderr)

@@ -19,7 +19,7 @@ Rules kept:
 
 Must not know: maps, configs, pin directory names (callers pass paths), numpy.
 pyroute2 is imported only inside the clsact functions: a tcx ADD never pays
-its ~200 ms import. Raw bpf(2) calls go through natra/bpfsys.py (BPF_PROG_QUERY
+its ~200 ms import. Raw bpf(2) calls go through natra/kernel/bpfsys.py (BPF_PROG_QUERY
 through `bpfsys.prog_query`).
 """
 
@@ -30,8 +30,8 @@ import os
 import struct
 from dataclasses import dataclass
 
-from natra import bpfsys
-from natra import layout as L
+from natra.kernel import bpfsys
+from natra.kernel import layout as L
 
 MODE_AUTO = "auto"
 MODE_TCX = "tcx"

@@ -10,13 +10,13 @@ Rule: the name is a pure, deterministic, reversible function of a valid
 container ID. bpffs refuses '.' in names, so the encoding maps it away:
 '_' -> '__' and '.' -> '_d' (every other allowed character stays as it is).
 IDs whose encoding would exceed NAME_MAX use '_h' + SHA-256 instead; the meta
-record (natra/meta.py) keeps the real ID for those.
+record (natra/kernel/meta.py) keeps the real ID for those.
 
 Layout of a directory:
     link_to_pod, link_from_pod   tcx links (tcx mode only)
     prog_to_pod, prog_from_pod   the programs (to recognise our clsact filters)
     natra_config, natra_state, ...   every map, by its name in the object
-    meta                         a one-entry ARRAY map holding JSON (natra/meta.py)
+    meta                         a one-entry ARRAY map holding JSON (natra/kernel/meta.py)
 
 Must not know: how objects are loaded or attached; pyroute2; numpy.
 """
@@ -29,7 +29,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from natra import layout as L
+from natra.kernel import layout as L
 
 DEFAULT_ROOT = "/sys/fs/bpf/natra"
 ROOT_ENV = "NATRA_BPFFS_ROOT"
@@ -180,7 +180,7 @@ def list_names(root: str | None = None) -> list[str]:
 
 def list_containers(root: str | None = None) -> list[str]:
     """Container IDs that have a pin directory (hashed names via their meta)."""
-    from natra import meta  # local: meta needs bpf(2), plain listing does not
+    from natra.kernel import meta  # local: meta needs bpf(2), plain listing does not
 
     base = resolve_root(root)
     found = []

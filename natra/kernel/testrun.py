@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from natra import bpfsys
+from natra.kernel import bpfsys
 
 SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff) on this kernel
 SKB_TSTAMP_OFFSET = 152  # offsetof(struct __sk_buff, tstamp)

@@ -13,7 +13,7 @@ pins" is pure: it takes `RawPod` records and `now` (ns, the clock of
 `bpf_ktime_get_ns`, i.e. CLOCK_MONOTONIC) as arguments and touches no kernel,
 clock or file. Only `read_pod` / `collect` below the line open pinned maps.
 The last section only forwards the entry points natra/cli.py's registry
-names here to natra.status_cli and natra.exporter (imported when called).
+names here to natra.node.status_cli and natra.node.exporter (imported when called).
 
 Must not know: how the program is loaded or attached, HTTP, terminals,
 Prometheus; numpy/scapy/pyroute2 (the exporter imports this on every scrape).
@@ -25,8 +25,8 @@ import ipaddress
 import os
 from dataclasses import asdict, dataclass, field
 
-from natra import layout as L
-from natra.flowkey import format_key
+from natra.kernel import layout as L
+from natra.kernel.flowkey import format_key
 
 # ---- the classification of a verdict -------------------------------------------------
 
@@ -80,7 +80,7 @@ class RawPod:
     """Everything pinned for one container, read once."""
 
     container_id: str
-    meta: dict  # the meta record (natra/meta.py); {} when missing
+    meta: dict  # the meta record (natra/kernel/meta.py); {} when missing
     directions: dict[int, RawDirection]
     flows: dict[bytes, dict]  # natra_flows: 40-byte key -> natra_flow fields
     flow_table_size: int = 0  # max_entries of natra_flows (0: unknown)
@@ -439,8 +439,8 @@ def to_json(views: list[PodView], now: int) -> dict:
 
 def read_pod(container_id: str, root: str | None = None) -> RawPod | None:
     """Read everything pinned for one container; None if its directory is gone."""
-    from natra import maps, pins  # local: tests of the pure part need no bpf(2)
-    from natra import meta as meta_record
+    from natra.kernel import maps, pins  # local: tests of the pure part need no bpf(2)
+    from natra.kernel import meta as meta_record
 
     pd = pins.pin_dir(container_id, root)
     if not pd.exists():
@@ -480,7 +480,7 @@ def _read_text(path: str) -> str:
 
 
 def _obj_get(path: str) -> int:
-    from natra import bpfsys
+    from natra.kernel import bpfsys
 
     try:
         return bpfsys.obj_get(path)
@@ -491,7 +491,7 @@ def _obj_get(path: str) -> int:
 
 
 def _max_entries(fd: int) -> int:
-    from natra import bpfsys
+    from natra.kernel import bpfsys
 
     try:
         return bpfsys.map_info(fd)["max_entries"]
@@ -514,7 +514,7 @@ def collect(root: str | None = None, now: int | None = None, top: int = DEFAULT_
     """A PodView for every container with a pin directory under `root`."""
     import time
 
-    from natra import pins
+    from natra.kernel import pins
 
     raws = [r for r in (read_pod(cid, root) for cid in pins.list_containers(root)) if r is not None]
     stamp = time.monotonic_ns() if now is None else now

@@ -21,9 +21,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from natra.cri import RuntimeUnavailable
-from natra.cri.image import build_pause, oci_layout_tar
-from natra.cri.node import (
+from natra.lab.cri import RuntimeUnavailable
+from natra.lab.cri.image import build_pause, oci_layout_tar
+from natra.lab.cri.node import (
     DEBIAN_CNI_DIR,
     DEMO_POD_SUBNET,
     LIMITER_NATRA,
@@ -39,7 +39,7 @@ from natra.cri.node import (
     populate_bin_dir,
     remove_node_dir,
 )
-from natra.cri.protocol import CriCallError, MiniCri, SandboxState
+from natra.lab.cri.protocol import CriCallError, MiniCri, SandboxState
 
 
 def why_unavailable() -> str | None:
@@ -64,7 +64,7 @@ def _clear_bpffs_root(root: str) -> None:
     if not os.path.isdir(root):
         return
     with contextlib.suppress(Exception):
-        from natra import datapath
+        from natra.kernel import datapath
 
         for cid in datapath.list_installed(root=root):
             with contextlib.suppress(Exception):

@@ -10,8 +10,8 @@ children, mounts, the directory, orphaned nodes of killed runs).
 Rule: config text, conflists and launchers are pure functions; processes and
 files are touched only by ContainerdNode and the teardown functions, which
 never raise for what is already gone.
-Must not know: CRI messages (natra.cri.protocol), the image's bytes
-(natra.cri.image), the demo.
+Must not know: CRI messages (natra.lab.cri.protocol), the image's bytes
+(natra.lab.cri.image), the demo.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from natra.cri import RuntimeUnavailable
-from natra.cri.protocol import CriCallError
+from natra.lab.cri import RuntimeUnavailable
+from natra.lab.cri.protocol import CriCallError
 
 CONTAINERD, CTR = "containerd", "ctr"
 NEEDED_TOOLS = (CONTAINERD, CTR, "runc", "containerd-shim-runc-v2", "gcc")
@@ -177,7 +177,7 @@ def networks(limiter: str, handlers: dict[str, str], pod_subnet: str) -> list[tu
 # the plugin on that same stdin. containerd runs plugins with a minimal
 # environment, hence absolute paths and explicit exports.
 LAUNCHER = """#!/bin/sh
-# Written by natra/cri/node.py.
+# Written by natra/lab/cri/node.py.
 {record}{exports}exec {command} "$@"{stdin}
 """
 RECORD = """rec="{captures}/$(date +%s%N)-$$-$CNI_COMMAND"
@@ -200,7 +200,7 @@ def natra_command() -> list[str]:
 
 
 def natra_env(bpffs_root: str | None) -> dict[str, str]:
-    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     if bpffs_root:
         env["NATRA_BPFFS_ROOT"] = bpffs_root
     return env

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from natra import layout as L
+from natra.kernel import layout as L
 
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "icmpv6"}

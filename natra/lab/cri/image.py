@@ -18,7 +18,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from natra.cri import RuntimeUnavailable
+from natra.lab.cri import RuntimeUnavailable
 
 PAUSE_C = r"""
 #include <signal.h>

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from natra import layout as L
+from natra.kernel import layout as L
 
 # Defaults, each with its reason (docs/tuning.md has the evidence).
 DEFAULT_WIDTH = 1024  # columns; 4 x 1024 cells keep recall 1.0 at 1 % thresholds
@@ -22,7 +22,8 @@ DEFAULT_WINDOW_NS = 100_000_000  # 100 ms: ages a stopped flow out within 200 ms
 DEFAULT_EARLY_PERCENT = 50  # yellow zone starts half-way up the heavy part
 DEFAULT_FLOW_TABLE = 4096  # heavy-flow entries per Pod (LRU)
 # A drop policer needs hundreds of ms of rate for TCP to reach the limit
-# (DATAPATH.md: 0.97 of the limit at 500 ms, 0.50 at 100 ms).
+# (a bulk TCP flow through a drop policer reached 0.97 of the limit with 500 ms
+# of burst and 0.50 with 100 ms; docs/cni.md says why the default clamps there).
 DEFAULT_BURST_TIME_NS = 500_000_000
 # Never smaller than four 64 KiB GSO super-packets: one for the heavy zone,
 # the reserve for two, and room for the early zone.

@@ -5,7 +5,7 @@ and their maps) through libbpf: open the shipped ELF, set natra_sketch to
 2 * depth * width and natra_flows to the flow-table size, load (keeping each
 program's verifier log), write both directions' config; then hand out program
 and map fds, pin the maps, and close.
-Rule: describe, then load, then pin (STYLE.md #7). Every failure is a
+Rule: describe, then load, then pin (a load that fails leaves nothing pinned). Every failure is a
 `LoadError` that names its step and keeps the cause; a verifier rejection
 carries the verifier log. The object is never compiled here.
 Must not know: attach modes, links, netns, CNI; heavy imports (numpy, scapy,
@@ -19,12 +19,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from natra import layout as L
-from natra import libbpf
-from natra.maps import write_config
-from natra.params import ConfigValues
+from natra.kernel import layout as L
+from natra.kernel import libbpf
+from natra.kernel.maps import write_config
+from natra.kernel.params import ConfigValues
 
-OBJECT_DIR = Path(__file__).resolve().parent / "bpf"
+OBJECT_DIR = Path(__file__).resolve().parents[1] / "bpf"  # natra/bpf, built by make bpf
 VARIANTS = ("natra", "natra_trace", "natra_parse")  # make bpf builds all three
 DEFAULT_FLOW_TABLE = 4096
 # Bytes of verifier log kept per program; the kernel keeps the log's tail when
@@ -162,7 +162,7 @@ class BpfObject:
 
     def pin_maps(self, directory: str) -> None:
         """Pin every map as <directory>/<map name> (bpffs; names have no dots)."""
-        from natra.bpfsys import obj_pin
+        from natra.kernel.bpfsys import obj_pin
 
         self._check_open()
         for name, fd in self._map_fds.items():

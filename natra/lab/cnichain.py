@@ -108,7 +108,7 @@ def make_bin_dir(directory: str | None = None, python: str = sys.executable, *,
             raise FileNotFoundError(f"{NATRA_PLUGIN_ENV}: {plugin!r} is not an executable absolute path")
         os.symlink(plugin, natra)
         return directory
-    src_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(natra, "w") as f:
         f.write("#!/bin/sh\n"
                 f"PYTHONPATH={src_root}${{PYTHONPATH:+:$PYTHONPATH}} exec {python} -m natra \"$@\"\n")

@@ -11,7 +11,7 @@ a missing or unreadable record gives None, never an exception, because DEL and
 GC must work on whatever is left.
 
 Must not know: attach modes, the program, pyroute2. bpf(2) goes through
-natra/bpfsys.py, except BPF_MAP_CREATE, which bpfsys does not have (yet):
+natra/kernel/bpfsys.py, except BPF_MAP_CREATE, which bpfsys does not have (yet):
 `_create_map` below can move there.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 
-from natra import bpfsys
+from natra.kernel import bpfsys
 
 META_MAP_NAME = b"natra_meta"
 META_VALUE_SIZE = 4096  # bytes of JSON; the record is a few hundred

@@ -3,8 +3,8 @@
 Owns: creating and always removing the network namespaces the demo and the
 benchmarks use as Pods, and a "remote node" namespace joined to the host by a
 veth with forwarding and routes both ways, so Pod-bound traffic arrives from
-the wire as it does on a real node (PLATFORM.md: a sender in the host's own
-namespace would hide how a limiter treats TCP).
+the wire as it does on a real node (a sender in the host's own namespace would
+hide how a limiter treats TCP).
 Rule: every object made here is registered for removal before it is made
 use of; `LocalNet.close()` removes all of it and never raises.
 Must not know: CNI plugins, limiters.
