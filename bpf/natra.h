@@ -33,8 +33,10 @@
 /* The fair share divides the rate by at most this many heavy flows; keeps the
  * per-flow cost (cost * N) below 2^63. */
 #define NATRA_MAX_SHARE_FLOWS 1024
-/* Rate bounds in bit/s: 1 kbit/s .. 1 Pbit/s (Kubernetes' accepted range). */
-#define NATRA_MIN_RATE_BPS 1000ULL
+/* Rate bounds in bit/s: 1 bit/s .. 1 Pbit/s.  The standard plugin accepts any
+ * positive rate; drain() divides by the rate, so it must be at least 1, and
+ * in nano-bits no other bound depends on how small it is (docs/design.md). */
+#define NATRA_MIN_RATE_BPS 1ULL
 #define NATRA_MAX_RATE_BPS 1000000000000000ULL
 /* Burst bound in bits: tau = burst * 1e9 must stay below 2^64 with one frame
  * cost on top.  2^34 bits = 2 GiB of bytes; runtimes send at most ~2^32 bits. */

@@ -66,7 +66,15 @@ def test_one_direction_leaves_the_other_unlimited():
     a = plan.attachment
     assert a.directions == {OUT}
     assert a.configs[IN] == P.to_config(None)
-    assert a.configs[OUT].tau_nbit == 100_000 * 10**9  # a small asked burst is kept exactly
+    # A burst below the policing floor is raised to it, and the plan says so.
+    assert a.configs[OUT].tau_nbit == P.POLICE_BURST_FLOOR_BITS * 10**9
+    assert a.meta["limits"]["from_pod"]["asked_burst_bits"] == 100_000
+    assert any("from_pod burst 100000 bits is below the policing floor" in n for n in plan.notes)
+
+
+def test_a_burst_above_the_floor_is_kept_without_a_note():
+    plan = plan_of(runtimeConfig={"bandwidth": {"egressRate": 10_000_000, "egressBurst": 3_000_000}})
+    assert plan.attachment.configs[OUT].tau_nbit == 3_000_000 * 10**9 and not plan.notes
 
 
 def test_no_limits_is_a_pass_through():
@@ -104,9 +112,24 @@ def test_no_host_interface_is_a_fail_open_cause():
     assert "no host-side interface" in plan.cause
 
 
-def test_unrepresentable_rate_is_a_fail_open_cause():
-    plan = plan_of(runtimeConfig={"bandwidth": {"ingressRate": 500, "ingressBurst": 1000}})
-    assert plan.attachment is None and "cannot be represented" in plan.cause
+@pytest.mark.parametrize("rate", [1, 500, 800, 8000])
+def test_low_rates_the_standard_plugin_accepts_are_limited(rate):
+    """Upstream's own test data (800 bit/s, 200 bits) once failed open; it is enforced."""
+    plan = plan_of(runtimeConfig={"bandWidth": {"ingressRate": rate, "ingressBurst": 200,
+                                                "egressRate": rate, "egressBurst": 200}})
+    assert plan.cause is None and plan.attachment.directions == {IN, OUT}
+    for direction in (IN, OUT):
+        config = plan.attachment.configs[direction]
+        assert config.rate_bps == rate and config.tau_nbit == P.POLICE_BURST_FLOOR_BITS * 10**9
+    assert plan.attachment.meta["limits"]["to_pod"]["burst_bits"] == P.POLICE_BURST_FLOOR_BITS
+    assert sum("below the policing floor" in n for n in plan.notes) == 2
+
+
+def test_a_rate_above_a_petabit_is_limited_at_the_bound_and_noted():
+    plan = plan_of(runtimeConfig={"bandwidth": {"ingressRate": 10**18, "ingressBurst": 10**9}})
+    assert plan.cause is None and plan.attachment.configs[IN].rate_bps == L.MAX_RATE_BPS
+    assert plan.attachment.meta["limits"]["to_pod"]["asked_rate_bps"] == 10**18
+    assert any(f"limited to {L.MAX_RATE_BPS} bit/s" in n for n in plan.notes)
 
 
 def test_cluster_tuning_and_pod_overrides_reach_the_configs():
@@ -127,14 +150,14 @@ def test_malformed_natra_annotation_uses_defaults_and_notes_it():
 
 
 def test_extended_annotation_shapes_the_shared_sketch():
-    value = json.dumps({"rate": "10M", "burst": "2M", "cms": {"width": 256, "depth": 2,
+    value = json.dumps({"rate": "10M", "burst": "3M", "cms": {"width": 256, "depth": 2,
                                                              "heavyHitterThreshold": 70000}})
     plan = plan_of(runtimeConfig={POD_ANNOTATIONS_CAPABILITY: {"kubernetes.io/ingress-bandwidth": value}})
     a = plan.attachment
     assert a.directions == {IN}
     assert [(c.width, c.depth) for c in a.configs] == [(256, 2), (256, 2)]
     assert a.configs[IN].threshold_bytes == 70000
-    assert a.configs[IN].tau_nbit == 2_000_000 * 10**9
+    assert a.configs[IN].tau_nbit == 3_000_000 * 10**9
 
 
 def test_invalid_bandwidth_annotation_is_only_a_note():

@@ -8,8 +8,10 @@ from natra.kernel import layout as L
 from natra.kernel.params import (
     MIN_DEFAULT_BURST_BITS,
     MIN_RESERVE_BITS,
+    POLICE_BURST_FLOOR_BITS,
     DataPathParams,
     ParamError,
+    burst_floor_raised,
     default_burst_bits,
     default_reserve_bits,
     params_for,
@@ -24,8 +26,27 @@ def test_containerd_burst_is_clamped_to_half_a_second_of_rate():
     assert p.burst_bits == 5_000_000
 
 
-def test_small_asked_burst_is_kept():
-    assert default_burst_bits(10_000_000, 80_000) == 80_000
+def test_small_asked_burst_is_raised_to_the_police_floor():
+    """A drop policer's bucket must hold whole 64 KiB GSO packets: max(asked, floor)."""
+    assert default_burst_bits(10_000_000, 80_000) == POLICE_BURST_FLOOR_BITS
+    assert default_burst_bits(800, 200) == POLICE_BURST_FLOOR_BITS
+    assert default_burst_bits(10_000_000, 3_000_000) == 3_000_000  # above the floor: kept
+    assert burst_floor_raised(200, default_burst_bits(800, 200))
+    assert not burst_floor_raised(3_000_000, 3_000_000) and not burst_floor_raised(None, 2_097_152)
+
+
+def test_a_mode_may_pick_its_own_floor():
+    """floor_bits=1 keeps every asked burst (a queueing mode's rule); the clamp still applies."""
+    assert default_burst_bits(10_000_000, 80_000, floor_bits=1) == 80_000
+    assert default_burst_bits(800, 200, floor_bits=1) == 200
+    assert default_burst_bits(10_000_000, 2**32 - 1, floor_bits=1) == 5_000_000
+
+
+def test_any_positive_rate_validates():
+    """The standard plugin accepts any positive rate; so does the data path (1 bit/s and up)."""
+    for rate in (1, 8, 800, 999, 8000):
+        p = params_for(rate, 200)
+        assert p.rate_bps == rate and p.burst_bits == POLICE_BURST_FLOOR_BITS
 
 
 def test_burst_never_below_four_gso_packets_when_unasked():
@@ -37,7 +58,7 @@ def test_burst_never_below_four_gso_packets_when_unasked():
 def test_defaults_always_validate_and_fit_u64(rate, burst):
     p = params_for(rate, burst)
     cfg = to_config(p)
-    assert 0 < p.burst_bits <= L.MAX_BURST_BITS
+    assert POLICE_BURST_FLOOR_BITS <= p.burst_bits <= L.MAX_BURST_BITS
     assert p.reserve_bits < p.burst_bits
     assert 0 <= cfg.early_line_nbit <= cfg.heavy_line_nbit <= cfg.tau_nbit < 2**64
     assert cfg.tau_nbit + L.MAX_ACCOUNTED_LEN * L.NBIT_PER_BYTE < 2**64
@@ -51,7 +72,7 @@ def test_reserve_holds_two_gso_packets_but_at_most_half():
 
 
 @pytest.mark.parametrize("change", [
-    {"rate_bps": 999}, {"rate_bps": L.MAX_RATE_BPS + 1}, {"width": 1000}, {"depth": 9},
+    {"rate_bps": 0}, {"rate_bps": L.MAX_RATE_BPS + 1}, {"width": 1000}, {"depth": 9},
     {"depth": 0}, {"burst_bits": 2**34 + 1}, {"reserve_bits": 10_000}, {"window_ns": 10},
     {"threshold_bytes": 0},
 ])

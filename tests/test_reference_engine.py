@@ -20,7 +20,7 @@ from natra.reference.hashing import key_columns
 from natra.reference.key import make_key, parse_frame
 
 from natra.kernel import layout as L
-from natra.kernel.params import DataPathParams, params_for, to_config
+from natra.kernel.params import POLICE_BURST_FLOOR_BITS, DataPathParams, params_for, to_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSING = L.PASSING_VERDICTS
@@ -380,6 +380,48 @@ def test_long_run_rate_error_below_a_thousandth(accelerator, rate, burst_frames,
     span = (n - 1) * gap
     assert rate * span <= admitted <= rate * span + cfg.tau_nbit
     assert (admitted - rate * span) * 1000 < rate * span
+
+
+ASKED_BURSTS = st.one_of(st.sampled_from([1, 200, 16_000, 12_000, 100_000, POLICE_BURST_FLOOR_BITS - 1,
+                                          POLICE_BURST_FLOOR_BITS, 8 * (2**32 - 1)]),
+                         st.integers(1, 8 * (2**32 - 1)))  # every burst the standard plugin accepts
+ANY_RATE = st.one_of(st.sampled_from([1, 2, 800, 8000, 64_000, L.MAX_RATE_BPS]),
+                     st.integers(L.MIN_RATE_BPS, L.MAX_RATE_BPS))
+
+
+@given(ANY_RATE, ASKED_BURSTS, st.booleans(),
+       st.lists(st.tuples(st.sampled_from([0, 1, 10**3, 10**6, 10**9, 10**12, 10**15, 2**62]),
+                          st.sampled_from([60, 526, 1514, 9000, 65535, 70_000]), st.integers(0, 2)),
+                min_size=1, max_size=40))
+@SETTINGS
+def test_police_promise_for_any_rate_and_asked_burst(rate, asked, heavy, frames):
+    """docs/cni.md's promise, policing mode: for any rate 1 bit/s .. 1 Pbit/s and any
+    asked burst B the parameters validate (no fail-open), and over any interval of t
+    the admitted bytes are at most R*t + max(B, floor), floor = four 64 KiB GSO packets."""
+    params = params_for(rate, asked, **({"threshold_bytes": 1} if heavy else {}))
+    assert params.burst_bits <= max(asked, POLICE_BURST_FLOOR_BITS)
+    cfg = to_config(params.with_(width=64))
+    model = Model([cfg, to_config(None, width=64, depth=4)], flow_table=8, accelerator=False)
+    now, admitted = 10**9, []
+    for gap, size, flow in frames:
+        now = min(now + gap, U64_MAX)
+        if model.process_key(flow_key(flow), size, now, 0).verdict in PASSING:
+            admitted.append((now, charged(size) * L.NBIT_PER_BYTE))
+    promise = max(asked, POLICE_BURST_FLOOR_BITS) * 10**9
+    assert max_interval_excess(admitted, rate, promise) <= 0
+
+
+@given(ANY_RATE, ASKED_BURSTS, st.booleans(), st.integers(60, 65536 + 4096))
+@SETTINGS
+def test_police_floor_lets_a_gso_packet_pass(rate, asked, heavy, size):
+    """The floor's reason: with a full bucket a whole GSO super-packet (64 KiB plus the
+    headers charged per segment) passes, as a mouse and as a heavy frame, whatever was
+    asked, so a small burst never makes a TCP sender's packets unpayable forever."""
+    params = params_for(rate, asked, **({"threshold_bytes": 1} if heavy else {}))
+    model = Model([to_config(params.with_(width=64)), to_config(None, width=64, depth=4)],
+                  flow_table=8, accelerator=False)
+    dec = model.process_key(flow_key(1), size, 10**9, 0)
+    assert dec.verdict in PASSING and (dec.heavy or not heavy)
 
 
 def test_long_run_one_kbit_for_a_million_seconds(accelerator):

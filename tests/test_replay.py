@@ -179,11 +179,11 @@ def test_table_output_and_options(tmp_path, capsys):
     assert code == 0
     assert "tcp 10.0.0.1:40000 > 10.0.0.2:80" in out and "udp [2001:db8::1]:53 > [2001:db8::2]:5353" in out
     assert "600 frames" in out
-    code, out, _ = run_cli(capsys, "replay", str(path), "--rate", "1M", "--burst", "100k", "--json",
+    code, out, _ = run_cli(capsys, "replay", str(path), "--rate", "10M", "--burst", "3M", "--json",
                            "--direction", "egress", "--threshold", "5000")
     s = json.loads(out)["settings"]
     got = (s["rate_bps"], s["burst_bits"], s["direction"], s["threshold_bytes"])
-    assert got == (10**6, 10**5, "egress", 5000)
+    assert got == (10**7, 3 * 10**6, "egress", 5000)  # above the policing floor, below the clamp: kept
     code, _, err = run_cli(capsys, "replay", str(path), "--rate", "1M", "--engine", "warp")
     assert code == 2 and "unknown engine" in err
 

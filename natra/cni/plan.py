@@ -84,15 +84,28 @@ def _configs(limits: Limits, request: Request, settings: Settings, notes: list[s
         if limit is None:
             configs.append(P.to_config(None, width=tuning.width, depth=tuning.depth))
             continue
+        name = L.DIRECTION_NAMES[direction]
         kwargs = tuning.params_kwargs()
         kwargs.update(limit.overrides)  # the extended annotation form, per direction
-        params = P.params_for(limit.rate_bps, limit.burst_bits or None, **kwargs)
+        # Valid input is never dropped: a rate above what the data path counts
+        # (1 Pbit/s, beyond any NIC) is enforced at that bound, and said so.
+        rate = min(limit.rate_bps, L.MAX_RATE_BPS)
+        if rate != limit.rate_bps:
+            notes.append(f"{name} rate {limit.rate_bps} bit/s is above {L.MAX_RATE_BPS} bit/s; "
+                         f"limited to {rate} bit/s")
+        params = P.params_for(rate, limit.burst_bits or None, **kwargs)
+        if P.burst_floor_raised(limit.burst_bits, params.burst_bits):
+            notes.append(f"{name} burst {limit.burst_bits} bits is below the policing floor; "
+                         f"applied {params.burst_bits} bits (a drop policer must hold whole "
+                         f"64 KiB GSO packets): at most R*t + {params.burst_bits} bits pass")
         # The sketch is shared: its shape comes from the Pod's tuning, not a direction.
         params = params.with_(width=tuning.width, depth=tuning.depth)
         configs.append(P.to_config(params, width=tuning.width, depth=tuning.depth))
-        described[L.DIRECTION_NAMES[direction]] = {
-            "rate_bps": limit.rate_bps, "burst_bits": params.burst_bits,
+        described[name] = {
+            "rate_bps": rate, "burst_bits": params.burst_bits,
             "asked_burst_bits": limit.burst_bits, "source": limit.source}
+        if rate != limit.rate_bps:
+            described[name]["asked_rate_bps"] = limit.rate_bps
     return tuple(configs), described, tuning
 
 

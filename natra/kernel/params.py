@@ -28,6 +28,10 @@ DEFAULT_BURST_TIME_NS = 500_000_000
 # Never smaller than four 64 KiB GSO super-packets: one for the heavy zone,
 # the reserve for two, and room for the early zone.
 MIN_DEFAULT_BURST_BITS = 4 * 65536 * 8
+# Policing mode's bucket is never smaller than that either, whatever was asked:
+# a frame larger than the bucket can never pass a drop policer, and the heavy
+# zone and the mice reserve must each hold whole super-packets.
+POLICE_BURST_FLOOR_BITS = MIN_DEFAULT_BURST_BITS
 # The reserve holds two GSO super-packets of mice, or 5 % of the burst if more.
 MIN_RESERVE_BITS = 2 * 65536 * 8
 RESERVE_PERCENT = 5
@@ -61,7 +65,7 @@ class DataPathParams:
     def validate(self) -> DataPathParams:
         checks = [
             (L.MIN_RATE_BPS <= self.rate_bps <= L.MAX_RATE_BPS,
-             f"rate {self.rate_bps} bit/s outside 1 kbit/s .. 1 Pbit/s"),
+             f"rate {self.rate_bps} bit/s outside 1 bit/s .. 1 Pbit/s"),
             (0 < self.burst_bits <= L.MAX_BURST_BITS,
              f"burst {self.burst_bits} bits outside 1 .. 2^34"),
             (0 <= self.reserve_bits < self.burst_bits,
@@ -84,17 +88,27 @@ class DataPathParams:
 
 
 def default_burst_bits(rate_bps: int, requested_bits: int | None,
-                       burst_time_ns: int = DEFAULT_BURST_TIME_NS) -> int:
-    """The burst Natra applies: what was asked, clamped to `burst_time_ns` of rate.
+                       burst_time_ns: int = DEFAULT_BURST_TIME_NS,
+                       floor_bits: int = POLICE_BURST_FLOOR_BITS) -> int:
+    """The burst Natra applies: what was asked, clamped to `burst_time_ns` of rate,
+    and never below `floor_bits`.
 
     Runtimes send 2^32-1 bits (containerd) or ~4 GiB (CRI-O) when the Pod says
-    nothing; taken literally that is seconds of line rate. A burst asked for
-    below the clamp is kept exactly (it is the user's conformance promise).
+    nothing; taken literally that is seconds of line rate, hence the clamp.
+    A drop policer cannot pass a frame larger than its bucket, and TCP sends
+    GSO super-packets of up to 64 KiB, so policing mode raises a smaller asked
+    burst to its floor (four super-packets): the conformance promise is then
+    R*t + max(B, floor). A mode that queues instead of dropping may pass its
+    own floor (1 keeps every asked burst exactly).
     """
     cap = max(rate_bps * burst_time_ns // L.NS_PER_SEC, MIN_DEFAULT_BURST_BITS)
-    if not requested_bits:
-        return min(cap, L.MAX_BURST_BITS)
-    return min(requested_bits, cap, L.MAX_BURST_BITS)
+    burst = min(requested_bits or cap, cap)
+    return min(max(burst, floor_bits), L.MAX_BURST_BITS)
+
+
+def burst_floor_raised(requested_bits: int | None, applied_bits: int) -> bool:
+    """Did the floor raise an asked burst (so the promise is R*t + floor, not R*t + B)?"""
+    return bool(requested_bits) and applied_bits > requested_bits
 
 
 def default_reserve_bits(burst_bits: int) -> int:

@@ -381,8 +381,6 @@ FAIL_OPEN = {
     "object-corrupt": (_corrupt_object, CONTAINERD_ARGS, "corrupt.bpf.o"),
     "object-truncated": (_truncated_object, CONTAINERD_ARGS, "failed open"),
     "verifier-rejection": (_rejected_object, CONTAINERD_ARGS, "!read_ok"),
-    "rate-below-1kbit": (lambda lab: {}, {"bandwidth": {"IngressRate": 500, "IngressBurst": MAXU32}},
-                         "cannot be represented"),
     "invalid-bandwidth-annotation": (lambda lab: {}, {C.CAPABILITY_ANNOTATIONS: {
         "kubernetes.io/ingress-bandwidth": "10K"}}, "ignored invalid kubernetes.io/ingress-bandwidth"),
 }
@@ -402,6 +400,20 @@ def test_fail_open_causes(lab, cause):
     assert_not_limited(lab, pod)
     assert C.ping(pod.ip)
     assert [c.code for c in ch.check(pod)] == [0, 0]  # CRI-O's CHECK after ADD must not kill the Pod
+    assert [c.code for c in ch.delete(pod)] == [0, 0]
+
+
+def test_low_rate_and_small_burst_are_limited_not_failed_open(lab):
+    """500 bit/s with a 200-bit burst (valid for the standard plugin) once failed open;
+    it is enforced, with the burst raised to the policing floor and the floor logged."""
+    ch = lab.chain("1.0.0")
+    pod = lab.pod(ch, "slow", capability_args={"bandwidth": {"IngressRate": 500, "IngressBurst": 200}})
+    calls = ch.add(pod)
+    assert [c.code for c in calls] == [0, 0], calls[-1].stdout
+    assert "below the policing floor" in calls[1].stderr and "failed open" not in calls[1].stderr
+    assert f"to_pod 500 bit/s burst {P.POLICE_BURST_FLOOR_BITS} bits" in calls[1].stderr
+    assert_limited(lab, pod, {IN: expected_config(500, 200)})
+    assert [c.code for c in ch.check(pod)] == [0, 0]
     assert [c.code for c in ch.delete(pod)] == [0, 0]
 
 
