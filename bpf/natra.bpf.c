@@ -53,9 +53,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define NATRA_TCX_NEXT (-1)
 
 _Static_assert(sizeof(struct natra_flow_key) == 40, "flow key is hashed as ten u32 words");
-_Static_assert(sizeof(struct natra_config) == 64, "natra_config layout");
+_Static_assert(sizeof(struct natra_config) == 72, "natra_config layout");
 _Static_assert(sizeof(struct natra_cell) == 24, "natra_cell layout");
-_Static_assert(sizeof(struct natra_state) == 40, "natra_state layout");
+_Static_assert(sizeof(struct natra_slot) == 16, "natra_slot layout");
+_Static_assert(sizeof(struct natra_state) == 40 + 16 * NATRA_MAX_CLASSES, "natra_state layout");
+_Static_assert((NATRA_MAX_CLASSES & (NATRA_MAX_CLASSES - 1)) == 0, "slot index is masked");
 _Static_assert(sizeof(struct natra_flow) == 56, "natra_flow layout");
 _Static_assert(sizeof(struct natra_counters) == 8 * NATRA_NCOUNTERS, "natra_counters layout");
 _Static_assert(sizeof(struct natra_trace_rec) == 16, "natra_trace_rec layout");
@@ -491,6 +493,7 @@ struct step {
 	__u64 cost;     /* nano-bits: len * NATRA_NBIT_PER_BYTE */
 	__u64 new_cur;  /* sketch estimate of the key in this window, this frame included */
 	int heavy;
+	__u32 cls;      /* shaping: HTB class minor of the frame; 0 = not classified */
 };
 
 /* The sketch step and heavy census (design.md), under the lock.  `cells` hold
@@ -649,6 +652,55 @@ static __always_inline struct natra_flow *heavy_flow(const struct natra_flow_key
 	return flow;
 }
 
+/* ---- Shaping: classify; the direction's HTB queues and paces ------------------------- */
+
+#define NATRA_SLOT_MASK (NATRA_MAX_CLASSES - 1)
+
+/* The heavy class (0..classes-1) of the flow whose h1 is given, under the lock:
+ * the class it owns while that is live; else the first class from h1 % classes
+ * on that no live flow owns, which it then owns; else, when every class is
+ * owned by another live flow, h1 % classes, shared (design.md, "Shaping"). */
+static __always_inline __u32 heavy_class(struct natra_state *st, __u32 h1, __u64 epoch, __u32 classes)
+{
+	struct natra_slot *slot;
+	__u32 n = classes, start, i;
+	int found = -1, free = -1;
+
+	if (n < 1)
+		n = 1;
+	if (n > NATRA_MAX_CLASSES)
+		n = NATRA_MAX_CLASSES;
+	start = h1 % n;
+	/* Bound: NATRA_MAX_CLASSES slots. */
+	for (i = 0; i < NATRA_MAX_CLASSES; i++) {
+		__u32 j = start + i;
+		int live;
+
+		if (i >= n)
+			break;
+		if (j >= n)
+			j -= n;
+		slot = &st->slots[j & NATRA_SLOT_MASK];
+		live = epoch < slot->until_epoch;
+		if (live && slot->flow_hash == h1) {
+			found = j;
+			break;
+		}
+		if (!live && free < 0)
+			free = j;
+	}
+	if (found < 0) {
+		if (free < 0)
+			return start;
+		found = free;
+		st->slots[found & NATRA_SLOT_MASK].flow_hash = h1;
+	}
+	slot = &st->slots[found & NATRA_SLOT_MASK];
+	if (slot->until_epoch < epoch + 2)
+		slot->until_epoch = epoch + 2;
+	return found;
+}
+
 /* Everything after parsing and counting, for an enabled direction. */
 static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct natra_config *cfg,
 				  struct parsed *p, struct natra_counters *ctr, struct step *s)
@@ -689,6 +741,17 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 	/* Only a lookup (never an insert) happens on a guess, so the outcome does
 	 * not depend on it: a heavy flow whose entry exists is decided in one
 	 * locked section, a wrong guess costs one lookup or one relock. */
+	if (cfg->flags & NATRA_CFG_SHAPE) {
+		/* Shaping: the sketch names mice and heavy flows, each heavy flow gets a
+		 * class; no bucket, census or flow table (the qdisc does the rest). */
+		bpf_spin_lock(&st->lock);
+		sketch_step(cells, depth, cfg, st, s);
+		s->cls = s->heavy ? NATRA_CLASS_HEAVY_BASE + heavy_class(st, h1, s->epoch, cfg->classes)
+				  : NATRA_CLASS_MICE;
+		bpf_spin_unlock(&st->lock);
+		return s->heavy ? NATRA_V_PASS_HEAVY : NATRA_V_PASS_MOUSE;
+	}
+
 	flow = looks_heavy(cells, depth, cfg, s) ? bpf_map_lookup_elem(&natra_flows, &p->key) : NULL;
 
 	bpf_spin_lock(&st->lock);
@@ -769,11 +832,20 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 			.dir = dir,
 			.verdict = verdict,
 			.heavy = s.heavy,
+			.cls = s.cls,
 		};
 
 		bpf_ringbuf_output(&natra_trace, &rec, sizeof(rec), 0);
 	}
 #endif
+
+	/* Shaping: name the class; frames out of the Pod go to the IFB that queues
+	 * them (a redirect ends the tcx chain for that frame). */
+	if (s.cls && cfg) {
+		skb->priority = (cfg->qdisc_major << 16) | s.cls;
+		if (cfg->redirect_ifindex)
+			return bpf_redirect(cfg->redirect_ifindex, 0);
+	}
 
 	/* Drop only what the policy refused; everything else continues the chain. */
 	if (verdict == NATRA_V_DROP_MOUSE || verdict == NATRA_V_DROP_HEAVY ||

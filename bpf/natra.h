@@ -77,6 +77,21 @@ struct natra_flow_key {
 #define NATRA_CFG_ENABLED 0x01    /* 0: direction not limited, frames counted and passed */
 #define NATRA_CFG_ECN 0x02        /* mark CE on ECT heavy frames in the early zone */
 #define NATRA_CFG_TEST_CLOCK 0x04 /* take `now` from __sk_buff.tstamp (tests only) */
+/* Shaping mode: the program only classifies (skb->priority names an HTB class
+ * of the direction's qdisc) and kernel queues pace; nothing is dropped here. */
+#define NATRA_CFG_SHAPE 0x08
+
+/* ---- Shaping: the classes of a direction's HTB, by minor number ---------- */
+/* The root class holds the Pod's limit (rate = ceil = R); the mice class has
+ * strict priority over the heavy classes; heavy class k has minor
+ * NATRA_CLASS_HEAVY_BASE + k and all heavy classes share by DRR. */
+#define NATRA_CLASS_ROOT 1
+#define NATRA_CLASS_MICE 2
+#define NATRA_CLASS_HEAVY_BASE 16
+/* Heavy classes per direction, each owned by one heavy flow at a time: up to
+ * this many concurrent heavy flows get a queue of their own (exact fairness);
+ * more share classes by hash.  A power of two (the slot index is masked). */
+#define NATRA_MAX_CLASSES 32
 
 struct natra_config {
 	__u64 rate_bps;        /* bit/s, NATRA_MIN_RATE_BPS..NATRA_MAX_RATE_BPS */
@@ -88,7 +103,9 @@ struct natra_config {
 	__u32 width;           /* sketch columns, power of two <= NATRA_MAX_WIDTH */
 	__u32 depth;           /* sketch rows, 1..NATRA_MAX_DEPTH */
 	__u32 flags;           /* NATRA_CFG_* */
-	__u32 pad;
+	__u32 classes;         /* shaping: heavy classes, 1..NATRA_MAX_CLASSES */
+	__u32 qdisc_major;     /* shaping: major number of the direction's HTB handle */
+	__u32 redirect_ifindex;/* shaping out of the Pod: the IFB that queues; 0 = none */
 };
 
 /* ---- Sketch cell (ARRAY natra_sketch, 2 * depth * width entries) -------- */
@@ -97,6 +114,16 @@ struct natra_cell {
 	__u64 epoch; /* window number (now / window_ns) the counts belong to */
 	__u64 cur;   /* bytes in window `epoch` (conservative update) */
 	__u64 prev;  /* bytes in window `epoch - 1` */
+};
+
+/* ---- Shaping: which heavy flow owns a heavy class ------------------------ */
+/* A slot is live while epoch < until_epoch: its owner was last classified
+ * heavy in window until_epoch - 2, so a flow that stops sending frees its
+ * class within two windows.  0 = never used. */
+struct natra_slot {
+	__u32 flow_hash;   /* h1 (MurmurHash3, NATRA_HASH_SEED1) of the owner's key */
+	__u32 pad;
+	__u64 until_epoch; /* window number; live while now / window_ns < until_epoch */
 };
 
 /* ---- Per-direction state (ARRAY natra_state, 2 entries) ----------------- */
@@ -111,6 +138,7 @@ struct natra_state {
 	__u64 epoch;         /* window of heavy_now */
 	__u64 backlog_nbit;  /* nano-bits owed; <= tau_nbit after every admission */
 	__u64 last_ns;       /* ns: time of the last drain (never decreases) */
+	struct natra_slot slots[NATRA_MAX_CLASSES]; /* shaping: heavy class owners */
 };
 
 /* ---- Heavy flow (LRU_HASH natra_flows, key struct natra_flow_key) ------- */
@@ -163,7 +191,7 @@ struct natra_trace_rec {
 	__u8 dir;
 	__u8 verdict;
 	__u8 heavy;
-	__u8 pad;
+	__u8 cls;   /* shaping: the HTB class minor the frame went to; 0 = none */
 };
 
 #endif /* NATRA_H */

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from natra.reference import accel
 from natra.reference.ecn import mark_ce
-from natra.reference.hashing import HASH_SEEDS, columns, key_columns, murmur3_32_keys
+from natra.reference.hashing import HASH_SEEDS, columns, key_columns, murmur3_32, murmur3_32_keys
 from natra.reference.key import ETH_P_IP, ETH_P_IPV6, KEY_LEN, parse_frame
 from natra.reference.tables import Tables, config_row
 
@@ -75,6 +75,7 @@ class Decision:
     estimate: int  # bytes: the sketch's new_cur (0 when the direction is unlimited)
     key: bytes  # struct natra_flow_key
     frame_out: bytes | None  # the frame as it leaves (CE set on MARK); None from process_key
+    cls: int = 0  # shaping: the HTB class minor the frame goes to (layout.CLASS_*); 0 = none
 
 
 class Model:
@@ -104,29 +105,34 @@ class Model:
         if gso_segs > 1:
             p = parse_frame(frame)
             charge = wire + (gso_segs - 1) * p.hdr_len if p.hdr_len else wire
-            verdict, heavy, estimate = self._decide(p.key, wire, now_ns, direction, p.ecn != 0, charge)
+            verdict, heavy, estimate, cls = self._decide(p.key, wire, now_ns, direction, p.ecn != 0, charge)
             out = mark_ce(frame, p.l3, p.l3_offset) if verdict == L.V_MARK else frame
-            return Decision(verdict, heavy, estimate, p.key, out)
+            return Decision(verdict, heavy, estimate, p.key, out, cls)
         if self._parser is not None:
             key, ecn, l3, l3_offset, _ = self._parser.parse(frame)
         else:
             p = parse_frame(frame)
             key, ecn, l3, l3_offset = p.key, p.ecn, p.l3, p.l3_offset
-        verdict, heavy, estimate = self._decide(key, wire, now_ns, direction, ecn != 0)
+        verdict, heavy, estimate, cls = self._decide(key, wire, now_ns, direction, ecn != 0)
         out = mark_ce(frame, l3, l3_offset) if verdict == L.V_MARK else frame
-        return Decision(verdict, heavy, estimate, key, out)
+        return Decision(verdict, heavy, estimate, key, out, cls)
 
     def process_key(self, key: bytes, wire_len: int, now_ns: int, direction: int,
                     ect: bool = False) -> Decision:
         if len(key) != KEY_LEN:
             raise ValueError(f"flow key must be {KEY_LEN} bytes")
-        verdict, heavy, estimate = self._decide(key, wire_len, now_ns, direction, ect)
-        return Decision(verdict, heavy, estimate, key, None)
+        verdict, heavy, estimate, cls = self._decide(key, wire_len, now_ns, direction, ect)
+        return Decision(verdict, heavy, estimate, key, None, cls)
+
+    @property
+    def shaping(self) -> bool:
+        """Some direction classifies for the shaper (the accelerator does not know that step)."""
+        return any(int(c["flags"]) & L.CFG_SHAPE for c in self.tables.config)
 
     def _decide(self, key: bytes, wire_len: int, now_ns: int, direction: int, ect: bool,
                 charge_len: int | None = None):
-        if self._fast is not None and (charge_len is None or charge_len == wire_len):
-            return self._fast.step(key, wire_len, now_ns, direction, ect)
+        if self._fast is not None and (charge_len is None or charge_len == wire_len) and not self.shaping:
+            return (*self._fast.step(key, wire_len, now_ns, direction, ect), 0)
         cols = key_columns(key, self.width, self.depth)  # the spec shares the accelerator's tables
         return self._step_spec(key, cols, wire_len, now_ns, direction, ect, charge_len)
 
@@ -162,8 +168,37 @@ class Model:
         t.record_slot(slot, key)
         return slot, True
 
+    def _heavy_class(self, d: int, key: bytes, epoch: int, classes: int) -> int:
+        """design.md "Shaping": the heavy class (0..classes-1) of this key, under the lock.
+
+        The class the flow owns while that is live; else the first class from
+        h1 % classes on that no live flow owns, which the flow then owns; else
+        (every class owned by another live flow) h1 % classes, shared.
+        """
+        slots = self.tables.state[d]["slots"]
+        n = min(max(classes, 1), L.MAX_CLASSES)
+        h1 = murmur3_32(key, L.HASH_SEED1)
+        start = h1 % n
+        found = free = -1
+        for i in range(n):
+            j = (start + i) % n
+            live = epoch < int(slots[j]["until_epoch"])
+            if live and int(slots[j]["flow_hash"]) == h1:
+                found = j
+                break
+            if not live and free < 0:
+                free = j
+        if found < 0:
+            if free < 0:
+                return start
+            found = free
+            slots[found]["flow_hash"] = h1
+        if int(slots[found]["until_epoch"]) < epoch + 2:
+            slots[found]["until_epoch"] = epoch + 2
+        return found
+
     def _step_spec(self, key: bytes, cols: Sequence[int], wire_len: int, now: int, d: int,
-                   ect: bool, charge_len: int | None = None) -> tuple[int, bool, int]:
+                   ect: bool, charge_len: int | None = None) -> tuple[int, bool, int, int]:
         t = self.tables
         cfg = t.config[d]
         counters = t.counters[d]
@@ -173,7 +208,7 @@ class Model:
             counters[idx] += 1
         length = min(wire_len if charge_len is None else charge_len, L.MAX_ACCOUNTED_LEN)
         cost = length * L.NBIT_PER_BYTE
-        heavy, new_cur = False, 0
+        heavy, new_cur, cls = False, 0, 0
         if not int(cfg["flags"]) & L.CFG_ENABLED:
             verdict = L.V_PASS_UNLIMITED
         else:
@@ -188,6 +223,16 @@ class Model:
                 st["heavy_prev"] = int(st["heavy_now"]) if epoch == st_epoch + 1 else 0
                 st["heavy_now"] = 0
                 st["epoch"] = epoch
+            if int(cfg["flags"]) & L.CFG_SHAPE:
+                # Shaping: classify only; the qdisc queues and paces (no bucket here)
+                if heavy:
+                    cls = L.CLASS_HEAVY_BASE + self._heavy_class(d, key, epoch, int(cfg["classes"]))
+                    verdict = L.V_PASS_HEAVY
+                else:
+                    cls, verdict = L.CLASS_MICE, L.V_PASS_MOUSE
+                counters[L.verdict_packets_index(verdict)] += 1
+                counters[L.verdict_bytes_index(verdict)] += wire_len
+                return verdict, heavy, new_cur, cls
             backlog, last = drain(int(st["backlog_nbit"]), int(st["last_ns"]), now, rate)
             if not heavy:
                 f = backlog + cost
@@ -249,7 +294,7 @@ class Model:
                         flow["marked_packets"] = int(flow["marked_packets"]) + 1
         counters[L.verdict_packets_index(verdict)] += 1
         counters[L.verdict_bytes_index(verdict)] += wire_len
-        return verdict, heavy, new_cur
+        return verdict, heavy, new_cur, cls
 
     def _sketch_step(self, d: int, cols: Sequence[int], epoch: int, length: int,
                      threshold: int) -> tuple[bool, int]:
@@ -325,6 +370,7 @@ class BatchResult:
     verdicts: np.ndarray  # uint8[n], layout.V_*
     heavy: np.ndarray  # bool[n]
     estimates: np.ndarray  # uint64[n], bytes (sketch new_cur)
+    classes: np.ndarray | None = None  # uint8[n]: shaping class minor per frame (0 = none)
 
 
 def process_batch(model: Model, batch: Batch) -> BatchResult:
@@ -332,15 +378,18 @@ def process_batch(model: Model, batch: Batch) -> BatchResult:
     n = len(batch)
     h1 = murmur3_32_keys(batch.keys, HASH_SEEDS[0])
     h2 = murmur3_32_keys(batch.keys, HASH_SEEDS[1])
-    if model._fast is not None:
-        return model._fast.run(batch, h1, h2)
+    if model._fast is not None and not model.shaping:
+        result = model._fast.run(batch, h1, h2)
+        result.classes = np.zeros(n, dtype=np.uint8)
+        return result
     cols = columns(h1, h2, model.width, model.depth).tolist()
     verdicts = np.empty(n, dtype=np.uint8)
     heavy = np.empty(n, dtype=bool)
     estimates = np.empty(n, dtype=np.uint64)
+    classes = np.empty(n, dtype=np.uint8)
     now, wire, dirs, ect = (a.tolist() for a in (batch.now_ns, batch.wire_len, batch.direction, batch.ect))
     keys = batch.keys
     for i in range(n):
-        v, h, e = model._step_spec(keys[i].tobytes(), cols[i], wire[i], now[i], dirs[i], ect[i])
-        verdicts[i], heavy[i], estimates[i] = v, h, e
-    return BatchResult(verdicts, heavy, estimates)
+        v, h, e, c = model._step_spec(keys[i].tobytes(), cols[i], wire[i], now[i], dirs[i], ect[i])
+        verdicts[i], heavy[i], estimates[i], classes[i] = v, h, e, c
+    return BatchResult(verdicts, heavy, estimates, classes)

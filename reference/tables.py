@@ -25,8 +25,8 @@ FLOW_DTYPE = np.dtype(L.Flow)
 KEY_LEN = 40  # sizeof(struct natra_flow_key)
 
 CONFIG_FIELDS = ("rate_bps", "tau_nbit", "heavy_line_nbit", "early_line_nbit", "window_ns",
-                 "threshold_bytes", "width", "depth", "flags")
-STATE_FIELDS = tuple(n for n in STATE_DTYPE.names if n != "lock")
+                 "threshold_bytes", "width", "depth", "flags", "classes", "qdisc_major", "redirect_ifindex")
+STATE_FIELDS = tuple(n for n in STATE_DTYPE.names if n not in ("lock", "slots"))
 FLOW_FIELDS = FLOW_DTYPE.names
 
 
@@ -81,7 +81,9 @@ class Tables:
 
     def snapshot(self) -> dict:
         configs = [{name: int(self.config[d][name]) for name in CONFIG_DTYPE.names} for d in range(L.NDIRS)]
-        states = [{name: int(self.state[d][name]) for name in STATE_FIELDS} for d in range(L.NDIRS)]
+        states = [{**{name: int(self.state[d][name]) for name in STATE_FIELDS},
+                   "slots": [(int(f), int(u)) for f, _, u in self.state[d]["slots"].tolist()]}
+                  for d in range(L.NDIRS)]
         sketch = [tuple(int(v) for v in row) for row in self.sketch.tolist()]
         flows = {key: self.flow_dict(slot) for key, slot in self.slot_of.items()}
         counters = [[int(v) for v in self.counters[d]] for d in range(L.NDIRS)]

@@ -6,17 +6,18 @@ No kernel: RawPod records are built here the way the edge reads them
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from natra.reference import key as refkey
 
 from natra.kernel import flowkey
 from natra.kernel import layout as L
 from natra.kernel.params import params_for, to_config
 from natra.node import observe as O
+from natra.reference import key as refkey
 
 MS = 1_000_000
 WINDOW = 100 * MS
@@ -26,8 +27,7 @@ counters_st = st.lists(st.integers(0, 2**40), min_size=L.NCOUNTERS, max_size=L.N
 
 def config(rate_bps: int | None = 10_000_000) -> dict:
     values = to_config(params_for(rate_bps) if rate_bps else None)
-    return dict(zip(("rate_bps", "tau_nbit", "heavy_line_nbit", "early_line_nbit", "window_ns",
-                     "threshold_bytes", "width", "depth", "flags"), values.as_tuple(), strict=True))
+    return dataclasses.asdict(values)
 
 
 def raw_dir(rate_bps: int | None = 10_000_000, counters=None, state=None) -> O.RawDirection:

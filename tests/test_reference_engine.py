@@ -479,7 +479,8 @@ def test_snapshot_layout():
     model = Model([cfg, cfg], flow_table=16, accelerator=False)
     snap = model.snapshot()
     assert len(snap["sketch"]) == 2 * 64 * 4 and len(snap["counters"][1]) == L.NCOUNTERS
-    assert list(snap["state"][0]) == ["heavy_now", "heavy_prev", "pad", "epoch", "backlog_nbit", "last_ns"]
+    assert list(snap["state"][0]) == ["heavy_now", "heavy_prev", "pad", "epoch", "backlog_nbit", "last_ns",
+                                      "slots"]
     assert snap["config"][0]["rate_bps"] == 10**6
     with pytest.raises(ValueError):
         model.reconfigure(0, config(10**6, 10**6, 10**5, 1000, width=128))

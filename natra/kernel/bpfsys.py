@@ -307,16 +307,19 @@ def prog_query(target: int, attach_type: int, max_progs: int = 64) -> dict:
 # ---- test runs ------------------------------------------------------------------------------
 
 def prog_test_run(prog_fd: int, data_in: bytes, ctx_in: bytes | None = None, repeat: int = 1,
-                  data_out_size: int | None = None) -> tuple[int, bytes, int]:
-    """BPF_PROG_TEST_RUN: (retval as u32, data out, average duration in ns per run)."""
+                  data_out_size: int | None = None) -> tuple[int, bytes, int, bytes]:
+    """BPF_PROG_TEST_RUN: (retval as u32, data out, average duration in ns per run,
+    the context as the program left it; empty without `ctx_in`)."""
     din = ctypes.create_string_buffer(bytes(data_in), len(data_in))
     out_size = data_out_size if data_out_size is not None else len(data_in) + 256
     dout = ctypes.create_string_buffer(out_size)
     cin = ctypes.create_string_buffer(bytes(ctx_in), len(ctx_in)) if ctx_in else None
+    cout = ctypes.create_string_buffer(len(ctx_in)) if ctx_in else None
     # prog_fd, retval, data_size_in, data_size_out, data_in, data_out, repeat, duration,
     # ctx_size_in, ctx_size_out, ctx_in, ctx_out, flags, cpu, batch_size
+    ctx_size = len(ctx_in) if ctx_in else 0
     attr = _attr("IIIIQQIIIIQQIII", prog_fd, 0, len(data_in), out_size, _addr(din), _addr(dout),
-                 repeat, 0, len(ctx_in) if ctx_in else 0, 0, _addr(cin), 0, 0, 0, 0)
+                 repeat, 0, ctx_size, ctx_size, _addr(cin), _addr(cout), 0, 0, 0)
     _call(BPF_PROG_TEST_RUN, attr, f"prog_test_run prog {prog_fd}")
-    _, retval, _, size_out, _, _, _, duration = struct.unpack_from("=IIIIQQII", attr, 0)
-    return retval, dout.raw[:size_out], duration
+    _, retval, _, size_out, _, _, _, duration, _, ctx_out_size = struct.unpack_from("=IIIIQQIIII", attr, 0)
+    return retval, dout.raw[:size_out], duration, (cout.raw[:ctx_out_size] if cout else b"")

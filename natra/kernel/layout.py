@@ -36,6 +36,12 @@ KEY_TRUNCATED = 0x04
 CFG_ENABLED = 0x01
 CFG_ECN = 0x02
 CFG_TEST_CLOCK = 0x04
+CFG_SHAPE = 0x08
+
+CLASS_ROOT = 1
+CLASS_MICE = 2
+CLASS_HEAVY_BASE = 16
+MAX_CLASSES = 32
 
 V_PASS_MOUSE = 0
 V_PASS_HEAVY = 1
@@ -123,7 +129,9 @@ class Config(ctypes.Structure):
         ("width", ctypes.c_uint32),
         ("depth", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
+        ("classes", ctypes.c_uint32),
+        ("qdisc_major", ctypes.c_uint32),
+        ("redirect_ifindex", ctypes.c_uint32),
     ]
 
 
@@ -131,6 +139,12 @@ class Cell(ctypes.Structure):
     """struct natra_cell: one sketch counter pair with its window tag."""
 
     _fields_ = [("epoch", ctypes.c_uint64), ("cur", ctypes.c_uint64), ("prev", ctypes.c_uint64)]
+
+
+class Slot(ctypes.Structure):
+    """struct natra_slot: the heavy flow that owns one shaping class."""
+
+    _fields_ = [("flow_hash", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("until_epoch", ctypes.c_uint64)]
 
 
 class State(ctypes.Structure):
@@ -144,6 +158,7 @@ class State(ctypes.Structure):
         ("epoch", ctypes.c_uint64),
         ("backlog_nbit", ctypes.c_uint64),
         ("last_ns", ctypes.c_uint64),
+        ("slots", Slot * MAX_CLASSES),
     ]
 
 
@@ -176,7 +191,7 @@ class TraceRec(ctypes.Structure):
         ("dir", ctypes.c_uint8),
         ("verdict", ctypes.c_uint8),
         ("heavy", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
+        ("cls", ctypes.c_uint8),
     ]
 
 
@@ -184,6 +199,7 @@ STRUCTS = {
     "natra_flow_key": FlowKey,
     "natra_config": Config,
     "natra_cell": Cell,
+    "natra_slot": Slot,
     "natra_state": State,
     "natra_flow": Flow,
     "natra_counters": Counters,

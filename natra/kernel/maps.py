@@ -49,11 +49,11 @@ def _lookup(fd: int, index: int, struct_type: type[ctypes.Structure]) -> bytes:
 # ---- config -----------------------------------------------------------------------------
 
 _CONFIG_NAMES = ("rate_bps", "tau_nbit", "heavy_line_nbit", "early_line_nbit", "window_ns",
-                 "threshold_bytes", "width", "depth", "flags")
+                 "threshold_bytes", "width", "depth", "flags", "classes", "qdisc_major", "redirect_ifindex")
 
 
 def write_config(fd: int, direction: int, config: ConfigValues) -> None:
-    value = L.Config(*config.as_tuple(), 0)
+    value = L.Config(*config.as_tuple())
     bpfsys.map_update(fd, _key(direction), bytes(value))
 
 
@@ -69,8 +69,13 @@ def _config_dict(fd: int, direction: int) -> dict:
 # ---- state and sketch -----------------------------------------------------------------------
 
 def read_state(fd: int, direction: int) -> dict:
-    """natra_state fields of a direction, except the lock word."""
-    return _fields(L.State, _lookup(fd, direction, L.State), skip=("lock",))
+    """natra_state fields of a direction, except the lock word; `slots` as
+    (flow_hash, until_epoch) pairs, as the model's snapshot has them."""
+    raw = _lookup(fd, direction, L.State)
+    value = L.State.from_buffer_copy(raw[:ctypes.sizeof(L.State)])
+    fields = _fields(L.State, raw, skip=("lock", "slots"))
+    fields["slots"] = [(int(s.flow_hash), int(s.until_epoch)) for s in value.slots]
+    return fields
 
 
 def read_sketch(fd: int, n: int) -> list[tuple[int, int, int]]:

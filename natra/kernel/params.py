@@ -42,6 +42,23 @@ MIN_THRESHOLD_BYTES = 64 * 1024
 MIN_WINDOW_NS = 1_000_000  # 1 ms
 MAX_WINDOW_NS = 60 * L.NS_PER_SEC
 MAX_FLOW_TABLE = 1 << 20
+# Shaping: how frames over the limit are handled.  "police" drops them in the
+# program (no queue); "shape" classifies them into HTB queues that pace.
+MODE_POLICE = "police"
+MODE_SHAPE = "shape"
+MODES = (MODE_POLICE, MODE_SHAPE)
+# Heavy classes per direction: 16 concurrent heavy flows each get a queue of
+# their own (four-flow fairness needs distinct queues; hashing 4 flows into 16
+# classes would collide a third of the time).
+DEFAULT_CLASSES = 16
+# A heavy class's queue holds this much time of the Pod's rate: what a bulk
+# flow's RTT grows by at most, and what lets TCP fill the limit without loss.
+DEFAULT_QUEUE_NS = 20_000_000
+MIN_QUEUE_NS = 1_000_000
+MAX_QUEUE_NS = 1_000_000_000
+# The major number of Natra's HTB handles ("NT"): a root qdisc with this
+# handle on a host veth, or any qdisc on a Natra IFB, is Natra's own.
+QDISC_MAJOR = 0x4E54
 
 
 class ParamError(ValueError):
@@ -61,6 +78,9 @@ class DataPathParams:
     window_ns: int = DEFAULT_WINDOW_NS  # ns
     ecn: bool = True  # mark CE instead of signalling by loss where possible
     early_percent: int = DEFAULT_EARLY_PERCENT  # % of the heavy zone that is green
+    mode: str = MODE_POLICE  # MODE_POLICE (drop in the program) or MODE_SHAPE (HTB queues)
+    classes: int = DEFAULT_CLASSES  # shaping: heavy classes (per-flow queues)
+    queue_ns: int = DEFAULT_QUEUE_NS  # shaping: ns of rate a heavy class may queue
 
     def validate(self) -> DataPathParams:
         checks = [
@@ -77,6 +97,10 @@ class DataPathParams:
             (MIN_WINDOW_NS <= self.window_ns <= MAX_WINDOW_NS,
              f"window {self.window_ns} ns outside 1 ms .. 60 s"),
             (0 <= self.early_percent <= 100, f"early percent {self.early_percent} outside 0..100"),
+            (self.mode in MODES, f"mode {self.mode!r} is not one of {', '.join(MODES)}"),
+            (1 <= self.classes <= L.MAX_CLASSES, f"classes {self.classes} outside 1..{L.MAX_CLASSES}"),
+            (MIN_QUEUE_NS <= self.queue_ns <= MAX_QUEUE_NS,
+             f"queue {self.queue_ns} ns outside 1 ms .. 1 s"),
         ]
         for ok, message in checks:
             if not ok:
@@ -145,18 +169,29 @@ class ConfigValues:
     width: int
     depth: int
     flags: int
+    classes: int = 0  # shaping: heavy classes
+    qdisc_major: int = 0  # shaping: major number of the direction's HTB
+    redirect_ifindex: int = 0  # shaping out of the Pod: the IFB; 0 = none
 
     def as_tuple(self) -> tuple[int, ...]:
         return (self.rate_bps, self.tau_nbit, self.heavy_line_nbit, self.early_line_nbit,
-                self.window_ns, self.threshold_bytes, self.width, self.depth, self.flags)
+                self.window_ns, self.threshold_bytes, self.width, self.depth, self.flags,
+                self.classes, self.qdisc_major, self.redirect_ifindex)
+
+    @property
+    def shaping(self) -> bool:
+        return bool(self.flags & L.CFG_SHAPE)
 
 
 def to_config(params: DataPathParams | None, *, test_clock: bool = False,
-              width: int = DEFAULT_WIDTH, depth: int = DEFAULT_DEPTH) -> ConfigValues:
+              width: int = DEFAULT_WIDTH, depth: int = DEFAULT_DEPTH,
+              redirect_ifindex: int = 0) -> ConfigValues:
     """struct natra_config for one direction; None means 'not limited'.
 
     An unlimited direction still carries the sketch shape (width, depth), since
-    both directions share one sketch map.
+    both directions share one sketch map. In shaping mode the frames of the
+    direction are classified into the HTB with handle QDISC_MAJOR, and, when
+    `redirect_ifindex` is set, sent to that device (the IFB out of the Pod).
     """
     clock = L.CFG_TEST_CLOCK if test_clock else 0
     if params is None:
@@ -166,5 +201,8 @@ def to_config(params: DataPathParams | None, *, test_clock: bool = False,
     heavy_line = tau - p.reserve_bits * 1_000_000_000
     early_line = heavy_line * p.early_percent // 100
     flags = L.CFG_ENABLED | (L.CFG_ECN if p.ecn else 0) | clock
+    if p.mode == MODE_SHAPE:
+        return ConfigValues(p.rate_bps, tau, heavy_line, early_line, p.window_ns, p.threshold_bytes,
+                            p.width, p.depth, flags | L.CFG_SHAPE, p.classes, QDISC_MAJOR, redirect_ifindex)
     return ConfigValues(p.rate_bps, tau, heavy_line, early_line, p.window_ns,
                         p.threshold_bytes, p.width, p.depth, flags)

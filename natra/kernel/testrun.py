@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from natra.kernel import bpfsys
 
 SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff) on this kernel
+SKB_PRIORITY_OFFSET = 32  # offsetof(struct __sk_buff, priority): shaping names the class here
 SKB_TSTAMP_OFFSET = 152  # offsetof(struct __sk_buff, tstamp)
 SKB_GSO_SEGS_OFFSET = 164  # offsetof(struct __sk_buff, gso_segs): the run's skb gets it
 SKB_GSO_SIZE_OFFSET = 176  # offsetof(struct __sk_buff, gso_size)
@@ -28,6 +29,7 @@ MIN_IPV4_FRAME = 34  # ... and IPv4 frames without a whole 20-byte header
 MIN_IPV6_FRAME = 54  # ... and IPv6 frames without the 40-byte header
 TC_ACT_SHOT = 2
 TCX_NEXT = -1  # == TC_ACT_UNSPEC
+TC_ACT_REDIRECT = 7  # bpf_redirect's verdict (shaping out of the Pod: to the IFB)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class RunResult:
     retval: int  # the program's return value, signed (TCX_NEXT is -1)
     frame_out: bytes  # the frame after the program (CE marks show here)
     duration_ns: int  # kernel's average ns per run over `repeat`
+    priority: int = 0  # skb->priority as the program left it (shaping: the HTB class)
 
 
 def skb_context(now_ns: int, gso_segs: int = 0, gso_size: int = 0) -> bytes:
@@ -52,6 +55,7 @@ def run(prog_fd: int, frame: bytes, now_ns: int, repeat: int = 1, gso_segs: int 
     if len(frame) < ETH_HLEN:
         raise ValueError(f"test-run frames need at least {ETH_HLEN} bytes, got {len(frame)}")
     ctx = skb_context(now_ns, gso_segs, gso_size)
-    retval, out, duration = bpfsys.prog_test_run(prog_fd, frame, ctx, repeat)
+    retval, out, duration, ctx_out = bpfsys.prog_test_run(prog_fd, frame, ctx, repeat)
     signed = retval - (1 << 32) if retval & 0x80000000 else retval
-    return RunResult(signed, out, duration)
+    priority = struct.unpack_from("=I", ctx_out, SKB_PRIORITY_OFFSET)[0] if ctx_out else 0
+    return RunResult(signed, out, duration, priority)

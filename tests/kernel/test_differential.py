@@ -6,7 +6,8 @@ steps: send a scapy-built frame (TCP/UDP/ICMP/SCTP over IPv4 and IPv6,
 fragments, IPv6 extension headers, truncated headers, non-IP, ECT or not,
 60..1514 bytes, a handful of flows, either direction), advance time, or
 reconfigure a direction. After every step the verdict, the frame that comes
-out (CE marks) and the full map state (config, state, sketch, flows,
+out (CE marks), in shaping mode the class (skb->priority) and the redirect,
+and the full map state (config, state with the class owners, sketch, flows,
 counters) must be equal.
 
 CI runs 200 sequences of up to 200 steps; NATRA_DIFF_EXAMPLES and
@@ -25,7 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from natra.kernel import layout as L
 from natra.kernel import maps, testrun
-from natra.kernel.params import DataPathParams, to_config
+from natra.kernel.params import MODES, QDISC_MAJOR, DataPathParams, to_config
 
 engine = pytest.importorskip("natra.reference.engine", reason="the reference model is not importable")
 
@@ -118,7 +119,15 @@ def params(draw, width: int, depth: int) -> DataPathParams:
         window_ns=draw(st.one_of(st.integers(1_000_000, 50_000_000), st.integers(1_000_000, 60 * 10**9))),
         ecn=draw(st.booleans()),
         early_percent=draw(st.integers(0, 100)),
+        mode=draw(st.sampled_from(MODES)),
+        # few classes as often as many: FLOWS heavy flows then exhaust them and share
+        classes=draw(st.one_of(st.integers(1, 4), st.integers(1, L.MAX_CLASSES))),
     ).validate()
+
+
+# Out of the Pod, shaping redirects to an IFB; any ifindex will do for a test run
+# (the kernel returns TC_ACT_REDIRECT and does not forward the frame).
+TEST_REDIRECT = {L.DIR_TO_POD: 0, L.DIR_FROM_POD: 1}
 
 
 time_steps = st.one_of(st.just(0), st.integers(1, 10**6), st.integers(10**6, 10**9),
@@ -142,7 +151,8 @@ class KernelVersusModel(RuleBasedStateMachine):
 
         self.width, self.depth = width, depth
         configs = [to_config(data.draw(params(width, depth)) if on else None, test_clock=True,
-                             width=width, depth=depth) for on in enabled]
+                             width=width, depth=depth, redirect_ifindex=TEST_REDIRECT[d])
+                   for d, on in enumerate(enabled)]
         self.obj = BpfObject.load(configs, flow_table=FLOW_TABLE, path=OBJECT_OVERRIDE)
         # The pure-Python spec, not the optional C accelerator: the spec is the judge.
         self.model = engine.Model(configs, flow_table=FLOW_TABLE, accelerator=False)
@@ -160,10 +170,14 @@ class KernelVersusModel(RuleBasedStateMachine):
         for _ in range(burst):  # a few back-to-back frames of one flow, so flows turn heavy
             kernel = testrun.run(self.obj.prog_fd(direction), frame, self.now)
             model = self.model.process(frame, self.now, direction)
-            event(f"verdict {L.VERDICT_NAMES[model.verdict]}")
+            event(f"verdict {L.VERDICT_NAMES[model.verdict]}" + (f" class {model.cls}" if model.cls else ""))
             want = testrun.TC_ACT_SHOT if model.verdict in L.DROPPING_VERDICTS else testrun.TCX_NEXT
+            if model.cls and TEST_REDIRECT[direction]:
+                want = testrun.TC_ACT_REDIRECT
             assert kernel.retval == want, (kind, L.VERDICT_NAMES[model.verdict], kernel.retval)
             assert kernel.frame_out == model.frame_out, (kind, L.VERDICT_NAMES[model.verdict])
+            want_priority = (QDISC_MAJOR << 16) | model.cls if model.cls else 0
+            assert kernel.priority == want_priority, (kind, model.cls, hex(kernel.priority))
 
     @rule(dt=time_steps)
     def advance_time(self, dt):
@@ -172,7 +186,8 @@ class KernelVersusModel(RuleBasedStateMachine):
     @rule(data=st.data(), direction=st.sampled_from([L.DIR_TO_POD, L.DIR_FROM_POD]), on=st.booleans())
     def reconfigure(self, data, direction, on):
         p = data.draw(params(self.width, self.depth)) if on else None
-        cfg = to_config(p, test_clock=True, width=self.width, depth=self.depth)
+        cfg = to_config(p, test_clock=True, width=self.width, depth=self.depth,
+                        redirect_ifindex=TEST_REDIRECT[direction])
         maps.write_config(self.obj.map_fd("natra_config"), direction, cfg)
         self.model.reconfigure(direction, cfg)
 
