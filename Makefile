@@ -1,13 +1,18 @@
 # Natra's build: the BPF objects are compiled once here, never on a node.
+# setup.py's build hook runs `make bpf accel` with OUT and FAST_SO pointing into
+# the build directory, so `pip install .` and wheels carry both.
 CLANG ?= clang
 ARCH_INCLUDE := /usr/include/$(shell uname -m)-linux-gnu
 BPF_CFLAGS := -O2 -g -target bpf -mcpu=v3 -Wall -Werror -I bpf -I $(ARCH_INCLUDE)
-OUT := natra/bpf
+OUT ?= natra/bpf
+FAST_SO ?= reference/_natra_fast.so
 OBJECTS := $(OUT)/natra.bpf.o $(OUT)/natra_trace.bpf.o $(OUT)/natra_parse.bpf.o
 
-.PHONY: all bpf clean check-clang test lint
+.PHONY: all bpf accel clean check-clang test lint
 
-all: bpf reference/_natra_fast.so
+all: bpf accel
+
+accel: $(FAST_SO)
 
 bpf: check-clang $(OBJECTS)
 
@@ -31,11 +36,12 @@ lint:
 	ruff check .
 
 clean:
-	rm -f $(OBJECTS) reference/_natra_fast.so
+	rm -f $(OBJECTS) $(FAST_SO)
 
 # The reference model's optional C accelerator (loaded with ctypes; the model
 # falls back to pure Python without it). Needs only gcc, no BPF tool chain.
-reference/_natra_fast.so: reference/_fast.c bpf/natra.h
+$(FAST_SO): reference/_fast.c bpf/natra.h
+	@mkdir -p $(dir $@)
 	$(CC) -O2 -shared -fPIC -Wall -Werror -I bpf -o $@ $<
 
 # Natra's node bundle (dist/natra/natra, PyInstaller onedir with libbpf.so.1 and

@@ -7,7 +7,9 @@ entry names a module and the functions in it that add the arguments and run
 the command, so other modules own their subcommands; only the chosen one is
 imported.
 Rule: in CNI mode nothing but the plugin's JSON reaches stdout, and nothing
-heavy is imported.
+heavy is imported. A subcommand whose module needs an extra that is not
+installed says which one (`missing_extra`), never a traceback; `natra-sim`
+uses the same table.
 Must not know: what the subcommands do.
 """
 
@@ -47,6 +49,20 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "uninstall": Subcommand("natra.node.install_cli", "remove Natra from this node",
                             main="uninstall_main", add_arguments="add_uninstall_arguments"),
 }
+
+
+# Third-party modules of the extras (pyproject.toml), by the name they import as.
+EXTRA_OF_MODULE = {"numpy": "sim", "scapy": "sim", "matplotlib": "sim", "tqdm": "sim", "grpc": "lab"}
+
+
+def missing_extra(exc: BaseException) -> str | None:
+    """'pip install ...' advice when `exc` is an extra's module that is not installed."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    extra = EXTRA_OF_MODULE.get(exc.name.partition(".")[0])
+    if extra is None:
+        return None
+    return f"needs the {extra!r} extra ({exc.name} is not installed): pip install 'natra[{extra}]'"
 
 
 def version_main(args: argparse.Namespace) -> int:
@@ -104,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         fn = _resolve(entry, entry.main)
     except ImportError as exc:
         fn, why = None, str(exc)
+        if missing_extra(exc):
+            print(f"natra {args.command}: {missing_extra(exc)}", file=sys.stderr)
+            return 2
     else:
         why = f"{entry.module} has no {entry.main}()"
     if fn is None:
@@ -111,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(fn(args) or 0)
+    except ModuleNotFoundError as exc:  # a lazy import of an extra's module
+        if not missing_extra(exc):
+            raise
+        print(f"natra {args.command}: {missing_extra(exc)}", file=sys.stderr)
+        return 2
     except OSError as exc:  # a node tool that cannot read pins or files: say why, no traceback
         print(f"natra {args.command}: {exc}{_privilege_hint(exc)}", file=sys.stderr)
         return 1

@@ -6,6 +6,9 @@ Rule: subcommands are pluggable: `SUBCOMMANDS[name] = (add_arguments, run)`.
 A module listed in PLUGIN_MODULES that exists is imported first and may
 register itself, either by calling `register` or by exposing its own
 `SUBCOMMANDS` dict of the same shape; a missing one is skipped silently.
+Without the `sim` extra (numpy, scapy, matplotlib, tqdm) every invocation,
+--help included, says which extra to install and exits 2: the subcommands'
+modules, which need it, are imported only inside `main`.
 Must not know: what any subcommand does.
 """
 
@@ -16,14 +19,12 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from natra.simulations import replay
+from natra.cli import missing_extra
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
 
-SUBCOMMANDS: dict[str, tuple[AddArguments, Run]] = {
-    "replay": (replay.add_arguments, replay.run),
-}
+SUBCOMMANDS: dict[str, tuple[AddArguments, Run]] = {}
 # Modules that add subcommands (sweep, bench) when they exist.
 PLUGIN_MODULES = ("natra.simulations.sweep", "natra.simulations.bench", "natra.simulations.commands")
 
@@ -33,6 +34,9 @@ def register(name: str, add_arguments: AddArguments, run: Run) -> None:
 
 
 def _load_plugins() -> None:
+    from natra.simulations import replay  # numpy and scapy: only once a command runs
+
+    SUBCOMMANDS.setdefault("replay", (replay.add_arguments, replay.run))
     for module_name in PLUGIN_MODULES:
         try:
             module = importlib.import_module(module_name)
@@ -56,8 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args._run(args)
+    try:
+        args = build_parser().parse_args(argv)
+        return args._run(args)
+    except ModuleNotFoundError as exc:
+        if not missing_extra(exc):
+            raise
+        print(f"natra-sim: {missing_extra(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

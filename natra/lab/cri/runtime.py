@@ -55,7 +55,7 @@ def why_unavailable() -> str | None:
     try:
         import grpc  # noqa: F401
     except ImportError:
-        return "python module grpc missing (pip install grpcio)"
+        return "python module grpc missing (pip install 'natra[lab]')"
     return None
 
 
