@@ -1,0 +1,180 @@
+"""The standard bandwidth plugin's integration scenarios, with `natra` in its place.
+
+containernetworking/plugins runs two bandwidth scenarios in
+integration/integration_linux_test.go (with testdata/chained-ptp-bandwidth.conflist
+and testdata/chained-bridge-bandwidth/): ptp chained with a limit under the odd
+runtimeConfig key `bandWidth` (MTU 512, 800 bit/s, 200-bit bursts), where ADD
+and DEL must work; and bridge chained with static limits of 8000 bit/s and
+16000-bit bursts, where a 20,000-byte TCP echo through the limited Pod must
+take more than 1 s longer than through an unlimited Pod. This is our own code
+for the same scenarios, run through the real Debian plugins; traffic comes from
+a "remote node" namespace, never from the host's own namespace.
+
+Natra polices with a bucket of at least four 64 KiB GSO packets (docs/cni.md,
+"The burst clamp"): its promise for these limits is R*t + 2,097,152 bits, so a
+20,000-byte echo fits in the bucket and is not delayed. The bridge scenario
+therefore runs the upstream echo for Natra, the standard plugin and no limit
+(and prints the three durations), and asserts for Natra what its promise
+implies: an echo larger than the bucket takes more than 1 s longer than
+without a limit, and finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import chain as C
+import netns as N
+import pytest
+from nodelab import free_subnet
+
+from natra.kernel import datapath
+from natra.kernel import layout as L
+from natra.kernel import params as P
+
+IN, OUT = L.DIR_TO_POD, L.DIR_FROM_POD
+TCP = str(Path(__file__).resolve().parent / "tcp.py")
+PORT = 5310
+ECHO_BYTES = 20_000  # upstream's packetInBytes
+FLOOR_BYTES = P.POLICE_BURST_FLOOR_BITS // 8
+
+
+def ptp_bandwidth_conflist(node, subnet: str) -> dict:
+    """testdata/chained-ptp-bandwidth.conflist, Natra in bandwidth's place (no ipMasq:
+    that is about NAT, and would leave iptables rules on this host)."""
+    ipam = {"type": "host-local", "subnet": subnet, "dataDir": os.path.join(node.tmp, "ipam"),
+            "routes": [{"dst": "0.0.0.0/0"}]}
+    limits = {"ingressRate": 800, "ingressBurst": 200, "egressRate": 800, "egressBurst": 200}
+    return {"cniVersion": "0.3.1", "name": f"nt5ptp{node.tag}",
+            "plugins": [{"type": "ptp", "mtu": 512, "ipam": ipam},
+                        node.natra(runtimeConfig={"bandWidth": limits})]}
+
+
+def bridge_conflist(node, subnet: str, limiter: str | None) -> dict:
+    """testdata/chained-bridge-bandwidth: a bridge, then `limiter` (natra or bandwidth)
+    with static limits 8000 bit/s and 16000-bit bursts; None is upstream's basic bridge."""
+    ipam = {"type": "host-local", "subnet": subnet, "dataDir": os.path.join(node.tmp, "ipam")}
+    plugins = [{"type": "bridge", "bridge": f"nt5br{node.tag}", "isDefaultGateway": True, "ipam": ipam}]
+    limits = {"ingressRate": 8000, "ingressBurst": 16000, "egressRate": 8000, "egressBurst": 16000}
+    if limiter == "natra":
+        plugins.append(node.natra(**limits))
+    elif limiter == "bandwidth":
+        plugins.append({"type": "bandwidth", **limits})
+    return {"cniVersion": "0.3.1", "name": f"nt5br{node.tag}", "plugins": plugins}
+
+
+def pod_ip(pod: C.Pod) -> str:
+    return pod.cached_result["ips"][0]["address"].split("/")[0]
+
+
+def in_ns(ns: str, *args: str, timeout: float) -> dict:
+    out = N.run(sys.executable, TCP, *args, ns=ns, timeout=timeout)
+    return json.loads(out)
+
+
+def wait_ready(proc) -> None:
+    line = proc.stdout.readline()
+    assert line.strip() == "ready", (line, proc.stderr.read() if proc.poll() is not None else "")
+
+
+def echo_through(node, pod: C.Pod, size: int, timeout: float) -> dict:
+    """upstream's makeTcpClientInNS: from the remote node, through the Pod's echo server."""
+    with N.process([sys.executable, TCP, "echo-serve", "--port", str(PORT), "--deadline",
+                    str(timeout + 10)], ns=pod.name) as server:
+        wait_ready(server)
+        return in_ns(node.remote.ns, "echo", "--host", pod_ip(pod), "--port", str(PORT),
+                     "--size", str(size), "--timeout", str(timeout), timeout=timeout + 15)
+
+
+def transfer(sender_ns: str, receiver_ns: str, receiver_ip: str, size: int, seconds: float) -> dict:
+    """Bytes a bulk TCP flow delivers within `seconds` of the receiver listening."""
+    with N.process([sys.executable, TCP, "sink", "--port", str(PORT), "--seconds", str(seconds)],
+                   ns=receiver_ns) as sink:
+        wait_ready(sink)
+        sent = in_ns(sender_ns, "blast", "--host", receiver_ip, "--port", str(PORT), "--size", str(size),
+                     "--seconds", str(seconds), timeout=seconds + 15)
+        out, err = sink.communicate(timeout=seconds + 15)
+    got = json.loads(out)
+    return {**got, **sent}
+
+
+def test_ptp_bandwidth_key_mtu_512_low_rate(peer_node):
+    """chained-ptp-bandwidth: ADD and DEL work, and the Pod is limited both ways at 800 bit/s."""
+    node = peer_node
+    ch = C.Chain(ptp_bandwidth_conflist(node, free_subnet()), node.bin_dir, {"ptp": "1.0.0"})
+    pod = node.pod(ch, "ptp")
+    calls = ch.add(pod)
+    assert [c.code for c in calls] == [0, 0], calls[-1].stdout
+    natra = C.natra_call(calls)
+    assert "failed open" not in natra.stderr, natra.stderr
+    assert f"to_pod 800 bit/s burst {P.POLICE_BURST_FLOOR_BITS} bits" in natra.stderr
+    assert natra.stderr.count("below the policing floor") == 2  # the applied burst is logged
+    assert "mtu 512" in N.run("ip", "link", "show", "eth0", ns=pod.name)
+    found = datapath.inspect(pod.container_id, root=node.pin_root)
+    want = P.to_config(P.params_for(800, 200))
+    assert found is not None and found.ok and found.configs == {IN: want, OUT: want}
+
+    seconds = 4.0
+    offered = FLOOR_BYTES + 64 * 1024
+    for name, sender, receiver, ip in (("into the Pod", node.remote.ns, pod.name, pod_ip(pod)),
+                                       ("out of the Pod", pod.name, node.remote.ns, node.remote.ip)):
+        got = transfer(sender, receiver, ip, offered, seconds)
+        bound = (800 * got["seconds"] + P.POLICE_BURST_FLOOR_BITS) / 8
+        print(f"ptp 800 bit/s {name}: {got['bytes']} of {offered} bytes offered in {got['seconds']:.2f} s "
+              f"(promise: at most {bound:.0f} bytes on the wire)")
+        assert got["bytes"] <= bound, (name, got)  # payload never exceeds the frames' bytes
+        assert 0 < got["bytes"] < offered, (name, got)  # held, and not cut off
+
+    calls = ch.delete(pod)
+    assert [c.code for c in calls] == [0, 0], [c.stdout for c in calls]
+    assert datapath.inspect(pod.container_id, root=node.pin_root) is None
+    assert [c.code for c in ch.delete(pod)] == [0, 0]  # DEL twice, as runtimes do
+
+
+def add_bridge_pod(node, subnet: str, limiter: str | None, suffix: str) -> C.Pod:
+    caps = {"bridge": "1.0.0", "bandwidth": "1.0.0"}  # Debian's plugins stop at 1.0.0
+    ch = C.Chain(bridge_conflist(node, subnet, limiter), node.bin_dir, caps)
+    pod = node.pod(ch, suffix)
+    calls = ch.add(pod)
+    assert all(c.code == 0 for c in calls), [(c.plugin, c.stdout, c.stderr) for c in calls]
+    if limiter == "natra":
+        assert "failed open" not in C.natra_call(calls).stderr
+    return pod
+
+
+@pytest.mark.slow
+def test_bridge_static_limits_echo(peer_node):
+    """chained-bridge-bandwidth: only the limited veth is limited; echo durations side by side."""
+    node = peer_node
+    subnet = free_subnet()
+    basic = add_bridge_pod(node, subnet, None, "basic")
+    limited = add_bridge_pod(node, subnet, "natra", "natra")
+    standard = add_bridge_pod(node, subnet, "bandwidth", "bw")
+    found = datapath.inspect(limited.container_id, root=node.pin_root)
+    want = P.to_config(P.params_for(8000, 16000))
+    assert found is not None and found.ok and found.configs == {IN: want, OUT: want}
+    assert found.host_ifname == C.host_veth(limited)  # the veth, not the bridge
+
+    runs = {}
+    for name, pod, timeout in (("unlimited", basic, 30), ("natra", limited, 60), ("bandwidth", standard, 90)):
+        start = time.monotonic()
+        runs[name] = echo_through(node, pod, ECHO_BYTES, timeout)
+        runs[name]["wall"] = time.monotonic() - start
+    print("upstream echo of 20,000 bytes at 8000 bit/s, burst 16000 bits: "
+          + ", ".join(f"{k} {v['seconds']:.2f} s{'' if v['ok'] else ' (did not finish)'}"
+                      for k, v in runs.items()))
+    assert runs["unlimited"]["ok"] and runs["natra"]["ok"]
+
+    # What Natra promises here: at most R*t + max(B, floor), so an echo larger than the
+    # floor must take at least (size - floor) / R longer; it must also finish.
+    beyond = FLOOR_BYTES + 4_000
+    big = echo_through(node, limited, beyond, 120)
+    free = echo_through(node, basic, beyond, 30)
+    print(f"echo of {beyond} bytes (floor + 4,000): natra {big['seconds']:.2f} s, "
+          f"unlimited {free['seconds']:.2f} s")
+    assert big["ok"] and free["ok"], (big, free)
+    assert big["seconds"] > free["seconds"] + 1.0
