@@ -211,19 +211,12 @@ class Soak:
         return f"/var/run/netns/{name}"
 
     def _traffic(self, ns: str, ip: str, port: int, reverse: bool) -> int:
-        server = subprocess.Popen(["ip", "netns", "exec", ns, "iperf3", "-s", "-1", "-p", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from natra.lab import iperf
+
         try:
-            time.sleep(0.3)
-            argv = ["iperf3", "-c", ip, "-p", str(port), "-t", str(TRAFFIC_S), "-J"]
-            argv += ["-R"] if reverse else []
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=TRAFFIC_S + 30)
-            return int(json.loads(done.stdout)["end"]["sum_received"]["bytes"])
-        except (ValueError, KeyError, subprocess.TimeoutExpired):
+            return iperf.run(ns, ip, TRAFFIC_S, reverse=reverse, port=port).received_bytes
+        except RuntimeError:
             return 0
-        finally:
-            server.kill()
-            server.wait()
 
     def _one_life(self, slot: int, generation: int) -> None:
         from natra.kernel import datapath

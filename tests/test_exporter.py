@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from observe_records import flow, key, pod, raw_dir  # tests/ is on sys.path (rootdir-less import)
 from prometheus_client.parser import text_string_to_metric_families
-from test_observe import flow, key, pod, raw_dir  # tests/ is on sys.path (pytest rootdir-less import)
 
 from natra.kernel import layout as L
 from natra.node import exporter as E

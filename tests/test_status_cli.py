@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from test_observe import flow, key, pod, raw_dir  # tests/ is on sys.path (pytest rootdir-less import)
+from observe_records import flow, key, pod, raw_dir  # tests/ is on sys.path (rootdir-less import)
 
 from natra.kernel import layout as L
 from natra.node import observe as O

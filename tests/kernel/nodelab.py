@@ -20,12 +20,12 @@ import os
 import random
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from natra.kernel import attach, params
+from natra.lab import iperf as iperf3
 from natra.lab.cnichain import DEBIAN_CNI_DIR, Attachment, Chain
 from natra.node import install as inst
 
@@ -133,18 +133,8 @@ def hooked_programs(ifname: str) -> int:
 
 def iperf(pod: Pod, reverse: bool, seconds: int) -> tuple[float, float]:
     """(bits received, seconds) of an iperf3 run between the host and the Pod's server."""
-    server = subprocess.Popen(["ip", "netns", "exec", pod.name, "iperf3", "-s", "-1", "-p", str(IPERF_PORT)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)
-        cmd = ["iperf3", "-c", pod.address, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
-        out = subprocess.run(cmd + (["-R"] if reverse else []), capture_output=True, text=True,
-                             timeout=seconds + 20)
-        received = json.loads(out.stdout)["end"]["sum_received"]
-        return received["bytes"] * 8, received["seconds"]
-    finally:
-        server.kill()
-        server.wait()
+    done = iperf3.run(pod.name, pod.address, seconds, reverse=reverse, port=IPERF_PORT)
+    return done.bits, done.seconds
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from natra.cni import versions
 from natra.kernel import layout as L
 from natra.kernel import params as P
+from natra.lab import iperf as iperf3
 
 IN, OUT = L.DIR_TO_POD, L.DIR_FROM_POD
 MAXU32 = 2**32 - 1
@@ -474,18 +475,8 @@ def test_add_imports_nothing_heavy(lab):
 
 def _iperf(pod: C.Pod, seconds: float, reverse: bool) -> tuple[int, float]:
     """(bytes received, seconds) of one iperf3 run between the host and the Pod."""
-    server = subprocess.Popen(["ip", "netns", "exec", pod.name, "iperf3", "-s", "-1", "-p", "5204"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)
-        cmd = ["iperf3", "-c", pod.ip, "-p", "5204", "-t", str(seconds), "-J"] + (["-R"] if reverse else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
-        report = json.loads(out.stdout)
-        received = report["end"]["sum_received"]
-        return int(received["bytes"]), float(received["seconds"])
-    finally:
-        server.kill()
-        server.wait()
+    done = iperf3.run(pod.name, pod.ip, seconds, reverse=reverse, port=5204)
+    return done.received_bytes, done.seconds
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import chain as C
 import pytest
-from test_faults import Lab, assert_limited, natra_plugin, qdisc_kinds, tc, unavailable
+from faultlab import Lab, assert_limited, natra_plugin, qdisc_kinds, tc, unavailable
 
 PODS = 50
 ROUNDS = 2

@@ -29,7 +29,7 @@ import sys
 
 import chain as C
 import pytest
-from test_faults import (
+from faultlab import (
     Lab,
     add_ok,
     assert_limited,
