@@ -60,10 +60,10 @@ class LocalNet:
         sh("ip", "addr", "add", f"{subnet_prefix}.2/24", "dev", "eth0", netns=ns)
         sh("ip", "link", "set", "eth0", "up", netns=ns)
         sh("ip", "route", "add", "default", "via", f"{subnet_prefix}.1", netns=ns)
-        # Forwarding stays on afterwards: ptp turns it on at every ADD anyway, and
-        # switching it off could cut another run still going.
-        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-            f.write("1")
+        # Forwarding on this veth only (the host's global ip_forward is not ours
+        # to touch; ptp turns forwarding on for the Pods' side at every ADD).
+        with open(f"/proc/sys/net/ipv4/conf/{host_veth}/forwarding", "w") as f:
+            f.write("1")  # gone with the veth
         return RemoteNode(ns, host_veth, f"{subnet_prefix}.1", f"{subnet_prefix}.2")
 
     def close(self) -> None:
