@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from natra.reference.engine import Model
+from natra.reference.hashing import murmur3_32
 
 from natra.kernel import layout as L
 from natra.kernel.params import DataPathParams, to_config
-from natra.reference.engine import Model
-from natra.reference.hashing import murmur3_32
 
 WINDOW = 10_000_000  # ns
 THRESHOLD = 3_000  # bytes per window: two 1500-byte frames make a flow heavy
@@ -117,7 +117,6 @@ def test_an_unlimited_direction_is_not_classified():
 
 def test_the_batch_api_reports_the_same_classes():
     import numpy as np
-
     from natra.reference.engine import Batch, process_batch
 
     one, other = shaping_model(4), shaping_model(4)
