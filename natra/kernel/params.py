@@ -147,7 +147,11 @@ def default_threshold_bytes(rate_bps: int, window_ns: int) -> int:
 
 def params_for(rate_bps: int, burst_bits: int | None = None, **tuning) -> DataPathParams:
     """Parameters for a rate (and optional asked burst) with every default applied."""
-    burst = default_burst_bits(rate_bps, burst_bits, tuning.pop("burst_time_ns", DEFAULT_BURST_TIME_NS))
+    # Shaping queues what the bucket cannot pay, so it keeps an asked burst exactly
+    # (its own floor, one packet of the device, is applied by natra.kernel.shaping).
+    floor = 1 if tuning.get("mode") == MODE_SHAPE else POLICE_BURST_FLOOR_BITS
+    burst_time = tuning.pop("burst_time_ns", DEFAULT_BURST_TIME_NS)
+    burst = default_burst_bits(rate_bps, burst_bits, burst_time, floor)
     window = tuning.get("window_ns", DEFAULT_WINDOW_NS)
     tuning.setdefault("threshold_bytes", default_threshold_bytes(rate_bps, window))
     reserve = tuning.pop("reserve_bits", None)

@@ -71,6 +71,7 @@ RTM_NEWQDISC = 36
 RTM_DELQDISC = 37
 RTM_GETQDISC = 38
 RTM_NEWTCLASS = 40
+RTM_DELTCLASS = 41
 RTM_GETTCLASS = 42
 TCMSG = struct.Struct("=BxxxiIII")  # family, ifindex, handle, parent, info
 TCA_KIND = 1
@@ -103,7 +104,10 @@ QUANTUM_MAX_BYTES = 2**31 - 1  # the kernel keeps a class quantum in an int
 
 TCA_TBF_PARMS = 1
 TCA_TBF_RATE64 = 4
+TCA_TBF_PRATE64 = 5
 TCA_TBF_BURST = 6
+TCA_TBF_PBURST = 7
+TCA_FIFO_LIMIT = struct.Struct("=I")  # struct tc_fifo_qopt: the whole TCA_OPTIONS of a bfifo
 TBF_QOPT = struct.Struct("=12s12sIII")  # rate, peakrate, limit, buffer, mtu
 
 U32_MAX = 2**32 - 1
@@ -306,15 +310,23 @@ def htb_class_options(rate_bps: int, ceil_bps: int, burst_bytes: int, cburst_byt
     return _nest(TCA_OPTIONS, *parts)
 
 
-def tbf_options(rate_bps: int, burst_bytes: int, limit_bytes: int) -> bytes:
+def tbf_options(rate_bps: int, burst_bytes: int, limit_bytes: int, peak_bps: int = 0,
+                max_packet_bytes: int = 0) -> bytes:
     burst = min(burst_bytes, max_burst_bytes(rate_bps))
-    qopt = TBF_QOPT.pack(_ratespec(rate_bps), bytes(RATESPEC.size), limit_bytes,
-                         burst_ticks(burst, rate_bps), 0)
+    peak = _ratespec(peak_bps) if peak_bps else bytes(RATESPEC.size)
+    mtu_ticks = burst_ticks(max_packet_bytes, peak_bps) if peak_bps else 0
+    qopt = TBF_QOPT.pack(_ratespec(rate_bps), peak, limit_bytes, burst_ticks(burst, rate_bps), mtu_ticks)
     # TCA_TBF_BURST makes the kernel use these exact bytes as max_size (the
-    # largest packet it passes whole) and derive the bucket from them.
+    # largest packet it passes whole) and derive the bucket from them; with a
+    # peak rate, TCA_TBF_PBURST caps max_size too (TBF segments a bigger GSO
+    # packet, so the peak bucket sets the segmentation size, not the burst).
     parts = [_attr(TCA_TBF_PARMS, qopt), _attr(TCA_TBF_BURST, _u32(burst))]
     if _needs_64(rate_bps):
         parts.append(_attr(TCA_TBF_RATE64, _u64(rate_bytes_per_s(rate_bps))))
+    if peak_bps:
+        parts.append(_attr(TCA_TBF_PBURST, _u32(max_packet_bytes)))
+        if _needs_64(peak_bps):
+            parts.append(_attr(TCA_TBF_PRATE64, _u64(rate_bytes_per_s(peak_bps))))
     return _nest(TCA_OPTIONS, *parts)
 
 
@@ -531,18 +543,20 @@ def delete_link(link: int | str) -> bool:
 # ---- qdiscs and classes --------------------------------------------------------------------------
 
 def replace_htb_root(ifindex: int, handle_major: int, default_minor: int, r2q: int = HTB_R2Q_DEFAULT,
-                     direct_qlen_packets: int | None = None) -> bool:
-    """Make the root qdisc of `ifindex` an htb `handle_major:` sending unclassified packets to
-    `handle_major:default_minor`. False when it already was exactly that (its classes stay);
-    True when it was created, which drops whatever classes the old root had.
+                     direct_qlen_packets: int | None = None, parent: int = TC_H_ROOT) -> bool:
+    """Make the qdisc under `parent` (the device's root by default, or a class of
+    a classful qdisc such as tbf's `major:1`) an htb `handle_major:` sending
+    unclassified packets to `handle_major:default_minor`. False when it already
+    was exactly that (its classes stay); True when it was created, which drops
+    whatever classes the old one had.
 
     HTB has no change operation: the kernel answers EINVAL to a replace of an htb
-    root with the same handle, so an equal one is left alone and a different one
-    (or another kind under that handle) is deleted first.
+    with the same handle, so an equal one is left alone and a different one (or
+    another kind under that handle) is deleted first.
     """
-    step = f"RTM_NEWQDISC htb {handle_major:x}: at root"
+    step = f"RTM_NEWQDISC htb {handle_major:x}: under {handle_str(parent)}"
     want = handle(handle_major)
-    body = (_tcmsg(ifindex, want, TC_H_ROOT) + _attr(TCA_KIND, _string("htb"))
+    body = (_tcmsg(ifindex, want, parent) + _attr(TCA_KIND, _string("htb"))
             + htb_root_options(default_minor, r2q, direct_qlen_packets))
     try:
         _modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
@@ -550,13 +564,13 @@ def replace_htb_root(ifindex: int, handle_major: int, default_minor: int, r2q: i
     except QdiscError as exc:
         if exc.errno != errno_mod.EINVAL:
             raise
-        root = root_qdisc(ifindex)
-        if root is None or root.handle != want:
+        there = next((q for q in dump_qdiscs(ifindex) if q.parent == parent), None)
+        if there is None or there.handle != want:
             raise
-        if root.htb and (root.htb.r2q, root.htb.default_minor) == (r2q, default_minor) and (
-                direct_qlen_packets is None or root.htb.direct_qlen_packets == direct_qlen_packets):
+        if there.htb and (there.htb.r2q, there.htb.default_minor) == (r2q, default_minor) and (
+                direct_qlen_packets is None or there.htb.direct_qlen_packets == direct_qlen_packets):
             return False
-    delete_root_qdisc(ifindex)
+    delete_qdisc(ifindex, parent)
     _modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, body, step, ifindex)
     return True
 
@@ -618,6 +632,43 @@ def replace_tbf(ifindex: int, handle_: int, parent: int, rate_bps: int, burst_by
     _modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
 
 
+def replace_tbf_root(ifindex: int, handle_: int, rate_bps: int, burst_bytes: int, peak_bps: int,
+                     max_packet_bytes: int) -> bool:
+    """Make the root qdisc of `ifindex` a tbf `handle_` with bucket `burst_bytes`
+    at `rate_bps`, and a peak bucket of `max_packet_bytes` at `peak_bps` (> rate):
+    the largest packet it passes whole, so bigger GSO packets are segmented.
+
+    The tbf is made, or changed in place, without a queue of its own (limit 0):
+    a child qdisc is grafted under `handle_ major:1` by the caller, and a change
+    with limit 0 keeps that child. Until a child is grafted a new tbf drops what
+    it is given. True when it was created, False when an existing one was changed.
+    """
+    step = f"RTM_NEWQDISC tbf {handle_str(handle_)} at root"
+    _check(handle_ & TC_H_MIN_MASK == 0 and handle_ != 0, step, ifindex, "a qdisc handle is major: only")
+    _check_rate(rate_bps, "rate", step, ifindex)
+    _check_rate(peak_bps, "peak rate", step, ifindex)
+    _check(rate_bytes_per_s(peak_bps) > rate_bytes_per_s(rate_bps), step, ifindex,
+           "the peak rate must be above the rate")
+    _check(0 < max_packet_bytes <= burst_bytes, step, ifindex,
+           f"max packet {max_packet_bytes} bytes must be within 1..burst {burst_bytes}")
+    root = root_qdisc(ifindex)
+    existed = root is not None and root.handle == handle_ and root.kind == "tbf"
+    body = (_tcmsg(ifindex, handle_, TC_H_ROOT) + _attr(TCA_KIND, _string("tbf"))
+            + tbf_options(rate_bps, burst_bytes, 0, peak_bps, max_packet_bytes))
+    _modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
+    return not existed
+
+
+def replace_bfifo(ifindex: int, handle_: int, parent: int, limit_bytes: int) -> None:
+    """Create or change a bfifo `handle_` holding at most `limit_bytes` under leaf class `parent`."""
+    step = f"RTM_NEWQDISC bfifo {handle_str(handle_)} under {handle_str(parent)}"
+    _check(handle_ & TC_H_MIN_MASK == 0 and handle_ != 0, step, ifindex, "a qdisc handle is major: only")
+    _check(0 < limit_bytes <= U32_MAX, step, ifindex, f"limit {limit_bytes} bytes is outside 1..2**32-1")
+    body = (_tcmsg(ifindex, handle_, parent) + _attr(TCA_KIND, _string("bfifo"))
+            + _attr(TCA_OPTIONS, TCA_FIFO_LIMIT.pack(limit_bytes)))
+    _modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
+
+
 def delete_qdisc(ifindex: int, parent: int) -> bool:
     """Delete the qdisc under `parent` (a classid, or TC_H_ROOT); False when there was none of ours.
 
@@ -629,6 +680,18 @@ def delete_qdisc(ifindex: int, parent: int) -> bool:
         _modify(RTM_DELQDISC, 0, _tcmsg(ifindex, 0, parent), step, ifindex)
     except QdiscError as exc:
         if exc.errno in (errno_mod.ENOENT, errno_mod.EINVAL):
+            return False
+        raise
+    return True
+
+
+def delete_class(ifindex: int, classid: int) -> bool:
+    """Delete a leaf class (its qdisc goes with it); False when it was not there (ENOENT)."""
+    step = f"RTM_DELTCLASS {handle_str(classid)}"
+    try:
+        _modify(RTM_DELTCLASS, 0, _tcmsg(ifindex, classid, 0), step, ifindex)
+    except QdiscError as exc:
+        if exc.errno == errno_mod.ENOENT:
             return False
         raise
     return True

@@ -1,0 +1,63 @@
+"""natra.kernel.shaping.plan: the numbers of a Pod direction's qdisc tree (pure, no root)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from natra.kernel import layout as L
+from natra.kernel import shaping
+from natra.kernel.params import DataPathParams, params_for
+
+
+@settings(max_examples=300, deadline=None)
+@given(rate=st.integers(shaping.MIN_SHAPE_RATE_BPS, L.MAX_RATE_BPS),
+       burst=st.one_of(st.none(), st.integers(1, 2**34)),
+       classes=st.integers(1, L.MAX_CLASSES), mtu=st.integers(68, 9000))
+def test_every_plan_keeps_its_invariants(rate, burst, classes, mtu):
+    p = params_for(rate, burst, mode="shape", classes=classes)
+    tree = shaping.plan(p, mtu)
+    frame = mtu + shaping.ETH_HLEN
+    assert tree.rate_bps <= rate and rate - tree.rate_bps < 8  # whole bytes per second
+    assert tree.max_packet_bytes >= 2 * frame
+    assert tree.burst_bytes >= tree.max_packet_bytes  # the tbf can pass its largest packet
+    assert tree.burst_bytes == max(p.burst_bits // 8, tree.max_packet_bytes)  # an asked burst is kept
+    assert 0 <= tree.reserve_bytes <= tree.burst_bytes // 2
+    root, mice, *heavy = tree.classes
+    assert (root.minor, mice.minor) == (L.CLASS_ROOT, L.CLASS_MICE)
+    assert [c.minor for c in heavy] == [L.CLASS_HEAVY_BASE + k for k in range(classes)]
+    assert root.rate_bps == root.ceil_bps == tree.rate_bps
+    assert mice.prio == 0 and all(c.prio == 1 for c in heavy)  # mice first
+    assert all(c.ceil_bps == tree.rate_bps for c in tree.classes)
+    assert len({c.quantum_bytes for c in heavy}) == 1  # equal DRR shares
+    assert all(c.quantum_bytes >= tree.max_packet_bytes for c in heavy)  # DRR stays exact
+    assert all(c.queue_bytes >= shaping.MIN_QUEUE_FRAMES * frame or c.queue_bytes == 2**32 - 1
+               for c in [mice, *heavy])
+
+
+def test_queue_is_time_of_rate_above_the_frame_floor():
+    p = params_for(10**9, mode="shape", queue_ns=20_000_000)
+    assert shaping.plan(p, 1500).classes[2].queue_bytes == 10**9 // 8 // 50  # 20 ms at 1 Gbit/s
+    low = params_for(10**6, mode="shape", queue_ns=20_000_000)
+    assert shaping.plan(low, 1500).classes[2].queue_bytes == 64 * 1514
+
+
+def test_max_packet_is_a_millisecond_between_two_frames_and_64k():
+    assert shaping.max_packet_bytes(10**7, 1500) == 2 * 1514
+    assert shaping.max_packet_bytes(10**8, 1500) == 12_500
+    assert shaping.max_packet_bytes(10**10, 1500) == 64 * 1024
+    assert shaping.max_packet_bytes(10**7, 9000) == 2 * 9014
+
+
+def test_a_rate_below_one_byte_per_second_cannot_be_shaped():
+    p = DataPathParams(rate_bps=7, burst_bits=8000, reserve_bits=0, mode="shape").validate()
+    with pytest.raises(shaping.ShapeError, match="below 8 bit/s"):
+        shaping.plan(p, 1500)
+
+
+def test_ifb_names_are_short_stable_and_recognisable():
+    name = shaping.ifb_name("a" * 64)
+    assert len(name) <= 15 and shaping.is_ifb_name(name)
+    assert name == shaping.ifb_name("a" * 64) != shaping.ifb_name("b" * 64)
+    assert not shaping.is_ifb_name("ifb0") and not shaping.is_ifb_name("ntifbXYZ")
