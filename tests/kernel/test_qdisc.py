@@ -451,7 +451,7 @@ def test_errors_say_step_and_ifindex_and_keep_errno(veth):
         assert text in str(failed.value) and f"ifindex {ifindex}" in str(failed.value)
     with pytest.raises(Q.QdiscError) as no_device:
         Q.replace_htb_root(2**31 - 1, 1, 0x10)
-    assert no_device.value.errno == 19 and "RTM_NEWQDISC htb 1: at root" in str(no_device.value)
+    assert no_device.value.errno == 19 and "RTM_NEWQDISC htb 1: under root" in str(no_device.value)
     assert [c.classid for c in Q.dump_classes(ifindex)] == [Q.handle(1, 1)]  # nothing half-made
 
 
