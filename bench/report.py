@@ -805,6 +805,173 @@ def section_scale(data: dict, img_dir: str, rel: str, aims: list) -> list[str]:
     return out + [f"![scale]({rel}/{IMG_PREFIX}scale.png)"]
 
 
+# ---- 7. rate and burst sweep ---------------------------------------------------------------------
+
+AIM_SWEEP_SHARE = 0.9  # issue 14: Natra >= 0.9 of the limit wherever the standard plugin is
+
+
+def _bits_name(bits: int) -> str:
+    return f"{bits:,} bit"
+
+
+def _sweep_groups(runs: list[dict]) -> tuple[dict, list]:
+    groups = defaultdict(list)
+    for r in runs:
+        groups[(r["rate_bps"], r["asked_burst_bits"], r["direction"], r["variant"])].append(r)
+    keys = sorted({k[:3] for k in groups}, key=lambda k: (k[0], k[1], k[2] != "to_pod"))
+    return groups, keys
+
+
+def sweep_misses(data: dict) -> list[dict]:
+    """Points where Natra's rate after the burst is below the aim while the standard plugin's is not."""
+    groups, keys = _sweep_groups(data["runs"])
+    out = []
+    for key in keys:
+        n, s = groups.get((*key, "natra"), []), groups.get((*key, "standard"), [])
+        ns, ss = med([r["steady_share"] for r in n]), med([r["steady_share"] for r in s])
+        if ss == ss and ss >= AIM_SWEEP_SHARE and not (ns == ns and ns >= AIM_SWEEP_SHARE):
+            verdicts: dict[str, int] = {}
+            for r in n:
+                for k, v in (r.get("natra_verdicts") or {}).items():
+                    verdicts[k] = verdicts.get(k, 0) + v
+            out.append({"rate_bps": key[0], "asked_burst_bits": key[1], "direction": key[2],
+                        "natra": ns, "standard": ss, "verdicts": verdicts})
+    return out
+
+
+def section_sweep(data: dict, img_dir: str, rel: str, aims: list) -> list[str]:
+    groups, keys = _sweep_groups(data["runs"])
+    floor = data["floor_bits"]
+    rows = []
+    for rate, asked, direction in keys:
+        n = groups.get((rate, asked, direction, "natra"), [])
+        s = groups.get((rate, asked, direction, "standard"), [])
+        rows.append([
+            rate_name(rate), _bits_name(asked), _bits_name(n[0]["burst_bits"]) if n else "n/a",
+            DIRECTION_NAMES[direction],
+            _sweep_share(n), _sweep_share(s),
+            fmt_spread([r["steady_share"] for r in n]), fmt_spread([r["steady_share"] for r in s]),
+            fmt_spread([r["bytes_over_wire"] for r in n], ".0f"),
+            fmt_spread([r["bytes_over_wire"] for r in s], ".0f"),
+        ])
+    natra = [r for r in data["runs"] if r["variant"] == "natra"]
+    worst = max((r["bytes_over"] for r in natra), default=0)
+    worst_wire = max((r["bytes_over_wire"] for r in natra), default=0)
+    misses = sweep_misses(data)
+    aims.append((
+        f"7. sweep: Natra after the burst >= {AIM_SWEEP_SHARE} of the limit wherever the standard plugin is",
+        f"{len(misses)} of {len(keys)} points below",
+        met(not misses),
+        "" if not misses else ", ".join(
+            f"{rate_name(m['rate_bps'])}/{_bits_name(m['asked_burst_bits'])} "
+            f"{DIRECTION_NAMES[m['direction']]} {_num(m['natra'], '.2f')}" for m in misses),
+    ))
+    aims.append((
+        "7. sweep: Natra bytes over R*t+max(B, floor) = 0 (payload)",
+        _num(worst, ".0f"),
+        met(worst == 0),
+        "" if worst == 0 else f"{worst:.0f} bytes over",
+    ))
+    out = [
+        "## 7. Rate and burst sweep",
+        "",
+        "Natra and the standard plugin given the same asked limit (R, B) as static runtime values, for "
+        "every rate from 1 kbit/s to 1 Gbit/s and bursts from one 1514-byte frame to 500 ms of rate "
+        "(a burst below one frame is raised to one frame; points that coincide are shown once). "
+        "One TCP flow per point and direction, from the remote-node namespace into the Pod and from the "
+        "Pod to it, "
+        f"{_sweep_seconds(data, 10**6):g} s per flow at 1 Mbit/s and up, "
+        f"{_sweep_seconds(data, 1000):g} s below; the receiver counts payload bytes per "
+        f"{data['interval_s']:g} s on its own clock (natra.lab.traffic bulk-sink: no control channel "
+        "through the limit, so 1 kbit/s works).",
+        "",
+        f"The standard plugin applies B as asked. Natra polices, so it applies max(B, floor) with the "
+        f"floor {_bits_name(floor)} (four 64 KiB GSO packets, docs/cni.md), clamped to 500 ms of rate "
+        r"above the floor: its promise is R\*t + max(B, floor). *Goodput / limit* is over the whole "
+        r"flow, the burst included: where the burst is large next to R\*t (every Natra point below "
+        "10 Mbit/s) it is far above 1 and says only that the bucket started full. *After the burst* is "
+        "the goodput once the receiver got the applied burst's worth of wire bytes, over at least 1 s "
+        "(n/a when the run ended sooner). *Bytes over* is the largest excess over any window of "
+        f"receiver intervals, in wire bytes (payload x {WIRE_PER_PAYLOAD:.4f}), against each limiter's "
+        r"own promise (Natra R\*t + max(B, floor), standard R\*t + B).",
+        "",
+        *table(["limit", "asked B", "Natra's B", "direction", "Natra goodput/limit", "std goodput/limit",
+                "Natra after the burst", "std after the burst", "Natra over, wire B", "std over, wire B"],
+               rows),
+        "",
+        rf"Natra's worst excess over R\*t+max(B, floor): {worst:.0f} payload bytes, "
+        f"{worst_wire:.0f} wire bytes.",
+        "",
+    ]
+    if misses:
+        out += [f"Where Natra's rate after the burst is below {AIM_SWEEP_SHARE} of the limit while the "
+                "standard plugin's is not (Natra's verdicts summed over the runs, packets):", ""]
+        out += table(["limit", "asked B", "direction", "Natra after the burst", "std after the burst",
+                      "Natra verdicts"],
+                     [[rate_name(m["rate_bps"]), _bits_name(m["asked_burst_bits"]),
+                       DIRECTION_NAMES[m["direction"]],
+                       _num(m["natra"], ".3f"), _num(m["standard"], ".3f"),
+                       ", ".join(f"{k} {v}" for k, v in sorted(m["verdicts"].items()))] for m in misses])
+        out += [""]
+    out += _plot_sweep(groups, keys, img_dir, rel)
+    return out
+
+
+def _sweep_share(runs: list[dict]) -> str:
+    """Goodput / limit over the whole flow; says so when TCP could not even connect."""
+    if runs and not any(r.get("connected", True) for r in runs):
+        return "0 (no connection)"
+    return fmt_spread([r["share"] for r in runs])
+
+
+def _sweep_seconds(data: dict, rate: int) -> float:
+    runs = [r["seconds"] for r in data["runs"] if (r["rate_bps"] >= 10**6) == (rate >= 10**6)]
+    return runs[0] if runs else float("nan")
+
+
+def _burst_label(rate_bps: int, bits: int) -> str:
+    """An asked burst as the plot names it: one frame, or ms of rate."""
+    if bits <= 1514 * 8:
+        return "frame"
+    return f"{bits * 1000 / rate_bps:.3g} ms"
+
+
+def _plot_sweep(groups, keys, img_dir: str, rel: str) -> list[str]:
+    plt = _plt()
+    directions = [d for d in DIRECTION_NAMES if any(k[2] == d for k in keys)]
+    points = sorted({k[:2] for k in keys})
+    fig, axes = plt.subplots(2, len(directions), figsize=(13, 6.8), squeeze=False)
+    width = 0.38
+    for col, direction in enumerate(directions):
+        for row, (field, title, log) in enumerate((("share", "whole flow", True),
+                                                   ("steady_share", "after the burst", False))):
+            ax = axes[row][col]
+            for i, variant in enumerate(("natra", "standard")):
+                xs, ys = [], []
+                for j, (rate, asked) in enumerate(points):
+                    v = med([r[field] for r in groups.get((rate, asked, direction, variant), [])])
+                    if v == v:
+                        xs.append(j + (i - 0.5) * width)
+                        ys.append(v)
+                ax.bar(xs, ys, width, color=COLORS[variant], label=NAMES[variant])
+            ax.axhline(1.0, color="black", lw=0.8)
+            if log:
+                ax.set_yscale("log")
+            else:
+                ax.axhline(AIM_SWEEP_SHARE, color="red", lw=0.8, ls="--", label=f"aim {AIM_SWEEP_SHARE}")
+                ax.set_ylim(0, 1.3)
+            ax.set_xticks(range(len(points)), [f"{rate_name(r)}\n{_burst_label(r, b)}" for r, b in points],
+                          fontsize=6.5)
+            ax.set_ylabel("goodput / limit")
+            ax.set_title(f"{DIRECTION_NAMES[direction]}, {title}", fontsize=9)
+    handles, labels = axes[1][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper right", ncol=3)
+    fig.suptitle("Rate and burst sweep: one TCP flow per point (rate, asked burst B);\n"
+                 "Natra applies max(B, 2,097,152 bit)", fontsize=10, x=0.3)
+    _save(fig, img_dir, "sweep")
+    return [f"![rate and burst sweep]({rel}/{IMG_PREFIX}sweep.png)"]
+
+
 # ---- the document ----------------------------------------------------------------------------------
 
 SECTIONS = {
@@ -814,6 +981,7 @@ SECTIONS = {
     "overhead": section_overhead,
     "control": section_control,
     "scale": section_scale,
+    "sweep": section_sweep,
 }
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from bench import stats
 from bench.harness import CONTAINERD_BURST_BITS, SERVER_READY_S, Bench, Pod
-from natra.kernel.params import default_burst_bits
+from natra.kernel.params import POLICE_BURST_FLOOR_BITS, default_burst_bits
 
 DIRECTIONS = ("to_pod", "from_pod")  # into the Pod: remote -> Pod; out of it: iperf3 -R
 IPERF_PORT = 5301
@@ -72,6 +72,12 @@ class Settings:
     latency_variants: tuple[str, ...] = ("natra", "standard", "none")
     scale_variants: tuple[str, ...] = ("natra", "standard")
     containerd_burst: bool = True  # also show the standard plugin with containerd's burst as sent
+    # 7. the rate and burst sweep (issue 14): every rate, bursts from one frame to 500 ms of rate
+    sweep_rates_bps: tuple[int, ...] = (1_000, 64_000, 1_000_000, 10_000_000, 100_000_000, 1_000_000_000)
+    sweep_bursts: tuple[str, ...] = ("mtu", "50ms", "500ms")
+    sweep_directions: tuple[str, ...] = DIRECTIONS
+    sweep_s: float = 3.0  # one TCP flow per point and direction
+    sweep_low_s: float = 6.0  # below 1 Mbit/s: one 1514-byte frame takes 12 ms..12 s of rate
 
 
 SMOKE = Settings(
@@ -89,6 +95,10 @@ SMOKE = Settings(
     containerd_burst=False,
     latency_variants=("natra", "standard"),
     scale_variants=("natra",),
+    sweep_rates_bps=(1_000_000,),
+    sweep_bursts=("mtu",),
+    sweep_directions=("to_pod",),
+    sweep_s=1.5,
 )
 
 
@@ -645,6 +655,105 @@ def scale(bench: Bench, s: Settings) -> dict:
     return {"rate_bps": rate, "pods": s.scale_pods, "variants": results}
 
 
+# ---- 7. rate and burst sweep ---------------------------------------------------------------------
+
+SWEEP_PORT = 5501
+SWEEP_INTERVAL_S = 0.1
+MTU_FRAME_BITS = stats.TCP_FRAME_BYTES * 8  # one full-size frame: the smallest burst swept
+STEADY_MIN_S = 1.0  # the rate after the burst is reported only over at least this long
+
+
+def sweep_burst_bits(rate_bps: int, points: tuple[str, ...]) -> list[int]:
+    """Asked bursts of a rate: "mtu" is one frame, "<n>ms" n ms of rate (never below one frame)."""
+    out: list[int] = []
+    for point in points:
+        bits = MTU_FRAME_BITS if point == "mtu" else max(rate_bps * int(point.removesuffix("ms")) // 1000,
+                                                        MTU_FRAME_BITS)
+        if bits not in out:
+            out.append(bits)
+    return out
+
+
+def after_burst_share(intervals: list[stats.Interval], rate_bps: int, burst_bits: int) -> float:
+    """Goodput / limit after the receiver got the burst's worth of wire bytes (NaN if too late)."""
+    wire = 0.0
+    for k, iv in enumerate(intervals):
+        wire += iv.payload_bytes * stats.WIRE_PER_PAYLOAD
+        if wire >= burst_bits / 8:
+            rest = intervals[k + 1:]
+            if not rest or rest[-1].end_s - rest[0].start_s < STEADY_MIN_S:
+                return float("nan")
+            return sum(iv.payload_bytes for iv in rest) * 8 / (rest[-1].end_s - rest[0].start_s) / rate_bps
+    return float("nan")
+
+
+def _sweep_flow(bench: Bench, pod: Pod, direction: str, seconds: float,
+                size: int) -> tuple[list[stats.Interval], bool]:
+    """One TCP flow through the Pod's limit: the receiver's bytes per interval, and
+    whether the connection was made at all."""
+    if direction == "to_pod":
+        receiver, sender, host = pod.netns, bench.remote.netns, pod.ip
+    else:
+        receiver, sender, host = bench.remote.netns, pod.netns, bench.remote.ip
+    traffic = (sys.executable, "-m", "natra.lab.traffic")
+    sink = bench.spawn(receiver, *traffic, "bulk-sink", "--port", str(SWEEP_PORT),
+                       "--seconds", f"{seconds:g}", "--interval", f"{SWEEP_INTERVAL_S:g}")
+    if sink.stdout.readline().strip() != "ready":
+        code, _, err = bench.finish(sink, 5)
+        raise RuntimeError(f"bulk sink exited {code}: {err.strip()[-300:]}")
+    send = bench.spawn(sender, *traffic, "bulk-send", "--host", host, "--port", str(SWEEP_PORT),
+                       "--size", str(size), "--seconds", f"{seconds + 1:g}")
+    code, out, err = bench.finish(sink, seconds + 30)
+    send_code, _, send_err = bench.finish(send, 30)
+    if code != 0:
+        raise RuntimeError(f"bulk sink exited {code}: {err.strip()[-300:]}; "
+                           f"sender exited {send_code}: {send_err.strip()[-300:]}")
+    got = json.loads(out)
+    dt = got["interval_s"]
+    return [stats.Interval(i * dt, (i + 1) * dt, n) for i, n in enumerate(got["counts"])], got["connected"]
+
+
+def rate_burst_sweep(bench: Bench, s: Settings) -> dict:
+    """Natra and the standard plugin at the same asked (R, B), one TCP flow each way.
+
+    Natra applies max(B, floor) (clamped to 500 ms of rate above the floor),
+    the standard plugin B as asked; each is checked against its own promise.
+    """
+    runs = []
+    for rate in s.sweep_rates_bps:
+        seconds = s.sweep_s if rate >= 1_000_000 else s.sweep_low_s
+        for asked in sweep_burst_bits(rate, s.sweep_bursts):
+            natra_b = default_burst_bits(rate, asked)
+            applied = {"natra": natra_b, "standard": asked}
+            promise = {"natra": max(asked, POLICE_BURST_FLOOR_BITS), "standard": asked}
+            size = int(2 * (rate * seconds + natra_b) // 8) + 65536  # greedy for the whole run
+            pods = {"natra": bench.add_pod("natra", rate, burst_bits=asked),
+                    "standard": bench.add_pod("bandwidth", rate, burst_bits=asked)}
+            try:
+                for direction in s.sweep_directions:
+                    for variant, pod in pods.items():
+                        log(f"sweep: {rate:g} bit/s burst {asked} bits {direction} {variant}")
+                        before = natra_counters(pod, direction)
+                        intervals, connected = _sweep_flow(bench, pod, direction, seconds, size)
+                        got = sum(iv.payload_bytes for iv in intervals)
+                        span = intervals[-1].end_s
+                        runs.append({
+                            "variant": variant, "rate_bps": rate, "direction": direction,
+                            "asked_burst_bits": asked, "burst_bits": applied[variant],
+                            "promise_bits": promise[variant], "seconds": span, "received_bytes": got,
+                            "share": got * 8 / (rate * span),
+                            "steady_share": after_burst_share(intervals, rate, applied[variant]),
+                            "bytes_over": stats.bytes_over(intervals, rate, promise[variant], 1.0),
+                            "bytes_over_wire": stats.bytes_over(intervals, rate, promise[variant]),
+                            "natra_verdicts": counter_delta(before, natra_counters(pod, direction)),
+                            "connected": connected, "counts": [iv.payload_bytes for iv in intervals],
+                        })
+            finally:
+                for pod in pods.values():
+                    bench.delete_pod(pod)
+    return {"floor_bits": POLICE_BURST_FLOOR_BITS, "interval_s": SWEEP_INTERVAL_S, "runs": runs}
+
+
 SCENARIOS = {
     "rate": rate_accuracy,
     "latency": small_requests,
@@ -652,6 +761,7 @@ SCENARIOS = {
     "overhead": overhead,
     "control": control_plane,
     "scale": scale,
+    "sweep": rate_burst_sweep,
 }
 
 

@@ -92,6 +92,26 @@ def test_spread_median_and_range():
     assert stats.spread([float("nan")]).runs == 0
 
 
+def test_sweep_bursts_run_from_one_frame_to_half_a_second_of_rate():
+    from bench import scenarios
+
+    points = ("mtu", "50ms", "500ms")
+    assert scenarios.sweep_burst_bits(1_000, points) == [12_112]  # 500 ms of 1 kbit/s is under a frame
+    assert scenarios.sweep_burst_bits(64_000, points) == [12_112, 32_000]
+    assert scenarios.sweep_burst_bits(10**6, points) == [12_112, 50_000, 500_000]
+
+
+def test_after_burst_share_starts_once_the_burst_is_delivered():
+    from bench import scenarios
+
+    rate = 8_000_000  # 1 MB/s: 100,000 bytes per 0.1 s
+    burst = [stats.Interval(0, 0.1, 300_000)]
+    steady = [stats.Interval(0.1 * i, 0.1 * (i + 1), 90_000) for i in range(1, 21)]
+    assert scenarios.after_burst_share(burst + steady, rate, 2_000_000) == pytest.approx(0.9)
+    assert scenarios.after_burst_share(burst + steady[:5], rate, 2_000_000) != \
+        scenarios.after_burst_share(burst + steady[:5], rate, 2_000_000)  # NaN: under 1 s left
+
+
 # ---- the smoke run -------------------------------------------------------------------------------
 
 def _unavailable() -> str | None:
@@ -125,6 +145,7 @@ def _natra_overs(record: dict) -> list[tuple[str, float]]:
     found += [("fairness", r["bytes_over"]) for r in sc["fairness"]["runs"] if r["variant"] == "natra"]
     found += [("scale", r["bytes_over"]) for r in sc["scale"]["variants"]["natra"]["alone"]
               + sc["scale"]["variants"]["natra"]["crowded"]]
+    found += [("sweep", r["bytes_over"]) for r in sc["sweep"]["runs"] if r["variant"] == "natra"]
     return found
 
 
@@ -144,15 +165,16 @@ def test_smoke_run_end_to_end(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         record = json.loads(record_path.read_text())
         assert record["errors"] == {}
-        assert set(record["scenarios"]) == {"rate", "latency", "fairness", "overhead", "control", "scale"}
+        assert set(record["scenarios"]) == {"rate", "latency", "fairness", "overhead", "control", "scale",
+                                              "sweep"}
         overs = _natra_overs(record)
         assert overs, "no run measured Natra's bytes over R*t+B"
         assert all(over == 0 for _, over in overs), overs
         text = out.read_text()
         for heading in ("## 1. Rate accuracy", "## 2. Small requests", "## 3. Fairness", "## 4. Overhead",
-                        "## 5. Control plane", "## 6. Scale", "## Aims"):
+                        "## 5. Control plane", "## 6. Scale", "## 7. Rate and burst sweep", "## Aims"):
             assert heading in text
-        for name in ("rate", "latency", "fairness", "control", "scale"):
+        for name in ("rate", "latency", "fairness", "control", "scale", "sweep"):
             assert (img / f"bench-{name}.png").stat().st_size > 1000
     finally:
         assert _leftovers() == [], "the smoke run left namespaces or pins behind"

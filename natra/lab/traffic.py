@@ -2,7 +2,8 @@
 
 Owns: a sink server that reads a request of a known size and answers one byte,
 and a client that sends requests of a given size and records how long each
-took (connect to answer). Run inside network namespaces with
+took (connect to answer); a bulk sender and a bulk sink that counts what one
+connection delivers per interval on its own clock (the benchmarks' sweep). Run inside network namespaces with
 `ip netns exec NS python3 -m natra.lab.traffic ...`; the client prints JSON.
 Rule: bounded everywhere: a request count, a deadline and socket timeouts.
 Must not know: namespaces, limiters, CNI.
@@ -85,6 +86,55 @@ def run_client(host: str, port: int, size: int, count: int, interval_s: float) -
     return {"size": size, "latencies_s": latencies, "failures": failures}
 
 
+def bulk_sink(port: int, seconds: float, interval_s: float) -> dict:
+    """Bytes one bulk connection delivers, per `interval_s`, for `seconds` after it connects.
+
+    The receiver's own clock and no control channel: works at any rate, even
+    1 kbit/s, where an iperf3 control exchange through the same limit stalls.
+    """
+    counts = [0] * max(1, round(seconds / interval_s))
+    srv = socket.create_server(("0.0.0.0", port))
+    with srv:
+        print("ready", flush=True)
+        srv.settimeout(seconds)
+        try:
+            conn, _ = srv.accept()
+        except TimeoutError:  # a limiter that passes nothing, not even the handshake
+            return {"interval_s": interval_s, "counts": counts, "bytes": 0, "connected": False}
+    start = time.monotonic()
+    end = start + len(counts) * interval_s
+    with conn:
+        try:
+            while (now := time.monotonic()) < end:
+                conn.settimeout(end - now)
+                data = conn.recv(65536)
+                if not data:
+                    break
+                counts[min(int((time.monotonic() - start) / interval_s), len(counts) - 1)] += len(data)
+        except OSError:
+            pass
+    return {"interval_s": interval_s, "counts": counts, "bytes": sum(counts), "connected": True}
+
+
+def bulk_send(host: str, port: int, size: int, seconds: float) -> dict:
+    """Send up to `size` bytes as fast as TCP takes them, for at most `seconds`."""
+    chunk = b"\0" * 65536
+    sent = 0
+    end = time.monotonic() + seconds
+    try:
+        conn = socket.create_connection((host, port), timeout=seconds)
+    except OSError as e:
+        return {"sent": 0, "error": str(e)}
+    with conn:
+        try:
+            while sent < size and (now := time.monotonic()) < end:
+                conn.settimeout(end - now)
+                sent += conn.send(chunk[:min(len(chunk), size - sent)])
+        except OSError:
+            pass
+    return {"sent": sent}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m natra.lab.traffic")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -97,7 +147,22 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--size", type=int, default=10_000)
     c.add_argument("--count", type=int, default=50)
     c.add_argument("--interval", type=float, default=0.05)
+    k = sub.add_parser("bulk-sink")
+    k.add_argument("--port", type=int, required=True)
+    k.add_argument("--seconds", type=float, required=True)
+    k.add_argument("--interval", type=float, default=0.1)
+    b = sub.add_parser("bulk-send")
+    b.add_argument("--host", required=True)
+    b.add_argument("--port", type=int, required=True)
+    b.add_argument("--size", type=int, required=True)
+    b.add_argument("--seconds", type=float, required=True)
     args = ap.parse_args(argv)
+    if args.cmd == "bulk-sink":
+        json.dump(bulk_sink(args.port, args.seconds, args.interval), sys.stdout)
+        return 0
+    if args.cmd == "bulk-send":
+        json.dump(bulk_send(args.host, args.port, args.size, args.seconds), sys.stdout)
+        return 0
     if args.cmd == "serve":
         serve(args.port, args.deadline)
         return 0
