@@ -7,11 +7,14 @@ from the program's counters, and `both`: the same frames through the kernel
 and the reference model side by side, counting the frames where they disagree
 and comparing every map at the end.
 
-Rule: both twins get byte-identical input. The kernel's test path refuses
-frames below the Ethernet minimum for some protocols and caps frames at a few
-KB, so frames are first made what the kernel can run: padded to 60 bytes
-(what any Ethernet NIC sends) and cut at TEST_RUN_MAX_FRAME; `wire_len` is
-then the prepared frame's length, for the kernel and the model alike.
+Rule: both twins get byte-identical input, and every frame is charged its
+original (wire) length, as the model engine charges it. The program charges
+skb->len; BPF_PROG_TEST_RUN's skb->len is the length of the data it is given
+(the context's `wire_len` is accepted but the program does not read it,
+measured on 6.18), so a frame captured headers-only is zero-padded back to its
+wire length. A frame longer than the test path can carry (TEST_RUN_MAX_FRAME:
+a GRO/GSO super-packet, a jumbo frame) cannot be run exactly: the engine
+refuses it (FrameTooLong) rather than charge a cut frame.
 Must not know: how the summary is printed (replay.py does that).
 """
 
@@ -27,29 +30,35 @@ from natra.reference.key import KEY_LEN, format_key, parse_frame
 from natra.kernel import layout as L
 from natra.kernel.params import ConfigValues
 
-ETH_MIN_FRAME = 60  # bytes without FCS: the shortest frame an Ethernet NIC puts on the wire
-TEST_RUN_MAX_FRAME = 3500  # bytes; BPF_PROG_TEST_RUN refuses frames above ~3.7 KB here
+# One page minus the skb headroom (NET_SKB_PAD 64) and the aligned skb_shared_info
+# (320) on x86-64: 3712 bytes run, 3713 get EINVAL (measured on 6.18).
+TEST_RUN_MAX_FRAME = 3712
 HEAVY_VERDICTS = frozenset({L.V_PASS_HEAVY, L.V_MARK, L.V_DROP_HEAVY, L.V_DROP_SHARE})
 MAX_LISTED_DIFFERENCES = 10
 
 
-def prepare_frame(frame: bytes) -> bytes:
-    """The frame as both twins see it: padded to the Ethernet minimum, cut to the test-run cap."""
-    if len(frame) < ETH_MIN_FRAME:
-        frame = frame + bytes(ETH_MIN_FRAME - len(frame))
-    return frame[:TEST_RUN_MAX_FRAME]
+class FrameTooLong(ValueError):
+    """A frame whose wire length BPF_PROG_TEST_RUN cannot carry: no exact kernel verdict."""
+
+
+def prepare_frame(frame: bytes, wire_len: int) -> bytes:
+    """The frame as the kernel runs it: the captured bytes, zero-padded to `wire_len`."""
+    if wire_len > TEST_RUN_MAX_FRAME:
+        raise FrameTooLong(f"a {wire_len}-byte frame is longer than the {TEST_RUN_MAX_FRAME} bytes "
+                           f"BPF_PROG_TEST_RUN carries")
+    return frame[:wire_len] + bytes(max(0, wire_len - len(frame)))
 
 
 def prepared_batch(batch: Batch, frames: Sequence[bytes]) -> tuple[Batch, list[bytes]]:
-    prepared = [prepare_frame(f) for f in frames]
+    """Frames padded to batch.wire_len (the original lengths, unchanged) and their keys."""
+    prepared = [prepare_frame(f, int(n)) for f, n in zip(frames, batch.wire_len.tolist(), strict=True)]
     keys = np.empty((len(prepared), KEY_LEN), dtype=np.uint8)
     ect = np.empty(len(prepared), dtype=bool)
     for i, frame in enumerate(prepared):
         parsed = parse_frame(frame)
         keys[i] = np.frombuffer(parsed.key, dtype=np.uint8)
         ect[i] = parsed.ecn != 0
-    lens = np.fromiter((len(f) for f in prepared), dtype=np.uint32, count=len(prepared))
-    return Batch(batch.now_ns, lens, batch.direction, keys, ect), prepared
+    return Batch(batch.now_ns, batch.wire_len, batch.direction, keys, ect), prepared
 
 
 def _with_test_clock(configs: Sequence[ConfigValues]) -> list[ConfigValues]:
@@ -58,6 +67,8 @@ def _with_test_clock(configs: Sequence[ConfigValues]) -> list[ConfigValues]:
 
 class KernelEngine:
     """The BPF program as a replay engine (root, bpffs not needed: nothing is pinned)."""
+
+    max_frame = TEST_RUN_MAX_FRAME  # replay refuses captures with longer frames up front
 
     def __init__(self, configs: Sequence[ConfigValues], flow_table: int):
         from natra.kernel.loader import BpfObject
@@ -103,6 +114,8 @@ class KernelEngine:
 
 class BothEngine:
     """Kernel and model side by side; the kernel's verdicts are reported."""
+
+    max_frame = TEST_RUN_MAX_FRAME
 
     def __init__(self, configs: Sequence[ConfigValues], flow_table: int):
         self.kernel = KernelEngine(configs, flow_table)
