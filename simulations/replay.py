@@ -34,6 +34,7 @@ from natra.kernel.params import (
     to_config,
 )
 
+PARSE_BYTES = 512  # a frame's first bytes the key is read from (the program pulls as many)
 CHUNK_FRAMES = 65536  # frames per batch: bounds memory and paces the progress bar
 PROGRESS_MIN_FRAMES = 200_000  # captures at least this large show a progress bar
 TABLE_FLOWS = 20  # flows listed in the table output (largest first)
@@ -91,6 +92,26 @@ class ReplayResult:
     flows: list[bytes]  # distinct flow keys
 
 
+def wire_frame(rec: Record, limit: int = PARSE_BYTES) -> bytes:
+    """The frame's first min(orig_len, limit) bytes: a frame cut by the snapshot is zero-padded,
+    exactly as the kernel engine pads it to its wire length, so every engine reads the same key."""
+    want = min(rec.orig_len, limit)
+    frame = rec.frame[:want]
+    return frame + bytes(want - len(frame)) if len(frame) < want else frame
+
+
+def too_long(records: Sequence[Record], max_frame: int) -> str | None:
+    """Why an engine that runs frames of at most `max_frame` bytes must refuse these, or None."""
+    long = [i for i, r in enumerate(records) if r.orig_len > max_frame]
+    if not long:
+        return None
+    largest = max(records[i].orig_len for i in long)
+    return (f"{len(long)} of {len(records)} frames are longer than the {max_frame} bytes "
+            f"BPF_PROG_TEST_RUN can run (first: frame {long[0]}, {records[long[0]].orig_len} bytes; "
+            f"largest {largest}), so the kernel cannot charge them their length; GRO/GSO "
+            f"super-packets? Replay with --engine model, or capture with GSO off on the sender")
+
+
 def replay_records(records: Iterable[Record], engine, direction: int,
                    progress: Callable[[int], None] | None = None) -> ReplayResult:
     """Run every record through `engine` in order, CHUNK_FRAMES at a time."""
@@ -102,7 +123,7 @@ def replay_records(records: Iterable[Record], engine, direction: int,
         kb = np.empty((n, KEY_LEN), dtype=np.uint8)
         ect = np.empty(n, dtype=bool)
         for i, rec in enumerate(chunk):
-            parsed = parse_frame(rec.frame)
+            parsed = parse_frame(wire_frame(rec))
             kb[i] = np.frombuffer(parsed.key, dtype=np.uint8)
             ect[i] = parsed.ecn != 0
         t = np.fromiter((r.time_ns for r in chunk), dtype=np.uint64, count=n)
@@ -229,8 +250,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default="model",
                         help="model (default); kernel: the real program through BPF_PROG_TEST_RUN (root); "
                              "both: kernel and model side by side, disagreeing frames counted as "
-                             "'divergences'. The kernel engines run the captured bytes, padded to 60 and "
-                             "cut at 3500 (the test path's limit), with that as the length for both twins")
+                             "'divergences' (exit 1 when any frame or the final map state differs). Every "
+                             "engine charges each frame its original length: the kernel engines zero-pad "
+                             "headers-only frames back to it and refuse captures with frames longer than "
+                             "the test path runs (3712 bytes: GRO/GSO super-packets)")
     parser.add_argument("--direction", choices=sorted(DIRECTIONS), default="ingress",
                         help="ingress = traffic into the Pod (host-veth egress), egress = out of it")
     parser.add_argument("--verdicts", metavar="FILE", help="write one CSV line per frame")
@@ -273,6 +296,13 @@ def run(args) -> int:
     except Exception as e:  # the kernel engine's loader errors (not root, no object) end here
         print(f"natra-sim replay: engine {args.engine}: {e}", file=sys.stderr)
         return 2
+    max_frame = getattr(engine, "max_frame", None)
+    refusal = too_long(records, max_frame) if max_frame else None
+    if refusal:
+        if hasattr(engine, "close"):
+            engine.close()
+        print(f"natra-sim replay: engine {args.engine}: {refusal}", file=sys.stderr)
+        return 2
     bar = None
     if len(records) >= PROGRESS_MIN_FRAMES:
         from tqdm import tqdm
@@ -280,6 +310,9 @@ def run(args) -> int:
     try:
         result = replay_records(records, engine, DIRECTIONS[args.direction], bar.update if bar else None)
         extra = engine.summary_extra() if hasattr(engine, "summary_extra") else {}
+    except (ValueError, OSError) as e:  # a frame the kernel's test path refuses
+        print(f"natra-sim replay: engine {args.engine}: {e}", file=sys.stderr)
+        return 2
     finally:
         if bar:
             bar.close()
@@ -293,8 +326,16 @@ def run(args) -> int:
     summary = summarize(result, settings)
     summary.update(extra)
     text = json.dumps(summary, indent=2) if args.json else format_table(summary)
+    agree = not extra or (extra["divergences"] == 0 and extra["state_equal"])
+    if extra:
+        summary["engines_agree"] = agree
+        text = json.dumps(summary, indent=2) if args.json else text
     if extra and not args.json:
-        text += (f"\n\nkernel vs model: {extra['divergences']} frames disagree; "
-                 f"final map state {'equal' if extra['state_equal'] else 'differs'}")
+        state = "equal" if extra["state_equal"] else "differs in " + ", ".join(extra["state_differs_in"])
+        text += f"\n\nkernel vs model: {extra['divergences']} frames disagree; final map state {state}"
     print(text)
+    if not agree:
+        print(f"natra-sim replay: the engines DISAGREE ({extra['divergences']} frames, map state "
+              f"{'equal' if extra['state_equal'] else 'different'}); exit 1", file=sys.stderr)
+        return 1
     return 0

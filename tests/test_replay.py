@@ -232,3 +232,37 @@ def test_replay_is_the_model(tmp_path):
         (replay.Record(t, f, n) for t, f, n in records), replay.make_engine("model", configs), 0)
     model = Model(configs, accelerator=False)
     assert result.verdicts.tolist() == [model.process(f, t, 0).verdict for t, f, _ in records]
+
+
+def _same_traffic_two_captures(tmp_path, name="zipf", rate="50M", seconds="0.2", limit=None):
+    """One generated workload written twice: headers only (default snaplen) and whole frames."""
+    paths = {}
+    for label, snaplen in (("headers", []), ("full", ["--snaplen", "0"])):
+        paths[label] = tmp_path / f"{name}-{label}.pcap"
+        argv = ["workload", name, str(paths[label]), "--rate", rate, "--duration", seconds, "--seed", "3",
+                *snaplen, *(["--limit", str(limit)] if limit else [])]
+        assert cli.main(argv) == 0
+    return paths
+
+
+def test_headers_only_and_full_captures_replay_identically(tmp_path, capsys):
+    paths = _same_traffic_two_captures(tmp_path)
+    headers = list(read_capture(paths["headers"]))
+    assert max(len(r.frame) for r in headers) <= 128 < max(r.orig_len for r in headers)
+    summaries = {}
+    for label, path in paths.items():
+        code, out, _ = run_cli(capsys, "replay", str(path), "--rate", "5M", "--json")
+        assert code == 0
+        summaries[label] = json.loads(out)
+    assert summaries["headers"] == summaries["full"]
+    assert summaries["full"]["dropped"]["bytes"] > 0
+
+
+def test_a_frame_cut_inside_its_headers_is_read_as_the_kernel_pads_it():
+    frame = tcp_frame(4242, 1000)
+    whole = replay.Record(0, frame, len(frame))
+    cut = replay.Record(0, frame[:40], len(frame))  # the snapshot ends inside the TCP header
+    assert replay.wire_frame(whole) == frame[:replay.PARSE_BYTES]
+    assert replay.wire_frame(cut) == frame[:40] + bytes(replay.PARSE_BYTES - 40)
+    assert replay.too_long([whole, cut], 3712) is None
+    assert "2 of 2 frames" in replay.too_long([whole, cut], 500)

@@ -7,6 +7,7 @@ captured with tcpdump between two namespaces this test makes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -63,6 +64,8 @@ def captured_tcp(tmp_path):
             run("ip", "-n", ns, "addr", "add", addr, "dev", "eth0")
             run("ip", "-n", ns, "link", "set", "eth0", "up")
             run("ip", "-n", ns, "link", "set", "lo", "up")
+            # no GSO super-packets: the test path runs frames of at most 3712 bytes
+            run("ip", "-n", ns, "link", "set", "eth0", "gso_max_segs", "1")
         dump = subprocess.Popen(["ip", "netns", "exec", b, "tcpdump", "-i", "eth0", "-s", "3500", "-w",
                                  str(pcap), "-c", "30000", "tcp"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
@@ -82,9 +85,9 @@ def captured_tcp(tmp_path):
 
 
 def test_both_engines_agree_on_real_captured_tcp(captured_tcp):
-    # The receiver's veth sees GRO super-packets; the test path caps frames at 3500
-    # bytes (both twins see the same cut frames), hence a limit well below 200M.
-    summary = natra_sim("replay", str(captured_tcp), "--rate", "2M", "--engine", "both", "--json")
+    # GSO is off on the veths, so every frame is at most an MTU and runs whole.
+    summary = natra_sim("replay", str(captured_tcp), "--rate", "20M", "--engine", "both", "--json")
+    assert summary["engines_agree"]
     assert summary["packets"] > 500
     assert summary["divergences"] == 0, summary["differences"]
     assert summary["state_equal"], summary["state_differs_in"]
@@ -95,11 +98,82 @@ def test_kernel_engine_alone_gives_the_same_summary_as_both(tmp_path):
     pcap = tmp_path / "zipf.pcap"
     subprocess.run([sys.executable, "-m", "natra.simulations.cli", "workload", "zipf", str(pcap),
                     "--rate", "50M", "--duration", "0.3", "--seed", "5", "--limit", "5000",
-                    "--snaplen", "3500"],
+                    "--snaplen", "0"],
                    check=True, capture_output=True, timeout=300)
     kernel = natra_sim("replay", str(pcap), "--rate", "5M", "--engine", "kernel", "--json")
     model = natra_sim("replay", str(pcap), "--rate", "5M", "--engine", "model", "--json")
     assert kernel["packets"] == model["packets"]
     assert kernel["dropped"]["packets"] > 0
-    # Whole frames (snaplen 3500, none shorter than 60) -> the kernel sees what the model does.
     assert kernel["verdicts"] == model["verdicts"]
+
+
+def _summary_without_engine(summary: dict) -> dict:
+    out = {k: v for k, v in summary.items()
+           if k not in ("divergences", "differences", "state_equal", "state_differs_in", "engines_agree")}
+    out["settings"] = {k: v for k, v in summary["settings"].items() if k != "engine"}
+    return out
+
+
+def test_headers_only_and_full_captures_give_every_engine_the_same_result(tmp_path):
+    """Issue #20: headers-only captures made the kernel charge 128-byte frames."""
+    summaries = {}
+    for label, snaplen in (("headers", "128"), ("full", "0")):
+        pcap = tmp_path / f"{label}.pcap"
+        subprocess.run([sys.executable, "-m", "natra.simulations.cli", "workload", "mix", str(pcap),
+                        "--rate", "100M", "--duration", "0.3", "--seed", "4", "--limit", "6000",
+                        "--snaplen", snaplen], check=True, capture_output=True, timeout=300)
+        for engine in ("model", "kernel", "both"):
+            summaries[label, engine] = natra_sim("replay", str(pcap), "--rate", "20M", "--engine", engine,
+                                                 "--json")
+    both = summaries["headers", "both"]
+    assert both["engines_agree"] and both["divergences"] == 0 and both["state_equal"]
+    assert summaries["full", "both"]["engines_agree"]
+    reference = _summary_without_engine(summaries["full", "model"])
+    assert reference["dropped"]["bytes"] > 0 and reference["passed"]["bytes"] > 0
+    assert reference["bytes"] > 6000 * 128  # the wire lengths, not the snapshot's
+    for key, summary in summaries.items():
+        assert _summary_without_engine(summary) == reference, key
+
+
+def test_frames_longer_than_the_test_path_are_refused(tmp_path):
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import RawPcapWriter
+
+    frame = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP())
+    pcap = tmp_path / "gso.pcap"
+    writer = RawPcapWriter(str(pcap), linktype=1, nano=True, snaplen=128)
+    writer.write_header(None)
+    for i, wire in enumerate((1514, 65226, 1514)):
+        writer.write_packet(frame, sec=1, usec=i * 1000, caplen=len(frame), wirelen=wire)
+    writer.close()
+    for engine in ("kernel", "both"):
+        out = subprocess.run([sys.executable, "-m", "natra.simulations.cli", "replay", str(pcap), "--rate",
+                              "10M", "--engine", engine], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, out
+        assert "Traceback" not in out.stderr
+        assert "1 of 3 frames are longer than the 3712 bytes" in out.stderr, out.stderr
+    model = natra_sim("replay", str(pcap), "--rate", "10M", "--json")
+    assert model["bytes"] == 1514 + 65226 + 1514
+
+
+def test_both_reports_every_disagreement(tmp_path, monkeypatch, capsys):
+    """A model twin that decides differently (a tenth of the rate) must show up as divergences."""
+    from natra.simulations import cli, kernel_engine
+
+    pcap = tmp_path / "zipf.pcap"
+    assert cli.main(["workload", "zipf", str(pcap), "--rate", "50M", "--duration", "0.2", "--seed", "2",
+                     "--limit", "3000"]) == 0
+    real_model = kernel_engine.Model
+
+    def slower_model(configs, flow_table):
+        configs = [dataclasses.replace(c, rate_bps=max(c.rate_bps // 10, 1)) for c in configs]
+        return real_model(configs, flow_table=flow_table)
+
+    monkeypatch.setattr(kernel_engine, "Model", slower_model)
+    capsys.readouterr()
+    code = cli.main(["replay", str(pcap), "--rate", "10M", "--engine", "both", "--json"])
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert code == 1 and "DISAGREE" in err
+    assert summary["divergences"] > 0 and not summary["engines_agree"] and summary["differences"]
