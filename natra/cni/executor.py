@@ -18,53 +18,63 @@ from __future__ import annotations
 import os
 import socket
 
+from natra.cni import failopen
 from natra.cni.errors import CniError, Kind
 from natra.cni.log import Log
 from natra.cni.plan import Attachment, Plan, drift, keeps
 from natra.kernel import layout as L
 
-FAIL_OPEN_DIR = "fail-open"  # under Settings.state_dir: one file per failed-open container
+FAIL_OPEN_DIR = failopen.FAIL_OPEN_DIR  # under Settings.state_dir: one record per failed-open container
 
 
 class FailOpen(Exception):
-    """Limiting this Pod is impossible; the message is the log line's cause."""
+    """Limiting this Pod is impossible; the message is the log line's cause, `kind` its label."""
+
+    def __init__(self, message: str, kind: str = "unexpected"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def _datapath():
     try:
         from natra.kernel import datapath
     except Exception as exc:  # noqa: BLE001 - a broken install must not break Pods
-        raise FailOpen(f"natra.kernel.datapath cannot be imported: {exc}") from exc
+        raise FailOpen(f"natra.kernel.datapath cannot be imported: {exc}", "datapath_unavailable") from exc
     return datapath
 
 
-def _marker(plan: Plan) -> str:
-    return os.path.join(plan.settings.state_dir, FAIL_OPEN_DIR, plan.container_id)
-
-
-def _write_marker(plan: Plan, cause: str) -> None:
-    path = _marker(plan)
+def _write_marker(plan: Plan, now: int, directions: dict[str, tuple[str, str]]) -> None:
+    """Record which asked directions are not limited, why (cause label, message) and since when."""
+    state = plan.settings.state_dir
+    earlier = failopen.read(state, plan.container_id)
+    uid = (plan.attachment.meta.get("pod_uid", "") if plan.attachment else "") or ""
+    ifname = plan.attachment.pod_ifname if plan.attachment else ""
+    record = failopen.Record(
+        plan.container_id, pod=plan.pod, pod_uid=uid, ifname=ifname,
+        directions={d: {"cause": kind, "message": message} for d, (kind, message) in directions.items()},
+        since_ns=earlier.since_ns if earlier and earlier.since_ns else now, updated_ns=now)
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(path, "w") as f:
-            f.write(cause + "\n")
+        failopen.write(state, record)
     except OSError:
         pass  # CHECK will report the missing state instead; ADD still succeeds
 
 
+def record_failed_open(plan: Plan, now: int, kind: str, message: str) -> None:
+    """The whole ADD failed open: every direction the Pod asked for is unlimited."""
+    refused = dict(plan.refused)
+    _write_marker(plan, now, {d: ("invalid_annotation", refused[d]) if d in refused else (kind, message)
+                              for d in (plan.asked or (failopen.UNKNOWN,))})
+
+
 def _read_marker(plan: Plan) -> str | None:
-    try:
-        with open(_marker(plan)) as f:
-            return f.read().strip() or "unknown cause"
-    except OSError:
+    record = failopen.read(plan.settings.state_dir, plan.container_id)
+    if record is None:
         return None
+    return "; ".join(f"{d}: {v['message']}" for d, v in sorted(record.directions.items())) or "unknown cause"
 
 
 def _clear_marker(plan: Plan) -> None:
-    try:
-        os.unlink(_marker(plan))
-    except OSError:
-        pass
+    failopen.clear(plan.settings.state_dir, plan.container_id)
 
 
 def host_interface(attachment: Attachment) -> str:
@@ -76,11 +86,11 @@ def host_interface(attachment: Attachment) -> str:
         name = socket.if_indextoname(peer)
     except OSError as exc:
         raise FailOpen(f"peer check: cannot find the peer of {attachment.pod_ifname} "
-                       f"in {attachment.netns}: {exc}") from exc
+                       f"in {attachment.netns}: {exc}", "peer_check") from exc
     if name not in attachment.host_candidates:
         raise FailOpen(f"peer check: the peer of {attachment.pod_ifname} is {name} (ifindex {peer}), "
                        f"which prevResult does not list (host interfaces: "
-                       f"{', '.join(attachment.host_candidates) or 'none'})")
+                       f"{', '.join(attachment.host_candidates) or 'none'})", "peer_check")
     return name
 
 
@@ -100,9 +110,15 @@ def add(plan: Plan, log: Log, now: int) -> dict:
     attachment = plan.attachment
     try:
         if plan.cause:
-            raise FailOpen(plan.cause)
+            raise FailOpen(plan.cause, plan.cause_kind or "unexpected")
         if attachment is None:
-            log.info(now, "ADD: no bandwidth limits; result passed through")
+            if plan.refused:
+                _write_marker(plan, now, {d: ("invalid_annotation", why) for d, why in plan.refused})
+                log.error(now, "ADD failed open, Pod is NOT limited: "
+                          + "; ".join(f"{d}: {why}" for d, why in plan.refused))
+            else:
+                _clear_marker(plan)
+                log.info(now, "ADD: no bandwidth limits; result passed through")
             return plan.result
         host = host_interface(attachment)
         datapath = _datapath()
@@ -113,13 +129,16 @@ def add(plan: Plan, log: Log, now: int) -> dict:
                 mode=attachment.mode, flow_table=attachment.flow_table, meta=dict(attachment.meta),
                 root=settings.bpffs_root, object_path=settings.object_path)
         except Exception as exc:  # noqa: BLE001 - DatapathError and anything unforeseen
-            raise FailOpen(f"data path: {exc}") from exc
+            raise FailOpen(f"data path: {exc}", "datapath") from exc
     except FailOpen as exc:
         _cleanup_after_failure(plan, log, now)
-        _write_marker(plan, str(exc))
+        record_failed_open(plan, now, exc.kind, str(exc))
         log.error(now, f"ADD failed open, Pod is NOT limited: {exc}")
         return plan.result
-    _clear_marker(plan)
+    if plan.refused:  # limited, but a direction it asked for is not
+        _write_marker(plan, now, {d: ("invalid_annotation", why) for d, why in plan.refused})
+    else:
+        _clear_marker(plan)
     log.info(now, f"ADD: limited {_describe(attachment)} on {host} via {installed.mode}"
              + (f" (tcx unavailable: {installed.tcx_error})" if installed.tcx_error else ""))
     return plan.result
@@ -214,22 +233,7 @@ def gc(plan: Plan, log: Log, now: int) -> None:
             removed += 1
         except Exception as exc:  # noqa: BLE001
             failed.append(f"{container_id}: {exc}")
-    _gc_markers(plan)
+    failopen.gc(plan.settings.state_dir, {cid for cid, _ in plan.keep})
     log.info(now, f"GC: removed {removed} stale of {len(installed)} installed")
     if failed:
         raise CniError.of(Kind.GC_INCOMPLETE, "GC could not remove every stale attachment", "; ".join(failed))
-
-
-def _gc_markers(plan: Plan) -> None:
-    directory = os.path.join(plan.settings.state_dir, FAIL_OPEN_DIR)
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    valid = {cid for cid, _ in plan.keep}
-    for name in names:
-        if name not in valid:
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass

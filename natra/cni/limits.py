@@ -55,6 +55,7 @@ class DirectionLimit:
 class Limits:
     directions: Mapping[int, DirectionLimit]  # only limited directions
     notes: tuple[str, ...] = ()  # fail-open causes met while reading (bad annotations)
+    refused: Mapping[int, str] = field(default_factory=dict)  # direction -> why its asked limit is void
 
     def __bool__(self) -> bool:
         return bool(self.directions)
@@ -144,8 +145,9 @@ def parse_annotation(text) -> tuple[int, int | None, dict[str, int]]:
     return rate, burst, _cms_overrides(form.get("cms", {}))
 
 
-def _annotation_limits(annotations: Mapping, wanted) -> tuple[dict[int, DirectionLimit], list[str]]:
-    found, notes = {}, []
+def _annotation_limits(annotations: Mapping, wanted
+                       ) -> tuple[dict[int, DirectionLimit], list[str], dict[int, str]]:
+    found, notes, refused = {}, [], {}
     for direction in wanted:
         key = DIRECTION_KEYS[direction][2]
         if key not in annotations:
@@ -157,9 +159,10 @@ def _annotation_limits(annotations: Mapping, wanted) -> tuple[dict[int, Directio
             reason = str(exc) if not isinstance(exc, QuantityError) or "unreasonably" in str(exc) \
                 else "not a Kubernetes quantity"
             notes.append(f"ignored invalid {key} annotation: {reason}; no limit from it")
+            refused[direction] = f"invalid {key} annotation: {reason}"
             continue
         found[direction] = DirectionLimit(rate, burst, key, overrides)
-    return found, notes
+    return found, notes, refused
 
 
 def pod_annotations(config: Mapping) -> Mapping:
@@ -180,5 +183,5 @@ def extract_limits(config: Mapping) -> Limits:
     if _has_any(config, static_keys):
         return Limits(_entry_limits(config, "config"))
     missing = [d for d in DIRECTION_KEYS if d not in runtime_limits]
-    from_annotations, notes = _annotation_limits(pod_annotations(config), missing)
-    return Limits({**runtime_limits, **from_annotations}, tuple(notes))
+    from_annotations, notes, refused = _annotation_limits(pod_annotations(config), missing)
+    return Limits({**runtime_limits, **from_annotations}, tuple(notes), refused)

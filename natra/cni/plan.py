@@ -25,6 +25,10 @@ from natra.kernel import layout as L
 from natra.kernel import params as P
 
 VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+# The text each plan cause starts with; `cause_kind` names it for the fail-open record.
+CAUSE_UNREPRESENTABLE = "limits cannot be represented"
+CAUSE_NO_HOST = "prevResult lists no host-side interface"
+CAUSE_KINDS = {CAUSE_UNREPRESENTABLE: "unrepresentable_limits", CAUSE_NO_HOST: "no_host_interface"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,9 @@ class Plan:
     result: dict | None = None  # ADD: what to print (prevResult in the request's version)
     attachment: Attachment | None = None  # ADD/CHECK: None when there is nothing to limit
     cause: str | None = None  # ADD/CHECK: why limiting is impossible (fail open)
+    cause_kind: str = ""  # the cause's label (natra.cni.failopen.CAUSES) when `cause` is set
+    asked: tuple[str, ...] = ()  # ADD/CHECK: directions the Pod asked to limit, refused ones too
+    refused: tuple[tuple[str, str], ...] = ()  # (direction, why) asked but void (bad annotation)
     notes: tuple[str, ...] = ()  # log lines: things ignored on the way
     keep: frozenset[tuple[str, str]] = frozenset()  # GC: (containerID, ifname) still valid
     container_id: str = ""
@@ -141,7 +148,7 @@ def _limit_plan(request: Request, settings: Settings) -> tuple[Attachment | None
             settings = replace(settings, tuning=replace(settings.tuning, **shape).validate())
         configs, described, tuning = _configs(limits, request, settings, notes)
     except (P.ParamError, ValueError) as exc:
-        return None, f"limits cannot be represented: {exc}", notes
+        return None, f"{CAUSE_UNREPRESENTABLE}: {exc}", notes
     candidates = host_candidates(request.prev_result, request.ifname)
     meta = {"pod": request.pod, "pod_uid": request.args.get("K8S_POD_UID", ""),
             "ifname": request.ifname, "limits": described, "ips": _pod_ips(request.prev_result),
@@ -151,7 +158,7 @@ def _limit_plan(request: Request, settings: Settings) -> tuple[Attachment | None
         host_candidates=candidates, directions=frozenset(limits.directions), configs=configs,
         mode=settings.attach_mode, flow_table=tuning.flow_table, meta=meta)
     cause = None if candidates or request.command != "ADD" else \
-        f"prevResult lists no host-side interface for {request.ifname}"
+        f"{CAUSE_NO_HOST} for {request.ifname}"
     return attachment, cause, notes
 
 
@@ -182,13 +189,19 @@ def make_plan(request: Request, env: Mapping[str, str] | None = None) -> Plan:
             "container_id": request.container_id, "pod": request.pod}
     if request.command in ("ADD", "CHECK"):
         attachment, cause, notes = _limit_plan(request, settings)
+        limits = extract_limits(request.config)
+        asked = sorted({*limits.directions, *limits.refused})
+        extra = {"asked": tuple(L.DIRECTION_NAMES[d] for d in asked),
+                 "refused": tuple((L.DIRECTION_NAMES[d], why) for d, why in sorted(limits.refused.items())),
+                 "cause_kind": next((k for t, k in CAUSE_KINDS.items() if cause and cause.startswith(t)),
+                                    "")}
         prev = request.prev_result
         if request.command == "ADD" and (attachment or cause) and prev is None:
             raise CniError.of(Kind.INVALID_CONFIG, "must be called as chained plugin",
                               "the Pod has bandwidth limits but the config has no prevResult; "
                               "list natra after the main network plugin in the conflist")
         result = versions.convert_result(prev, request.cni_version) if request.command == "ADD" else None
-        return Plan(**base, result=result, attachment=attachment, cause=cause, notes=tuple(notes))
+        return Plan(**base, result=result, attachment=attachment, cause=cause, notes=tuple(notes), **extra)
     if request.command == "GC":
         return Plan(**base, keep=_keep(request.config), notes=tuple(notes))
     return Plan(**base, notes=tuple(notes))

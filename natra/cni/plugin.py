@@ -101,6 +101,8 @@ def run(env: Mapping[str, str], stdin: bytes, *, now: int, stderr=None, log: Log
         command = request.command if request else env.get("CNI_COMMAND", "")
         if plan is not None and command in ("ADD", "DEL"):
             log.error(now, f"{command} failed open on an unexpected error: {exc!r}")
+            if command == "ADD":
+                executor.record_failed_open(plan, now, "unexpected", repr(exc))
             return EXIT_OK, (_json(plan.result) if command == "ADD" else b"")
         err = CniError.of(Kind.INVALID_CONFIG if plan is None else Kind.IO_FAILURE,
                           f"unexpected error in {command or 'request'}", repr(exc))

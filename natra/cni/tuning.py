@@ -16,6 +16,7 @@ Must not know: limits, the kernel, CNI commands.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -181,6 +182,30 @@ LOCATION_KNOBS = {
     "logFile": ("log_file", "NATRA_LOG_FILE"),
 }
 assert {f.name for f in fields(Tuning)} == {f for f, _ in TUNING_KNOBS.values()}
+# Natra's own keys besides TUNING_KNOBS and LOCATION_KNOBS (a new knob goes in one of the three).
+OTHER_KNOBS = ("attachMode", "logMaxBytes")
+# Keys of a plugin entry that are not Natra's knobs: the CNI spec's and the runtime's, and the
+# standard bandwidth plugin's static limits. Matched case-insensitively, as Go decodes them.
+ENTRY_KEYS = ("cniVersion", "cniVersions", "name", "type", "args", "capabilities", "runtimeConfig",
+              "prevResult", "ipMasq", "ipam", "dns", "cni.dev/valid-attachments", "cni.dev/attachments",
+              "ingressRate", "ingressBurst", "egressRate", "egressBurst")
+
+
+def natra_keys() -> tuple[str, ...]:
+    return (*TUNING_KNOBS, *LOCATION_KNOBS, *OTHER_KNOBS)
+
+
+def unknown_key(key) -> str | None:
+    """Why `key` is not a key of Natra's conflist entry (the nearest valid key suggested), or None."""
+    if key in natra_keys() or (isinstance(key, str) and key.casefold() in {k.casefold() for k in ENTRY_KEYS}):
+        return None
+    text = str(key)
+    near = difflib.get_close_matches(text, natra_keys(), n=1, cutoff=0.6) or difflib.get_close_matches(
+        text.casefold(), [k.casefold() for k in natra_keys()], n=1, cutoff=0.6)
+    if near:
+        near = [next(k for k in natra_keys() if k.casefold() == near[0].casefold())]
+        return f"unknown key {text!r}: did you mean {near[0]!r}?"
+    return f"unknown key {text!r} (Natra's keys: {', '.join(natra_keys())})"
 
 
 def _apply(base: Tuning, values: Mapping, labels: Mapping[str, str] | None = None) -> Tuning:
@@ -196,6 +221,10 @@ def cluster_settings(config: Mapping, env: Mapping[str, str] | None = None) -> S
     """The conflist entry's knobs; CniError(7) names the bad one."""
     env = env or {}
     try:
+        for key in config:
+            problem = unknown_key(key)
+            if problem:
+                raise TuningError(problem)
         tuning = _apply(Tuning(), {k: config[k] for k in TUNING_KNOBS if k in config})
         mode = config.get("attachMode", "auto")
         if mode not in ATTACH_MODES:
