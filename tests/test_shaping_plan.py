@@ -61,3 +61,26 @@ def test_ifb_names_are_short_stable_and_recognisable():
     assert len(name) <= 15 and shaping.is_ifb_name(name)
     assert name == shaping.ifb_name("a" * 64) != shaping.ifb_name("b" * 64)
     assert not shaping.is_ifb_name("ifb0") and not shaping.is_ifb_name("ntifbXYZ")
+
+
+@settings(max_examples=50, deadline=None)
+@given(rate=st.integers(10**6, 10**10), share=st.sampled_from([2, 4, 8]))
+def test_shaping_defaults_call_a_bulk_flow_at_a_fraction_of_the_rate_heavy(rate, share):
+    """Four bulk flows of a 10 Mbit/s Pod must not all be "mice" (they would share one queue)."""
+    from natra.reference.engine import Model
+
+    from natra.kernel.params import to_config
+
+    p = params_for(rate, mode="shape")
+    model = Model([to_config(p), to_config(p)], accelerator=False)
+    frame = 1514
+    gap_ns = frame * 8 * share * 10**9 // rate  # the flow sends at rate / share
+    key = bytes(range(40))
+    heavy_at = None
+    for i in range(4 * p.window_ns // gap_ns + 1):
+        if model.process_key(key, frame, i * gap_ns, L.DIR_TO_POD).heavy:
+            heavy_at = i * gap_ns
+            break
+    assert heavy_at is not None and heavy_at <= p.window_ns
+    request = model.process_key(bytes(reversed(range(40))), 10_000, 0, L.DIR_TO_POD)
+    assert not request.heavy  # a 10 KB request stays a mouse
