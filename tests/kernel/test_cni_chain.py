@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import chain as C
+import ci_tally
 import pytest
 from conftest import kernel_unavailable
 from hypothesis import HealthCheck, settings
@@ -461,7 +462,8 @@ def test_pod_annotation_overrides_reach_the_kernel(lab):
 def test_add_imports_nothing_heavy(lab):
     """The tcx ADD path never imports numpy, scapy or pyroute2 (each costs 0.1-1.2 s per call)."""
     if C.frozen(lab.bin_dir):
-        pytest.skip("a frozen bundle ignores PYTHONPROFILEIMPORTTIME; its imports are fixed at build time")
+        pytest.skip(ci_tally.NOT_APPLICABLE + "a frozen bundle ignores PYTHONPROFILEIMPORTTIME; "
+                    "its imports are fixed at build time")
     ch = lab.chain("1.0.0", attachMode="tcx")
     ch.extra_env = {"PYTHONPROFILEIMPORTTIME": "1"}
     pod = lab.pod(ch, "imp", capability_args=CONTAINERD_ARGS)
