@@ -47,9 +47,16 @@ def _load_plugins() -> None:
         SUBCOMMANDS.update(getattr(module, "SUBCOMMANDS", {}))
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: 'natra-sim sweep: error: ...' and exit 2, no usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     _load_plugins()
-    parser = argparse.ArgumentParser(prog="natra-sim", description="Natra simulations and capture replays")
+    parser = Parser(prog="natra-sim", description="Natra simulations and capture replays")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, run) in sorted(SUBCOMMANDS.items()):
         doc = (run.__doc__ or "").strip().splitlines()
@@ -61,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # --help, or a one-line usage error (exit 2)
+            return done.code if isinstance(done.code, int) else 2
         return args._run(args)
     except ModuleNotFoundError as exc:
         if not missing_extra(exc):

@@ -29,6 +29,10 @@ from natra.kernel.params import (
     DEFAULT_DEPTH,
     DEFAULT_FLOW_TABLE,
     DEFAULT_WIDTH,
+    DEFAULT_WINDOW_NS,
+    MAX_FLOW_TABLE,
+    MAX_WINDOW_NS,
+    MIN_WINDOW_NS,
     ConfigValues,
     params_for,
     to_config,
@@ -225,29 +229,38 @@ def format_table(summary: dict, limit: int = TABLE_FLOWS) -> str:
 
 
 # ---- the command line (the edge: files, progress bar, stdout) ------------
-def _parse_bits(text: str, what: str) -> int:
-    from math import ceil
-
-    from natra.cni.quantity import QuantityError, parse_bandwidth, parse_quantity
-    try:
-        return parse_bandwidth(text) if what == "rate" else ceil(parse_quantity(text))
-    except QuantityError as e:
-        raise argparse.ArgumentTypeError(f"--{what} {text!r}: {e}") from e
+def engine_name(text: str) -> str:
+    if text not in ENGINES:
+        raise argparse.ArgumentTypeError(f"unknown engine {text!r}; known: {', '.join(sorted(ENGINES))}")
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from natra.simulations import units
+
     parser.add_argument("pcap", help="capture file (pcap or pcapng, Ethernet)")
-    parser.add_argument("--rate", required=True, type=lambda s: _parse_bits(s, "rate"),
-                        help="limit in bit/s, a Kubernetes quantity (10M, 1G)")
-    parser.add_argument("--burst", type=lambda s: _parse_bits(s, "burst"), default=None,
-                        help="bucket depth in bits, a Kubernetes quantity (default: as natra.kernel.params)")
-    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH, help="sketch columns (power of two)")
-    parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH, help="sketch rows (1..8)")
-    parser.add_argument("--threshold", type=int, default=None, help="heavy-hitter threshold, bytes/window")
-    parser.add_argument("--window", type=int, default=None, help="sketch window in ns")
-    parser.add_argument("--flow-table", type=int, default=DEFAULT_FLOW_TABLE, help="heavy-flow LRU entries")
+    parser.add_argument("--rate", required=True, type=units.rate,
+                        help="limit in bit/s, a quantity as in the bandwidth annotations (10M, 1G, 1Gi, 1e9)")
+    parser.add_argument("--burst", type=units.bounded(units.size, what="burst"), default=None,
+                        help="bucket depth in bits, a quantity as in the annotations (default: as "
+                             "natra.kernel.params)")
+    parser.add_argument("--width", type=units.bounded(units.power_of_two, maximum=L.MAX_WIDTH, what="width"),
+                        default=DEFAULT_WIDTH, help="sketch columns (a power of two)")
+    parser.add_argument("--depth", type=units.bounded(units.count, minimum=1, maximum=L.MAX_DEPTH,
+                                                      what="depth"),
+                        default=DEFAULT_DEPTH, help=f"sketch rows (1..{L.MAX_DEPTH})")
+    parser.add_argument("--threshold", type=units.bounded(units.share, what="threshold",
+                                                          of="the window's volume (rate x window)"),
+                        default=None, help="heavy-hitter threshold: bytes per window (125k, 64Ki) or a "
+                                           "percentage of rate x window spelled with %% (1%%)")
+    parser.add_argument("--window", type=units.bounded(units.duration_ns, minimum_ns=MIN_WINDOW_NS,
+                                                       maximum_ns=MAX_WINDOW_NS, what="window"),
+                        default=None, help="sketch window, a duration (100ms, 1s)")
+    parser.add_argument("--flow-table", type=units.bounded(units.count, minimum=1, maximum=MAX_FLOW_TABLE,
+                                                           what="flow table"),
+                        default=DEFAULT_FLOW_TABLE, help="heavy-flow LRU entries")
     parser.add_argument("--no-ecn", action="store_true", help="drop instead of marking ECT heavy frames")
-    parser.add_argument("--engine", default="model",
+    parser.add_argument("--engine", default="model", type=engine_name,
                         help="model (default); kernel: the real program through BPF_PROG_TEST_RUN (root); "
                              "both: kernel and model side by side, disagreeing frames counted as "
                              "'divergences' (exit 1 when any frame or the final map state differs). Every "
@@ -264,8 +277,11 @@ def build_configs(args) -> tuple[list[ConfigValues], dict]:
     tuning = {"width": args.width, "depth": args.depth}
     if args.window is not None:
         tuning["window_ns"] = args.window
-    if args.threshold is not None:
-        tuning["threshold_bytes"] = args.threshold
+    if args.threshold is not None and args.threshold.percent is not None:
+        volume_bits = args.rate * (args.window or DEFAULT_WINDOW_NS) // L.NS_PER_SEC
+        tuning["threshold_bytes"] = max(round(volume_bits * args.threshold.percent / (100 * 8)), 1)
+    elif args.threshold is not None:
+        tuning["threshold_bytes"] = args.threshold.bytes
     if args.no_ecn:
         tuning["ecn"] = False
     params = params_for(args.rate, args.burst, **tuning)

@@ -32,17 +32,26 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
-from natra.simulations import metrics
+from natra.simulations import knobs, metrics, units
 from natra.simulations import workloads as W
 
 from natra.kernel import layout as L
-from natra.kernel.params import DEFAULT_FLOW_TABLE, params_for, to_config
+from natra.kernel.params import (
+    DEFAULT_FLOW_TABLE,
+    DEFAULT_WINDOW_NS,
+    MAX_FLOW_TABLE,
+    MAX_WINDOW_NS,
+    MIN_WINDOW_NS,
+    params_for,
+    to_config,
+)
 
 CHUNK_PACKETS = 1 << 20  # frames per process_batch call: bounds the (n, 40) key array to 40 MiB
 WORKLOAD_CACHE = 4  # open-loop workloads kept per worker process
 DEFAULT_OUT = "sim-results"
-RATE_SUFFIXES = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-DEFAULT = "default"  # grid value: Natra's own rule
+DEFAULT = units.DEFAULT  # grid value: Natra's own rule
+MIN_DURATION_NS = 1_000_000  # 1 ms of traffic at least
+MAX_DURATION_NS = 3600 * L.NS_PER_SEC
 PLOT_COLUMNS = 2  # panels per row when a plot shows one metric or one workload
 MBIT = 10**6
 PACKED_TAG_BITS = 64  # a key's columns of all rows fit one uint64 up to this many bits
@@ -63,6 +72,8 @@ class Point:
     seed: int
     flow_table: int = DEFAULT_FLOW_TABLE
     options: tuple = ()  # (name, value) pairs passed to the workload generator
+    threshold_fixed_bytes: int | None = None  # a threshold given in bytes (threshold_pct is then None)
+    reserve_fixed_bytes: int | None = None  # a reserve given in bytes (reserve_pct is then None)
 
     @property
     def window_ns(self) -> int:
@@ -70,16 +81,34 @@ class Point:
 
     def params(self):
         tuning = {"width": self.width, "depth": self.depth, "window_ns": self.window_ns}
-        if self.threshold_pct is not None:
+        if self.threshold_fixed_bytes is not None:
+            tuning["threshold_bytes"] = self.threshold_fixed_bytes
+        elif self.threshold_pct is not None:
             per_window_bits = self.rate_bps * self.window_ns // L.NS_PER_SEC
             tuning["threshold_bytes"] = max(round(per_window_bits * self.threshold_pct / (100 * 8)), 1)
         params = params_for(self.rate_bps, **tuning)
-        if self.reserve_pct is not None:
+        if self.reserve_fixed_bytes is not None:
+            params = params.with_(reserve_bits=self.reserve_fixed_bytes * 8).validate()
+        elif self.reserve_pct is not None:
             params = params.with_(reserve_bits=round(params.burst_bits * self.reserve_pct / 100)).validate()
         return params
 
 
 # ---- one point -------------------------------------------------------------------
+
+class WorkloadError(ValueError):
+    """A workload that cannot be generated with these arguments, or has no packet."""
+
+
+def _generated(make, point_text: str):
+    try:
+        workload = make()
+    except (ValueError, ZeroDivisionError, IndexError, OverflowError, MemoryError) as e:
+        raise WorkloadError(f"workload {point_text}: cannot be generated: {e}") from None
+    if len(workload[0] if isinstance(workload, tuple) else workload) == 0:
+        raise WorkloadError(f"workload {point_text}: no packet at this rate, load and duration")
+    return workload
+
 
 @functools.lru_cache(maxsize=WORKLOAD_CACHE)
 def open_loop_workload(name: str, seed: int, rate_bps: int, duration_s: float,
@@ -212,16 +241,23 @@ def role_throughput(workload: W.Workload, verdicts: np.ndarray) -> dict:
     return out
 
 
+def _describe(point: Point) -> str:
+    options = "".join(f" {k}={v}" for k, v in point.options)
+    return (f"{point.workload}{options} at {point.rate_bps} bit/s for {point.duration_s:g} s, "
+            f"seed {point.seed}")
+
+
 def run_point(point: Point) -> dict:
     """Every metric of one grid point, with the point's settings, as a flat dict."""
     started = time.perf_counter()
     params = point.params()
+    text = _describe(point)
     if point.workload in W.CLOSED_LOOP:
-        workload, heavy, estimates = closed_loop(point, params)
+        workload, heavy, estimates = _generated(lambda: closed_loop(point, params), text)
         verdicts = workload.verdicts
     else:
-        workload = open_loop_workload(point.workload, point.seed, point.rate_bps, point.duration_s,
-                                      point.options)
+        workload = _generated(lambda: open_loop_workload(point.workload, point.seed, point.rate_bps,
+                                                         point.duration_s, point.options), text)
         verdicts, heavy, estimates = decide_all(workload, params, point.flow_table)
     model_s = time.perf_counter() - started
     config = to_config(params)
@@ -249,11 +285,23 @@ def run_point(point: Point) -> dict:
 
 # ---- the grid --------------------------------------------------------------------
 
+def _share(value) -> tuple[float | None, int | None]:
+    """A grid value for a threshold or reserve: None (Natra's rule), a % number, or a units.Share."""
+    if isinstance(value, units.Share):
+        return value.percent, value.bytes
+    return value, None
+
+
 def grid(workloads, widths, depths, thresholds, windows, reserves, *, rate_bps: int, duration_s: float,
          seed: int, flow_table: int = DEFAULT_FLOW_TABLE, options: tuple = ()) -> list[Point]:
-    return [Point(wl, w, d, t, win, r, rate_bps, duration_s, seed, flow_table, options)
-            for wl, w, d, t, win, r in itertools.product(workloads, widths, depths, thresholds, windows,
-                                                        reserves)]
+    """Every combination; thresholds and reserves are % numbers, units.Share values or None."""
+    points = []
+    for wl, w, d, t, win, r in itertools.product(workloads, widths, depths, thresholds, windows, reserves):
+        t_pct, t_bytes = _share(t)
+        r_pct, r_bytes = _share(r)
+        points.append(Point(wl, w, d, t_pct, win, r_pct, rate_bps, duration_s, seed, flow_table, options,
+                            t_bytes, r_bytes))
+    return points
 
 
 def run_grid(points: list[Point], jobs: int = 0, progress: bool = True) -> list[dict]:
@@ -300,6 +348,15 @@ def write_csv(rows: list[dict], path: Path) -> None:
 def _json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    return value
+
+
+def _plain(value):
+    """Option values as JSON shows them: shares as spelled ('1%', '125000'), lists item by item."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, units.Share):
+        return str(value)
     return value
 
 
@@ -491,39 +548,29 @@ def _fmt_rate(bps: int) -> str:
 # ---- command line ----------------------------------------------------------------------
 
 def parse_rate(text: str) -> int:
-    """'1G', '100M', '10k' or a plain number of bit/s."""
-    t = text.strip().lower().removesuffix("bit").removesuffix("bps")
-    scale = RATE_SUFFIXES.get(t[-1:], 1)
-    number = t[:-1] if t[-1:] in RATE_SUFFIXES else t
-    return int(float(number) * scale)
+    """bit/s from a quantity ('1G', '100M', '1Gi', '1e9'): the CNI side's grammar (units.rate)."""
+    try:
+        return units.rate(text)
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(str(e)) from None
 
 
-def parse_options(items: list[str]) -> tuple:
-    """['load=1.2', 'n_flows=500'] -> (('load', 1.2), ('n_flows', 500)); numbers become numbers."""
-    out = []
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or not name:
-            raise ValueError(f"workload argument {item!r} is not NAME=VALUE")
-        value: object = text
-        for kind in (int, float):
-            try:
-                value = kind(text)
-                break
-            except ValueError:
-                continue
-        out.append((name.strip(), value))
-    return tuple(sorted(out))
+def workload_name(text: str) -> str:
+    if text not in W.WORKLOAD_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown workload {text!r}; known: {', '.join(W.WORKLOAD_NAMES)}")
+    return text
 
 
-def _list(kind):
-    def parse(text: str):
-        out = []
-        for item in text.split(","):
-            item = item.strip()
-            out.append(None if item == DEFAULT else kind(item))
-        return out
-    return parse
+WIDTH = units.bounded(units.power_of_two, maximum=L.MAX_WIDTH, what="width")
+DEPTH = units.bounded(units.count, minimum=1, maximum=L.MAX_DEPTH, what="depth")
+WINDOW = units.bounded(units.duration_ns, minimum_ns=MIN_WINDOW_NS, maximum_ns=MAX_WINDOW_NS, what="window")
+DURATION = units.bounded(units.duration_ns, minimum_ns=MIN_DURATION_NS, maximum_ns=MAX_DURATION_NS,
+                         what="duration")
+THRESHOLD = units.bounded(units.share, what="threshold", of="the window's volume (rate x window)")
+RESERVE = units.bounded(units.share, what="reserve", of="the burst", minimum_bytes=0)
+SEED = units.bounded(units.count, minimum=0, maximum=2**63 - 1, what="seed")
+FLOW_TABLE = units.bounded(units.count, minimum=1, maximum=MAX_FLOW_TABLE, what="flow table")
+JOBS = units.bounded(units.count, minimum=0, maximum=1024, what="jobs")
 
 
 SUMMARY_COLUMNS = ("workload", "width", "depth", "threshold_pct", "window_ms", "reserve_pct", "precision",
@@ -543,22 +590,32 @@ def summary_table(rows: list[dict]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workload", type=_list(str), default=["websearch"],
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "workload arguments (--workload-arg NAME=VALUE) and their defaults:\n" + knobs.help_text()
+    parser.add_argument("--workload", type=units.listed(workload_name), default=["websearch"],
                         help=f"comma list of {', '.join(W.WORKLOAD_NAMES)}")
-    parser.add_argument("--width", type=_list(int), default=[1024], help="comma list of sketch widths")
-    parser.add_argument("--depth", type=_list(int), default=[4], help="comma list of sketch depths")
-    parser.add_argument("--threshold", type=_list(float), default=[None],
-                        help="comma list of thresholds in %% of rate x window, or 'default'")
-    parser.add_argument("--window", type=_list(float), default=[100.0], help="comma list of windows in ms")
-    parser.add_argument("--reserve", type=_list(float), default=[None],
-                        help="comma list of reserves in %% of the burst, or 'default'")
-    parser.add_argument("--rate", type=parse_rate, default=W.DEFAULT_RATE_BPS, help="Pod rate, e.g. 1G")
-    parser.add_argument("--duration", type=float, default=10.0, help="workload length in seconds")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--width", type=units.listed(WIDTH), default=[1024],
+                        help="comma list of sketch widths (powers of two)")
+    parser.add_argument("--depth", type=units.listed(DEPTH), default=[4],
+                        help=f"comma list of sketch depths (1..{L.MAX_DEPTH})")
+    parser.add_argument("--threshold", type=units.listed(THRESHOLD, allow_default=True), default=[None],
+                        help="comma list of heavy-hitter thresholds: bytes per window (125k, 64Ki) or a "
+                             "percentage of rate x window spelled with %% (1%%); 'default': Natra's rule")
+    parser.add_argument("--window", type=units.listed(WINDOW), default=[DEFAULT_WINDOW_NS],
+                        help="comma list of sketch windows as durations (100ms, 1s)")
+    parser.add_argument("--reserve", type=units.listed(RESERVE, allow_default=True), default=[None],
+                        help="comma list of mice reserves: bytes (256Ki) or a percentage of the burst "
+                             "(5%%); 'default': Natra's rule")
+    parser.add_argument("--rate", type=units.rate, default=W.DEFAULT_RATE_BPS,
+                        help="Pod rate in bit/s, a quantity (1G, 100M, 1Gi, 1e9)")
+    parser.add_argument("--duration", type=DURATION, default=10 * L.NS_PER_SEC,
+                        help="traffic per run, a duration (10s, 500ms)")
+    parser.add_argument("--seed", type=SEED, default=1)
     parser.add_argument("--workload-arg", action="append", default=[], metavar="NAME=VALUE",
-                        help="passed to the workload generator, e.g. load=1.2 (repeatable)")
-    parser.add_argument("--flow-table", type=int, default=DEFAULT_FLOW_TABLE, help="heavy-flow LRU entries")
-    parser.add_argument("--jobs", type=int, default=0, help="worker processes (0: one per core)")
+                        help="passed to the workload generator, e.g. load=1.2 (repeatable; listed below)")
+    parser.add_argument("--flow-table", type=FLOW_TABLE, default=DEFAULT_FLOW_TABLE,
+                        help="heavy-flow LRU entries")
+    parser.add_argument("--jobs", type=JOBS, default=0, help="worker processes (0: one per core)")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"output directory (default {DEFAULT_OUT}/sweep-WORKLOADS)")
     parser.add_argument("--json", action="store_true", help="print the JSON results on stdout")
@@ -568,15 +625,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     """Sweep a parameter grid over workloads; write CSV, JSON and PNG plots."""
-    for name in args.workload:
-        if name not in W.WORKLOAD_NAMES:
-            print(f"natra-sim sweep: unknown workload {name!r}; known: {', '.join(W.WORKLOAD_NAMES)}",
-                  file=sys.stderr)
-            return 2
     try:
-        options = parse_options(args.workload_arg)
-        points = grid(args.workload, args.width, args.depth, args.threshold, args.window, args.reserve,
-                      rate_bps=args.rate, duration_s=args.duration, seed=args.seed,
+        options = knobs.parse_options(args.workload, args.workload_arg)
+        windows_ms = [ns / 1e6 for ns in args.window]
+        points = grid(args.workload, args.width, args.depth, args.threshold, windows_ms, args.reserve,
+                      rate_bps=args.rate, duration_s=args.duration / L.NS_PER_SEC, seed=args.seed,
                       flow_table=args.flow_table, options=options)
         for p in points:
             p.params()
@@ -584,9 +637,13 @@ def run(args) -> int:
         print(f"natra-sim sweep: {e}", file=sys.stderr)
         return 2
     out = args.out or Path(DEFAULT_OUT) / "sweep-{}".format("-".join(args.workload))
-    out.mkdir(parents=True, exist_ok=True)
-    rows = run_grid(points, jobs=args.jobs, progress=not args.quiet)
-    settings = {"argv": sys.argv[1:], "grid": {k: v for k, v in vars(args).items()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        rows = run_grid(points, jobs=args.jobs, progress=not args.quiet)
+    except (OSError, WorkloadError) as e:
+        print(f"natra-sim sweep: {e}", file=sys.stderr)
+        return 2
+    settings = {"argv": sys.argv[1:], "grid": {k: _plain(v) for k, v in vars(args).items()
                                                if k not in ("out", "json", "quiet", "no_plots", "_run")}}
     settings["grid"]["out"] = str(out)
     document = results_document(rows, settings)
@@ -605,28 +662,46 @@ def run(args) -> int:
 # ---- `natra-sim workload`: a workload as pcap -----------------------------------------------
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", choices=W.WORKLOAD_NAMES)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "workload arguments (--workload-arg NAME=VALUE) and their defaults:\n" + knobs.help_text()
+    parser.add_argument("name", type=workload_name, help=", ".join(W.WORKLOAD_NAMES))
     parser.add_argument("output", type=Path, help="pcap file to write")
-    parser.add_argument("--rate", type=parse_rate, default=W.DEFAULT_RATE_BPS, help="Pod rate, e.g. 1G")
-    parser.add_argument("--duration", type=float, default=1.0, help="seconds")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--limit", type=int, default=None, help="write at most this many frames")
-    parser.add_argument("--snaplen", type=int, default=None,
-                        help="bytes kept per frame (0: whole frames; default: headers only)")
-    parser.add_argument("--base-ns", type=int, default=0, help="timestamp of the workload's time 0")
+    parser.add_argument("--rate", type=units.rate, default=W.DEFAULT_RATE_BPS,
+                        help="Pod rate in bit/s, a quantity (1G, 100M, 1Gi, 1e9)")
+    parser.add_argument("--duration", type=DURATION, default=L.NS_PER_SEC, help="a duration (1s, 500ms)")
+    parser.add_argument("--seed", type=SEED, default=1)
+    parser.add_argument("--workload-arg", action="append", default=[], metavar="NAME=VALUE",
+                        help="passed to the workload generator, e.g. load=1.2 (repeatable; listed below)")
+    parser.add_argument("--limit", type=units.bounded(units.count, minimum=1, what="limit"), default=None,
+                        help="write at most this many frames")
+    parser.add_argument("--snaplen", default=None,
+                        type=units.bounded(units.count, minimum=0, maximum=65535, what="snaplen"),
+                        help="bytes kept per frame (0: whole frames; default: headers only, "
+                                           "original lengths kept: every replay engine charges those)")
+    parser.add_argument("--base-ns", default=0,
+                        type=units.bounded(units.count, minimum=0, maximum=2**62, what="base-ns"),
+                        help="timestamp of the workload's time 0, ns since the epoch")
 
 
 def run_workload(args) -> int:
     """Write a generated workload as a pcap file (the flood one reacts to Natra's defaults)."""
     from natra.simulations.pcapwrite import DEFAULT_SNAPLEN, write_pcap
 
-    point = Point(args.name, 1024, 4, None, 100.0, None, args.rate, args.duration, args.seed)
-    if args.name in W.CLOSED_LOOP:
-        workload = closed_loop(point, point.params())[0]
-    else:
-        workload = open_loop_workload(args.name, args.seed, args.rate, args.duration)
-    snaplen = DEFAULT_SNAPLEN if args.snaplen is None else args.snaplen
-    count = write_pcap(workload, args.output, base_ns=args.base_ns, snaplen=snaplen, limit=args.limit)
+    try:
+        options = knobs.parse_options([args.name], args.workload_arg)
+        point = Point(args.name, 1024, 4, None, 100.0, None, args.rate, args.duration / L.NS_PER_SEC,
+                      args.seed, options=options)
+        text = _describe(point)
+        if args.name in W.CLOSED_LOOP:
+            workload = _generated(lambda: closed_loop(point, point.params()), text)[0]
+        else:
+            workload = _generated(lambda: open_loop_workload(args.name, args.seed, args.rate,
+                                                             point.duration_s, options), text)
+        snaplen = DEFAULT_SNAPLEN if args.snaplen is None else args.snaplen
+        count = write_pcap(workload, args.output, base_ns=args.base_ns, snaplen=snaplen, limit=args.limit)
+    except (ValueError, OSError) as e:
+        print(f"natra-sim workload: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {count} frames of {len(workload.flows)} flows to {args.output}", file=sys.stderr)
     return 0
 

@@ -481,6 +481,9 @@ OPEN_LOOP = {
     "manyflows": many_flows,
 }
 CLOSED_LOOP = {"flood": flood_mix}
+# The generator behind each name: its keyword-only arguments are the workload's knobs (knobs.py).
+GENERATORS = {"websearch": flow_size_workload, "datamining": flow_size_workload, "zipf": zipf_workload,
+              "mix": elephants_mice, "manyflows": many_flows, "flood": flood_mix}
 WORKLOAD_NAMES = tuple(OPEN_LOOP) + tuple(CLOSED_LOOP)
 
 

@@ -174,7 +174,7 @@ def test_table_output_and_options(tmp_path, capsys):
         pkts.append(q)
     wrpcapng(str(path), pkts)
     code, out, _ = run_cli(capsys, "replay", str(path), "--rate", "1M", "--burst", "100k", "--width", "256",
-                           "--depth", "2", "--threshold", "5000", "--window", "50000000",
+                           "--depth", "2", "--threshold", "5000", "--window", "50ms",
                            "--direction", "egress")
     assert code == 0
     assert "tcp 10.0.0.1:40000 > 10.0.0.2:80" in out and "udp [2001:db8::1]:53 > [2001:db8::2]:5353" in out
@@ -234,7 +234,7 @@ def test_replay_is_the_model(tmp_path):
     assert result.verdicts.tolist() == [model.process(f, t, 0).verdict for t, f, _ in records]
 
 
-def _same_traffic_two_captures(tmp_path, name="zipf", rate="50M", seconds="0.2", limit=None):
+def _same_traffic_two_captures(tmp_path, name="zipf", rate="50M", seconds="200ms", limit=None):
     """One generated workload written twice: headers only (default snaplen) and whole frames."""
     paths = {}
     for label, snaplen in (("headers", []), ("full", ["--snaplen", "0"])):

@@ -95,7 +95,7 @@ def test_fast_path_equals_the_per_packet_model_on_a_workload():
 def test_cli_sweep_writes_csv_json_and_plots(tmp_path, capsys):
     out = tmp_path / "out"
     code = natra_sim(["sweep", "--workload", "websearch", "--width", "256,1024", "--depth", "2",
-                      "--duration", "0.5", "--json", "--quiet", "--out", str(out)])
+                      "--duration", "500ms", "--json", "--quiet", "--out", str(out)])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert [r["width"] for r in printed["results"]] == [256, 1024]
@@ -117,7 +117,7 @@ def test_cli_workload_writes_a_pcap_readable_back(tmp_path):
     from natra.simulations.pcapio import read_capture
 
     path = tmp_path / "ws.pcap"
-    assert natra_sim(["workload", "websearch", str(path), "--duration", "0.05", "--limit", "200"]) == 0
+    assert natra_sim(["workload", "websearch", str(path), "--duration", "50ms", "--limit", "200"]) == 0
     records = list(read_capture(path))
     wl = sweep.open_loop_workload("websearch", 1, W.DEFAULT_RATE_BPS, 0.05)
     assert len(records) == min(200, len(wl))
@@ -125,11 +125,14 @@ def test_cli_workload_writes_a_pcap_readable_back(tmp_path):
         assert parse_frame(r.frame).key == bytes(wl.keys[i]) and r.orig_len == wl.wire_len[i]
 
 
-def test_rate_parser():
+def test_rate_parser_is_the_cni_grammar():
     assert sweep.parse_rate("1G") == 10**9
     assert sweep.parse_rate("100M") == 10**8
-    assert sweep.parse_rate("2.5gbit") == 2_500_000_000
+    assert sweep.parse_rate("1Gi") == 2**30
+    assert sweep.parse_rate("1e9") == 10**9
     assert sweep.parse_rate("64000") == 64000
+    with pytest.raises(ValueError, match="rate '2.5gbit'"):
+        sweep.parse_rate("2.5gbit")
 
 
 def _colliding_pair(width: int, depth: int):

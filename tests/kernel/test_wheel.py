@@ -149,7 +149,7 @@ def test_natra_sim_names_its_extra_then_replays_through_the_kernel(venv, tmp_pat
     run(env_dir / "bin" / "python", *PIP, "install", f"{wheel}[sim]", cwd="/", env=env, timeout=300)
     assert "replay" in run(sim, "--help", cwd="/", env=env).stdout
     pcap = tmp_path / "mix.pcap"
-    run(sim, "workload", "mix", pcap, "--rate", "100M", "--duration", "0.2", "--seed", "7",
+    run(sim, "workload", "mix", pcap, "--rate", "100M", "--duration", "200ms", "--seed", "7",
         "--limit", "3000", "--snaplen", "3500", cwd="/", env=env)
     summary = json.loads(run(sim, "replay", pcap, "--rate", "10M", "--engine", "kernel", "--json",
                              cwd="/", env=env).stdout)
