@@ -12,6 +12,7 @@ APT_PACKAGES=(
   containerd runc            # the CRI end-to-end tests run Pod sandboxes
   chromium chromium-driver   # the live page is tested in headless Chromium
   buildah debootstrap        # the node image, built from Debian bases made here
+  prometheus                 # promtool tests the alerting rule in deploy/
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -69,7 +69,7 @@ def test_pod_level_gauges():
     assert sample(m["natra_pods"]) == 2
     assert sample(m["natra_attach_mode"], pod="a", mode="tcx") == 1
     assert sample(m["natra_attach_mode"], pod="a", mode="clsact") == 0
-    assert sample(m["natra_limit_bits_per_second"], pod="b", direction="to_pod") == 10_000_000
+    assert sample(m["natra_limit_bytes_per_second"], pod="b", direction="to_pod") == 10_000_000 / 8
     assert sample(m["natra_heavy_flow_entries"], pod="b") == 5
     assert sample(m["natra_heavy_flow_table_size"], pod="b") == 4096
     info = [s for s in m["natra_pod_info"] if s.labels["pod"] == "a"][0]
@@ -80,7 +80,7 @@ def test_no_flow_ever_becomes_a_label():
     views = [view("a" * 16, "a", [1] * L.NCOUNTERS, nflows=50)]
     m = scrape(views)
     allowed = {"namespace", "pod", "direction", "class", "action", "verdict", "kind", "event", "mode", "uid",
-               "container_id", "interface"}
+               "container_id", "interface", "cause"}
     series = 0
     for samples in m.values():
         for s in samples:
@@ -128,7 +128,11 @@ def test_http_endpoints_on_loopback():
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         with urllib.request.urlopen(base + "/api/pods", timeout=5) as r:
-            assert json.load(r) == json.loads(json.dumps(O.to_json(views, 42)))
+            doc = json.load(r)
+            assert doc.pop("wall_ns") > 0
+            want = json.loads(json.dumps(O.to_json(views, 42)))
+            want.pop("wall_ns")
+            assert doc == want
         with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
             names = {f.name for f in text_string_to_metric_families(r.read().decode())}
             assert {"natra_bytes", "natra_packets", "natra_heavy_hitters", "natra_pods"} <= names
@@ -142,3 +146,101 @@ def test_http_endpoints_on_loopback():
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def test_head_and_get_on_every_endpoint():
+    views = [view("a" * 16, "a", list(range(L.NCOUNTERS)))]
+    server = E.make_server("127.0.0.1:0", lambda: (views, 42))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for path in E.ENDPOINTS:
+            with urllib.request.urlopen(urllib.request.Request(base + path, method="GET"), timeout=5) as r:
+                body = r.read()
+                assert r.status == 200 and int(r.headers["Content-Length"]) == len(body) > 0
+                kind = r.headers["Content-Type"]
+            with urllib.request.urlopen(urllib.request.Request(base + path, method="HEAD"), timeout=5) as r:
+                assert r.status == 200 and r.read() == b"" and r.headers["Content-Type"] == kind, path
+                assert int(r.headers["Content-Length"]) > 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:abc", ":99999", "127.0.0.1:", "[::1]:-1", "host:9x"])
+def test_bad_listen_is_one_line_naming_it(text, capsys):
+    from natra import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["exporter", "--listen", text])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and repr(text) in err
+
+
+from prometheus_client.exposition import generate_latest  # noqa: E402
+
+
+def _missing(cid="dead00beef", direction="to_pod", cause="peer_check", pod="team-a/lost-0"):
+    from natra.cni import failopen
+
+    return O.not_limited([failopen.Record(cid, pod=pod, pod_uid="u-9", directions={
+        direction: {"cause": cause, "message": "peer check: cannot find the peer of eth0"}},
+        since_ns=1_700_000_000 * 10**9)])
+
+
+def test_fail_open_is_a_zero_enforced_series_and_counted_by_cause():
+    views = [view("a" * 16, "a", [0] * L.NCOUNTERS)]
+    registry = E.registry_for(lambda: (views, 42), lambda v: _missing())
+    m = {f.name: f.samples for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert sample(m["natra_pod_enforced"], pod="a", direction="to_pod") == 1
+    assert sample(m["natra_pod_enforced"], pod="lost-0", namespace="team-a", direction="to_pod") == 0
+    assert sample(m["natra_pods_not_limited"], cause="peer_check") == 1
+    assert sample(m["natra_pods_not_limited"], cause="datapath") == 0
+    assert sample(m["natra_fail_open"], cause="peer_check") == 1
+    generate_latest(registry)  # the same record again is not a new fail-open
+    m = {f.name: f.samples for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert sample(m["natra_fail_open"], cause="peer_check") == 1
+
+
+def test_limit_is_in_bytes_per_second_and_no_metric_is_in_bits():
+    m = scrape([view("a" * 16, "a", [0] * L.NCOUNTERS)])
+    assert sample(m["natra_limit_bytes_per_second"], pod="a", direction="to_pod") == 10_000_000 / 8
+    assert not [name for name in m if "bits" in name]
+
+
+SHAPER = {"rate_bps": 8_000_000, "burst_bytes": 100_000, "classes": [
+    {"name": "root", "minor": 1, "sent_bytes": 5000, "sent_packets": 5, "drops_packets": 0,
+     "backlog_bytes": 0, "backlog_packets": 0, "share_bps": 8_000_000},
+    {"name": "mice", "minor": 2, "sent_bytes": 1000, "sent_packets": 2, "drops_packets": 0,
+     "backlog_bytes": 0, "backlog_packets": 0, "share_bps": 8_000_000},
+    {"name": "heavy0", "minor": 16, "sent_bytes": 4000, "sent_packets": 3, "drops_packets": 7,
+     "backlog_bytes": 10_000, "backlog_packets": 7, "share_bps": 8_000_000}]}
+
+
+def shaped_view(fallback: str | None = None) -> O.PodView:
+    meta = {"pod": "team-a/shaped-0", "host_ifname": "veth9", "mode": "tcx",
+            "shaping": {"to_pod": {"ifindex": 9}, "from_pod": {"ifb": "ntifb0123456789", "ifindex": 10}},
+            "direction_modes": {"to_pod": "shape", "from_pod": "police" if fallback else "shape"}}
+    if fallback:
+        meta["shape_fallback"] = {"from_pod": fallback}
+    directions = {L.DIR_TO_POD: O.RawDirection(raw_dir().config, {}, [0] * L.NCOUNTERS, SHAPER),
+                  L.DIR_FROM_POD: raw_dir()}
+    raw = O.RawPod("5a" * 8, meta, directions, {}, 4096)
+    return O.build_view(raw, 10**12)
+
+
+def test_shaped_classes_and_modes_in_the_metrics():
+    m = scrape([shaped_view(fallback="root qdisc pfifo 1: is not Natra's")])
+    lab = {"pod": "shaped-0", "direction": "to_pod"}
+    assert sample(m["natra_direction_mode"], mode="shape", **lab) == 1
+    assert sample(m["natra_direction_mode"], mode="police", **lab) == 0
+    assert sample(m["natra_direction_mode"], mode="police", pod="shaped-0", direction="from_pod") == 1
+    assert sample(m["natra_shape_fallback"], pod="shaped-0", direction="from_pod") == 1
+    assert sample(m["natra_class_sent_bytes"], **{"class": "heavy0"}, **lab) == 4000
+    assert sample(m["natra_class_drops"], **{"class": "heavy0"}, **lab) == 7
+    assert sample(m["natra_class_backlog_bytes"], **{"class": "heavy0"}, **lab) == 10_000
+    assert sample(m["natra_class_backlog_seconds"], **{"class": "heavy0"}, **lab) == pytest.approx(0.01)
+    assert sample(m["natra_class_share_bytes_per_second"], **{"class": "mice"}, **lab) == 1_000_000

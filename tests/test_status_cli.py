@@ -53,8 +53,10 @@ def test_top_orders_by_traffic_and_lists_only_recent_hitters():
     assert "8.0 Mbit/s" in text  # 1 MB in one second
 
 
-def test_both_commands_on_a_node_without_natra(tmp_path, capsys):
+def test_both_commands_on_a_node_without_natra(tmp_path, capsys, monkeypatch):
     root = str(tmp_path / "natra")
+    (tmp_path / "natra").mkdir()
+    monkeypatch.setenv("NATRA_STATE_DIR", str(tmp_path / "state"))
     assert S.main(["status", "--json", "--root", root]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["pods"] == [] and doc["version"] == O.JSON_VERSION
@@ -62,3 +64,12 @@ def test_both_commands_on_a_node_without_natra(tmp_path, capsys):
     assert "no Pod" in capsys.readouterr().out
     assert S.main(["top", "--once", "--interval", "0", "--no-clear", "--root", root]) == 0
     assert "natra top - 0 Pods" in capsys.readouterr().out
+
+
+def test_a_missing_root_is_named(tmp_path, capsys):
+    """`natra status --root /nonexistent` says the root is missing instead of 'no Pod'."""
+    missing = str(tmp_path / "nonexistent")
+    for argv in (["status", "--root", missing], ["top", "--once", "--root", missing]):
+        assert S.main(argv) == 2
+        err = capsys.readouterr().err
+        assert missing in err and "does not exist" in err and len(err.strip().splitlines()) == 1

@@ -465,12 +465,55 @@ def run(rate_bps: int, duration: float, size: int, as_json: bool = False,
             interrupts.restore()
 
 
+def _rate_arg(text: str) -> str:
+    from natra.cni.quantity import QuantityError, parse_bandwidth
+
+    try:
+        if parse_bandwidth(text) <= 0:
+            raise QuantityError("must be positive")
+    except (QuantityError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a bandwidth like 100M ({e})") from None
+    return text
+
+
+def _burst_arg(text: str) -> str:
+    from natra.cni.quantity import QuantityError, parse_quantity
+
+    try:
+        if not 0 < parse_quantity(text) < 2**64:
+            raise QuantityError("must be positive")
+    except (QuantityError, ValueError, OverflowError) as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a burst in bits like 1Mi ({e})") from None
+    return text
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 and at most 3600 seconds")
+    return value
+
+
+def _size_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes") from None
+    if not 0 < value <= 2**30:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 1 and 2^30 bytes")
+    return value
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--rate", default="100M",
+    ap.add_argument("--rate", default="100M", type=_rate_arg,
                     help="limit per Pod, a Kubernetes quantity in bit/s (default 100M)")
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds of bulk traffic per Pod (default 8)")
-    ap.add_argument("--size", type=int, default=10_000, help="bytes per short transfer (default 10000)")
-    ap.add_argument("--burst", default=None,
+    ap.add_argument("--duration", type=_duration_arg, default=8.0,
+                    help="seconds of bulk traffic per Pod (default 8)")
+    ap.add_argument("--size", type=_size_arg, default=10_000, help="bytes per short transfer (default 10000)")
+    ap.add_argument("--burst", default=None, type=_burst_arg,
                     help="burst both plugins get, a quantity in bits (default: containerd's 2^32-1; "
                          "the containerd runtime always sends that)")
     ap.add_argument("--runtime", choices=RUNTIMES, default=RUNTIME_NETNS,

@@ -41,6 +41,19 @@ FLOW_EVENTS = ("flow_new", "flow_missing", "mark_failed")
 PAGE = "index.html"
 
 Source = Callable[[], tuple[list[observe.PodView], int]]  # (views, now ns)
+NotLimitedSource = Callable[[list[observe.PodView]], list[observe.NotLimited]]
+MODES = (observe.MODE_POLICE, observe.MODE_SHAPE)
+ENDPOINTS = ("/metrics", "/api/pods", "/", "/index.html", "/healthz")
+
+
+def _causes() -> tuple[str, ...]:
+    from natra.cni.failopen import CAUSES
+
+    return tuple(CAUSES)
+
+
+class ListenError(ValueError):
+    """--listen is not ADDR:PORT; the message names the bad value."""
 
 
 # ---- metric families (pure) -----------------------------------------------------------------
@@ -49,8 +62,13 @@ def _pod(v: observe.PodView) -> list[str]:
     return [v.namespace, v.pod]
 
 
-def metric_families(views: list[observe.PodView]) -> list[Metric]:
-    """Every family Natra exposes, built from one snapshot of the node's Pods."""
+def metric_families(views: list[observe.PodView], missing: list[observe.NotLimited] | None = None,
+                    failed_open_seen: dict[str, int] | None = None) -> list[Metric]:
+    """Every family Natra exposes, built from one snapshot of the node's Pods.
+
+    `missing`: the Pod directions that asked for a limit and are not limited (fail-open
+    records); `failed_open_seen`: cause -> fail-opens this exporter has seen so far.
+    """
     pods = GaugeMetricFamily("natra_pods", "Pods with a Natra data path on this node", value=len(views))
     info = GaugeMetricFamily("natra_pod_info", "Identity of a Pod's data path (value 1)",
                              labels=[*POD_LABELS, "uid", "container_id", "interface"])
@@ -68,8 +86,33 @@ def metric_families(views: list[observe.PodView]) -> list[Metric]:
                                  labels=[*DIR_LABELS, "kind"])
     events = CounterMetricFamily("natra_flow_table_events", "Heavy-flow table events",
                                  labels=[*DIR_LABELS, "event"])
-    rate = GaugeMetricFamily("natra_limit_bits_per_second", "Rate limit of a direction",
-                             labels=list(DIR_LABELS))
+    rate = GaugeMetricFamily("natra_limit_bytes_per_second", "Rate limit of a direction (bytes/s; "
+                             "the Kubernetes annotation's bit/s divided by 8)", labels=list(DIR_LABELS))
+    enforced = GaugeMetricFamily("natra_pod_enforced", "1 when the direction's asked limit is in "
+                                 "force, 0 when Natra failed open and the Pod is NOT limited",
+                                 labels=list(DIR_LABELS))
+    not_limited = GaugeMetricFamily("natra_pods_not_limited", "Pod directions not limited now, by fail-open "
+                                    "cause", labels=["cause"])
+    failed_open = CounterMetricFamily("natra_fail_open", "Fail-opens this exporter has seen (a record "
+                                      "appearing), by cause", labels=["cause"])
+    dmode = GaugeMetricFamily("natra_direction_mode", "How a direction is limited (1 for its mode: shape "
+                              "queues in qdiscs, police drops in the program)", labels=[*DIR_LABELS, "mode"])
+    fallback = GaugeMetricFamily("natra_shape_fallback", "1 when a direction meant to shape polices instead "
+                                 "(the reason is in /api/pods and natra status)", labels=list(DIR_LABELS))
+    csent = CounterMetricFamily("natra_class_sent_bytes", "Bytes a shaping class sent",
+                                labels=[*DIR_LABELS, "class"])
+    csentp = CounterMetricFamily("natra_class_sent_packets", "Packets a shaping class sent",
+                                 labels=[*DIR_LABELS, "class"])
+    cdrops = CounterMetricFamily("natra_class_drops", "Packets a shaping class's queue dropped (full)",
+                                 labels=[*DIR_LABELS, "class"])
+    cbacklog = GaugeMetricFamily("natra_class_backlog_bytes", "Bytes queued in a shaping class now",
+                                 labels=[*DIR_LABELS, "class"])
+    cbacklogp = GaugeMetricFamily("natra_class_backlog_packets", "Packets queued in a shaping class now",
+                                  labels=[*DIR_LABELS, "class"])
+    cdelay = GaugeMetricFamily("natra_class_backlog_seconds", "How long a class's queue takes to leave at "
+                               "its share", labels=[*DIR_LABELS, "class"])
+    cshare = GaugeMetricFamily("natra_class_share_bytes_per_second", "Rate a shaping class may count on now",
+                               labels=[*DIR_LABELS, "class"])
     burst = GaugeMetricFamily("natra_limit_burst_bytes", "Bucket depth (burst) of a direction",
                               labels=list(DIR_LABELS))
     reserve = GaugeMetricFamily("natra_limit_reserve_bytes", "Part of the burst only mice may spend",
@@ -104,24 +147,50 @@ def metric_families(views: list[observe.PodView]) -> list[Metric]:
                 parsed.add_metric([*lab, kind], d.counters.get(kind, 0))
             for event in FLOW_EVENTS:
                 events.add_metric([*lab, event], d.counters.get(event, 0))
+            if d.limited:
+                enforced.add_metric(lab, 1 if d.attached else 0)
+                for m in MODES:
+                    dmode.add_metric([*lab, m], 1 if m == d.mode else 0)
+                fallback.add_metric(lab, 1 if d.fallback else 0)
+            for c in d.classes:
+                cl = [*lab, c.name]
+                csent.add_metric(cl, c.sent_bytes)
+                csentp.add_metric(cl, c.sent_packets)
+                cdrops.add_metric(cl, c.drops_packets)
+                cbacklog.add_metric(cl, c.backlog_bytes)
+                cbacklogp.add_metric(cl, c.backlog_packets)
+                cdelay.add_metric(cl, c.backlog_delay_ns / 1e9)
+                cshare.add_metric(cl, c.share_bps / 8)
             if d.limit is not None:
-                rate.add_metric(lab, d.limit.rate_bps)
+                rate.add_metric(lab, d.limit.rate_bps / 8)
                 burst.add_metric(lab, d.limit.burst_bytes)
                 reserve.add_metric(lab, d.limit.reserve_bytes)
                 threshold.add_metric(lab, d.limit.threshold_bytes)
                 backlog.add_metric(lab, d.backlog_bytes)
                 heavy.add_metric(lab, d.heavy_active)
                 entries.add_metric(lab, d.flow_entries)
+    counts = dict.fromkeys(_causes(), 0)
+    for n in missing or []:
+        enforced.add_metric([n.namespace, n.pod, n.direction], 0)
+        counts[n.cause] = counts.get(n.cause, 0) + 1
+    for cause, count in counts.items():
+        not_limited.add_metric([cause], count)
+    for cause, count in {**dict.fromkeys(_causes(), 0), **(failed_open_seen or {})}.items():
+        failed_open.add_metric([cause], count)
     return [pods, info, mode, packets, nbytes, vpackets, vbytes, parsed, events, rate, burst, reserve,
-            threshold, backlog, heavy, entries, table]
+            threshold, backlog, heavy, entries, table, enforced, not_limited, failed_open, dmode, fallback,
+            csent, csentp, cdrops, cbacklog, cbacklogp, cdelay, cshare]
 
 
 class NatraCollector:
     """A prometheus_client collector that reads the pins at each scrape."""
 
-    def __init__(self, source: Source):
+    def __init__(self, source: Source, missing: NotLimitedSource | None = None):
         self._source = source
+        self._missing = missing or (lambda views: [])
         self.read_errors = 0  # scrapes whose reading failed (kept in this process)
+        self._seen: set[tuple[str, str, int]] = set()  # (container, direction, since) counted
+        self.failed_open_seen: dict[str, int] = {}
 
     def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
@@ -131,17 +200,32 @@ class NatraCollector:
             self.read_errors += 1
             print(f"natra exporter: reading pins: {e}", file=sys.stderr)
             views = []
-        yield from metric_families(views)
+        try:
+            missing = self._missing(views)
+        except OSError as e:
+            self.read_errors += 1
+            print(f"natra exporter: reading fail-open records: {e}", file=sys.stderr)
+            missing = []
+        for n in missing:
+            if (n.container_id, n.direction, n.since_ns) not in self._seen:
+                self._seen.add((n.container_id, n.direction, n.since_ns))
+                self.failed_open_seen[n.cause] = self.failed_open_seen.get(n.cause, 0) + 1
+        yield from metric_families(views, missing, self.failed_open_seen)
         yield CounterMetricFamily("natra_exporter_read_errors", "Scrapes whose reading of the pins failed",
                                   value=self.read_errors)
         yield GaugeMetricFamily("natra_exporter_scrape_duration_seconds",
                                 "Time this scrape spent reading pins", value=time.monotonic() - started)
 
 
-def registry_for(source: Source) -> CollectorRegistry:
+def registry_for(source: Source, missing: NotLimitedSource | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NatraCollector(source))
+    registry.register(NatraCollector(source, missing))
     return registry
+
+
+def live_not_limited(state_dir: str | None = None) -> NotLimitedSource:
+    """The fail-open records under the plugin's stateDir, read now."""
+    return lambda views: observe.collect_not_limited(state_dir, views)
 
 
 def live_source(root: str | None = None, top: int = observe.DEFAULT_TOP) -> Source:
@@ -158,9 +242,13 @@ def page() -> bytes:
     return resources.files("natra.node").joinpath("web", PAGE).read_bytes()
 
 
-def make_handler(source: Source, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+def make_handler(source: Source, registry: CollectorRegistry,
+                 missing: NotLimitedSource | None = None) -> type[BaseHTTPRequestHandler]:
+    missing = missing or (lambda views: [])
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "natra-exporter"
+        head_only = False
 
         def _send(self, status: int, ctype: str, body: bytes) -> None:
             self.send_response(status)
@@ -168,7 +256,12 @@ def make_handler(source: Source, registry: CollectorRegistry) -> type[BaseHTTPRe
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            if not self.head_only:
+                self.wfile.write(body)
+
+        def do_HEAD(self) -> None:  # noqa: N802 - the same answer as GET, without the body
+            self.head_only = True
+            self.do_GET()
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             path = self.path.split("?", 1)[0]
@@ -176,7 +269,7 @@ def make_handler(source: Source, registry: CollectorRegistry) -> type[BaseHTTPRe
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
             elif path == "/api/pods":
                 views, now = source()
-                body = json.dumps(observe.to_json(views, now)).encode()
+                body = json.dumps(observe.to_json(views, now, missing(views), time.time_ns())).encode()
                 self._send(200, "application/json", body)
             elif path in ("/", "/index.html"):
                 self._send(200, "text/html; charset=utf-8", page())
@@ -197,13 +290,26 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep:
         host, port = "", text
     host = host.strip("[]") or "0.0.0.0"
+    if not port.isascii() or not port.isdigit():
+        raise ListenError(f"--listen {text!r}: port {port!r} is not a number (expected ADDR:PORT)")
     value = int(port)
     if not 0 <= value <= 65535:
-        raise ValueError(f"port {value} outside 0..65535")
+        raise ListenError(f"--listen {text!r}: port {value} outside 0..65535")
     return host, value
 
 
-def make_server(listen: str, source: Source) -> ThreadingHTTPServer:
+def listen_arg(text: str) -> str:
+    """argparse type of --listen: checked before anything is served."""
+    import argparse as ap
+
+    try:
+        parse_listen(text)
+    except ListenError as e:
+        raise ap.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def make_server(listen: str, source: Source, missing: NotLimitedSource | None = None) -> ThreadingHTTPServer:
     host, port = parse_listen(listen)
     server_class = ThreadingHTTPServer
     if ":" in host:
@@ -212,21 +318,31 @@ def make_server(listen: str, source: Source) -> ThreadingHTTPServer:
         class V6Server(ThreadingHTTPServer):
             address_family = socket.AF_INET6
         server_class = V6Server
-    server = server_class((host, port), make_handler(source, registry_for(source)))
+    server = server_class((host, port), make_handler(source, registry_for(source, missing), missing))
     server.daemon_threads = True
     return server
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--listen", default=DEFAULT_LISTEN,
+    from natra.node.status_cli import non_negative_int
+
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, type=listen_arg,
                         help=f"address:port to serve on ({DEFAULT_LISTEN})")
     parser.add_argument("--root", default=None, help="bpffs root of Natra's pins (default $NATRA_BPFFS_ROOT "
                         "or /sys/fs/bpf/natra)")
-    parser.add_argument("--top", type=int, default=observe.DEFAULT_TOP, help="heavy hitters per direction")
+    parser.add_argument("--top", type=non_negative_int, default=observe.DEFAULT_TOP,
+                        help="heavy hitters per direction")
+    parser.add_argument("--state-dir", default=None, help="the plugin's stateDir, where fail-open records "
+                        f"live (default $NATRA_STATE_DIR or {observe.DEFAULT_STATE_DIR})")
 
 
 def run(args: argparse.Namespace) -> int:
-    server = make_server(args.listen, live_source(args.root, args.top))
+    try:
+        server = make_server(args.listen, live_source(args.root, args.top),
+                             live_not_limited(getattr(args, "state_dir", None)))
+    except OSError as e:
+        print(f"natra exporter: cannot serve on {args.listen}: {e.strerror or e}", file=sys.stderr)
+        return 1
     host, port = server.server_address[:2]
     print(f"natra exporter: serving /metrics, /api/pods and / on {host}:{port}", file=sys.stderr, flush=True)
     try:

@@ -49,6 +49,46 @@ def _flag(env: dict, name: str, default: bool) -> bool:
     raise SystemExit(f"natra: {name}={value!r} is not a yes/no value")
 
 
+MAX_WAIT_S = 86400.0
+
+
+def _seconds(text: str, where: str) -> float:
+    """A number of seconds (0..1 day) from an option or its environment variable."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise SystemExit(f"natra install: {where}={text!r} is not a number of seconds (e.g. 600)") from None
+    if not 0 <= value <= MAX_WAIT_S:  # NaN fails this too
+        raise SystemExit(f"natra install: {where}={text!r} must be between 0 and {MAX_WAIT_S:g} seconds")
+    return value
+
+
+def _wait_arg(text: str) -> float:
+    try:
+        return _seconds(text, "--wait-for-config")
+    except SystemExit as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("natra install: ")) from None
+
+
+# Every NATRA_* variable the installer reads: `natra install --help` lists them.
+VARIABLES_HELP = {
+    ENV_HOST_ROOT: "--host-root",
+    ENV_CONF_DIR: "--conf-dir",
+    ENV_CNI_BIN_DIRS: "--cni-bin-dir (colon-separated)",
+    ENV_BUNDLE: "--bundle",
+    ENV_DEFAULTS_FILE: "--defaults-file",
+    ENV_REPLACE_BANDWIDTH: "--replace-bandwidth (yes/no)",
+    ENV_MOUNT_BPFFS: "--no-mount-bpffs when no (yes/no, default yes)",
+    ENV_WAIT_S: "--wait-for-config (seconds)",
+}
+UNINSTALL_ENV = (ENV_HOST_ROOT, ENV_CONF_DIR, ENV_CNI_BIN_DIRS)
+
+
+def env_epilog(names) -> str:
+    return "environment (used when the option is not given):\n" + "\n".join(
+        f"  {name:<26} {VARIABLES_HELP[name]}" for name in names)
+
+
 def _common(parser: argparse.ArgumentParser, env: dict) -> None:
     parser.add_argument("--host-root", default=env.get(ENV_HOST_ROOT, "/"),
                         help="the node's root as this process sees it (a temp dir for tests) [%(default)s]")
@@ -70,6 +110,8 @@ def _own_bundle() -> str | None:
 
 def add_install_arguments(p: argparse.ArgumentParser, env: dict | None = None) -> None:
     env = dict(os.environ if env is None else env)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = env_epilog(VARIABLES_HELP)
     _common(p, env)
     p.add_argument("--bundle", default=env.get(ENV_BUNDLE) or _own_bundle(),
                    help="the node bundle directory (dist/natra); default: the bundle running this command")
@@ -84,12 +126,15 @@ def add_install_arguments(p: argparse.ArgumentParser, env: dict | None = None) -
                    help="put Natra in place of a standard `bandwidth` entry (carrying its static limits)")
     p.add_argument("--no-mount-bpffs", dest="mount_bpffs", action="store_false",
                    default=_flag(env, ENV_MOUNT_BPFFS, True), help="do not mount bpffs")
-    p.add_argument("--wait-for-config", type=float, default=float(env.get(ENV_WAIT_S, "0")),
+    p.add_argument("--wait-for-config", type=_wait_arg,
+                   default=_seconds(env.get(ENV_WAIT_S, "0"), ENV_WAIT_S),
                    metavar="SECONDS",
                    help="wait this long for the main network plugin to write its config [%(default)s]")
 
 
 def add_uninstall_arguments(p: argparse.ArgumentParser, env: dict | None = None) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = env_epilog(UNINSTALL_ENV)
     _common(p, dict(os.environ if env is None else env))
 
 
@@ -148,7 +193,17 @@ def _print_report(verb: str, report: inst.Report) -> None:
           + ("; mounted bpffs" if report.bpffs_mounted else ""))
 
 
+def _missing_host_root(verb: str, host_root: str) -> bool:
+    if os.path.isdir(host_root):
+        return False
+    print(f"natra {verb}: host root {host_root!r} does not exist (check --host-root or ${ENV_HOST_ROOT})",
+          file=sys.stderr)
+    return True
+
+
 def install_main(args: argparse.Namespace) -> int:
+    if _missing_host_root("install", args.host_root):
+        return EXIT_USAGE
     bundle = None if args.no_bundle else args.bundle
     if bundle is None and not args.no_bundle:
         print("natra install: no bundle: pass --bundle dist/natra (build it with `make node-bundle`), "
@@ -156,6 +211,7 @@ def install_main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         defaults = read_defaults(args.defaults_file, args.default)
+        inst.natra_entry(defaults)  # a default the plugin refuses (a typo) stops here, before any wait
         if args.wait_for_config > 0 and not wait_for_config(args.host_root, args.conf_dir,
                                                             args.wait_for_config):
             print(f"natra install: no CNI config appeared within {args.wait_for_config:g} s", file=sys.stderr)
@@ -172,6 +228,8 @@ def install_main(args: argparse.Namespace) -> int:
 
 
 def uninstall_main(args: argparse.Namespace) -> int:
+    if _missing_host_root("uninstall", args.host_root):
+        return EXIT_USAGE
     try:
         report = inst.uninstall(args.host_root, cni_bin_dirs=args.cni_bin_dirs or args.env_cni_bin_dirs,
                                 conf_dir=args.conf_dir)

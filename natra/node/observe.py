@@ -59,6 +59,7 @@ DEFAULT_TOP = 10  # heavy hitters listed per direction
 # and would otherwise blink in and out of the list between windows.
 RECENT_NS = 1_000_000_000
 DIRECTIONS = (L.DIR_TO_POD, L.DIR_FROM_POD)
+MODE_POLICE, MODE_SHAPE = "police", "shape"  # natra.kernel.params.MODES
 UNKNOWN = "unknown"  # meta fields a record does not carry
 POD_NAME_FROM_ID = 12  # characters of the container ID that name a Pod without a meta record
 V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
@@ -73,6 +74,10 @@ class RawDirection:
     config: dict  # natra_config fields (rate_bps, tau_nbit, heavy_line_nbit, ... flags)
     state: dict  # natra_state fields (heavy_now, heavy_prev, epoch, backlog_nbit, last_ns)
     counters: list[int]  # NCOUNTERS values summed over CPUs
+    # Shaping mode: natra.kernel.shaping.inspect of this direction's device as a plain dict
+    # ({"rate_bps", "burst_bytes", "classes": [ClassState fields...]}); None in police mode
+    # or when the tree could not be read.
+    shaper: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,20 @@ class HeavyHitter:
 
 
 @dataclass(frozen=True)
+class ShapeClass:
+    """One HTB class of a shaped direction: what it sent, dropped and holds now."""
+
+    name: str  # "root", "mice", "heavy0", ...
+    sent_bytes: int
+    sent_packets: int
+    drops_packets: int  # by its leaf queue (full)
+    backlog_bytes: int
+    backlog_packets: int
+    backlog_delay_ns: int  # how long the backlog takes to leave at the class's share
+    share_bps: int  # bit/s the class may count on now
+
+
+@dataclass(frozen=True)
 class DirectionView:
     direction: str  # 'to_pod' | 'from_pod'
     limited: bool
@@ -146,6 +165,25 @@ class DirectionView:
     heavy_active: int  # heavy flows counted in the current or previous window
     flow_entries: int  # entries of the heavy-flow table that belong to this direction
     heavy_hitters: tuple[HeavyHitter, ...]
+    mode: str = MODE_POLICE  # "shape" (qdiscs queue) or "police" (the program drops)
+    fallback: str | None = None  # why a direction meant to shape polices instead
+    device: str = ""  # the shaped device: the host veth (to_pod) or the Pod's IFB (from_pod)
+    classes: tuple[ShapeClass, ...] = ()  # shaping: the HTB classes, root first
+
+
+@dataclass(frozen=True)
+class NotLimited:
+    """A Pod direction that asked for a limit and is NOT limited (the fail-open record)."""
+
+    container_id: str
+    namespace: str
+    pod: str
+    uid: str
+    direction: str  # 'to_pod' | 'from_pod' | 'unknown' (a record of an older Natra)
+    cause: str  # a label of natra.cni.failopen.CAUSES
+    message: str  # the log line's cause
+    since_ns: int  # wall clock (ns since the epoch) of the first failed-open ADD; 0: unknown
+    updated_ns: int  # wall clock of the last one
 
 
 @dataclass(frozen=True)
@@ -306,6 +344,62 @@ def pod_identity(meta: dict, container_id: str) -> tuple[str, str]:
     return namespace, name or container_id[:POD_NAME_FROM_ID]
 
 
+def shape_classes(shaper: dict | None) -> tuple[ShapeClass, ...]:
+    """The classes of a shaper dict (natra.kernel.shaping.ShaperState as plain data), root first."""
+    if not shaper:
+        return ()
+    out = []
+    for c in shaper.get("classes", ()):
+        share = int(c.get("share_bps", 0))
+        backlog = int(c.get("backlog_bytes", 0))
+        delay = c.get("backlog_delay_ns")
+        if delay is None:
+            delay = backlog * 8 * L.NS_PER_SEC // share if share else 0
+        out.append(ShapeClass(str(c.get("name", "")), int(c.get("sent_bytes", 0)),
+                              int(c.get("sent_packets", 0)), int(c.get("drops_packets", 0)), backlog,
+                              int(c.get("backlog_packets", 0)), int(delay), share))
+    return tuple(out)
+
+
+def direction_mode(meta: dict, name: str) -> tuple[str, str | None, str]:
+    """(mode, fallback reason or None, shaped device) of one direction from the meta record.
+
+    Absent keys mean police mode (records written before shaping existed).
+    """
+    modes = meta.get("direction_modes")
+    mode = modes.get(name) if isinstance(modes, dict) else None
+    fallbacks = meta.get("shape_fallback")
+    reason = fallbacks.get(name) if isinstance(fallbacks, dict) else None
+    shaping = meta.get("shaping")
+    where = shaping.get(name) if isinstance(shaping, dict) else None
+    device = ""
+    if isinstance(where, dict):
+        device = str(where.get("ifb") or meta.get("host_ifname") or where.get("ifindex", ""))
+    if mode not in (MODE_POLICE, MODE_SHAPE):
+        mode = MODE_SHAPE if isinstance(where, dict) and reason is None else MODE_POLICE
+    return mode, (str(reason) if reason is not None else None), device if mode == MODE_SHAPE else ""
+
+
+def not_limited(records, views: list[PodView] | None = None) -> list[NotLimited]:
+    """Fail-open records (natra.cni.failopen.Record) as one entry per direction not limited.
+
+    A record whose direction a Pod view shows limited and attached is stale (a later
+    ADD limited it and the clear was lost) and is left out.
+    """
+    enforced = {(v.container_id, d.direction) for v in views or () for d in v.directions
+                if d.limited and d.attached}
+    out = []
+    for r in records:
+        namespace, name = pod_identity({"pod": r.pod}, r.container_id)
+        for direction, why in sorted(r.directions.items()):
+            if (r.container_id, direction) in enforced:
+                continue
+            out.append(NotLimited(r.container_id, namespace, name, r.pod_uid or UNKNOWN, direction,
+                                  str(why.get("cause", UNKNOWN)), str(why.get("message", "")),
+                                  r.since_ns, r.updated_ns))
+    return sorted(out, key=lambda n: (n.namespace, n.pod, n.container_id, n.direction))
+
+
 def build_view(raw: RawPod, now: int, top: int = DEFAULT_TOP) -> PodView:
     """The PodView of one container at time `now` (ns, CLOCK_MONOTONIC)."""
     meta = raw.meta or {}
@@ -326,6 +420,8 @@ def build_view(raw: RawPod, now: int, top: int = DEFAULT_TOP) -> PodView:
         traffic = traffic_of(counters)
         backlog = drained_backlog(rd.state.get("backlog_nbit", 0), rd.state.get("last_ns", 0), now,
                                   cfg.get("rate_bps", 0))
+        mode, fallback, device = direction_mode(meta, L.DIRECTION_NAMES[d]) if d in limited \
+            else (MODE_POLICE, None, "")
         views.append(DirectionView(
             direction=L.DIRECTION_NAMES[d],
             limited=d in limited,
@@ -343,6 +439,8 @@ def build_view(raw: RawPod, now: int, top: int = DEFAULT_TOP) -> PodView:
             heavy_active=heavy_census(rd.state, window, now) if d in limited else 0,
             flow_entries=len(hitters),
             heavy_hitters=rank(hitters, top),
+            mode=mode, fallback=fallback, device=device,
+            classes=shape_classes(rd.shaper) if mode == MODE_SHAPE else (),
         ))
     namespace, pod = pod_identity(meta, raw.container_id)
     return PodView(
@@ -371,6 +469,8 @@ class DirectionRates:
     heavy_bps: float  # bit/s of heavy flows let through
     packets_per_s: float
     flows_bps: dict[str, float]  # heavy-hitter key (hex) -> bit/s offered (passed + dropped)
+    classes_bps: dict[str, float] = field(default_factory=dict)  # shaping: class name -> bit/s sent
+    class_drops_per_s: dict[str, float] = field(default_factory=dict)  # class name -> packets/s dropped
 
 
 def _delta(after: int, before: int) -> int:
@@ -400,6 +500,11 @@ def direction_rates(before: DirectionView | None, after: DirectionView, elapsed_
         offered_now = h.passed_bytes + h.dropped_bytes
         offered_then = old.passed_bytes + old.dropped_bytes if old else offered_now
         flows[h.key] = 8 * per_s(offered_now, offered_then)
+    old_classes = {c.name: c for c in before.classes} if before else {}
+    classes_bps = {c.name: 8 * per_s(c.sent_bytes, old_classes[c.name].sent_bytes if c.name in old_classes
+                                     else c.sent_bytes) for c in after.classes}
+    class_drops = {c.name: per_s(c.drops_packets, old_classes[c.name].drops_packets if c.name in old_classes
+                                 else c.drops_packets) for c in after.classes}
     passed = per_s(pick(after, passing)[0], pick(before, passing)[0])
     dropped = per_s(pick(after, dropping)[0], pick(before, dropping)[0])
     return DirectionRates(
@@ -410,6 +515,8 @@ def direction_rates(before: DirectionView | None, after: DirectionView, elapsed_
         heavy_bps=8 * per_s(pick(after, passing, CLASS_HEAVY)[0], pick(before, passing, CLASS_HEAVY)[0]),
         packets_per_s=per_s(pick(after, every)[1], pick(before, every)[1]),
         flows_bps=flows,
+        classes_bps=classes_bps,
+        class_drops_per_s=class_drops,
     )
 
 
@@ -427,10 +534,17 @@ def rates(before: list[PodView], after: list[PodView],
 JSON_VERSION = 1
 
 
-def to_json(views: list[PodView], now: int) -> dict:
-    """The document of `natra status --json` and `/api/pods` (one schema for both)."""
-    return {"version": JSON_VERSION, "now_ns": now,
-            "pods": [asdict(v) for v in sorted(views, key=lambda v: (v.namespace, v.pod, v.container_id))]}
+def to_json(views: list[PodView], now: int, not_limited: list[NotLimited] | None = None,
+            wall_ns: int | None = None) -> dict:
+    """The document of `natra status --json` and `/api/pods` (one schema for both).
+
+    `not_limited` lists every Pod direction that asked for a limit and is NOT limited
+    (fail-open), with its cause and since when (`since_ns`, wall clock; `wall_ns` is
+    the wall clock of this document, so readers can tell how long).
+    """
+    return {"version": JSON_VERSION, "now_ns": now, "wall_ns": wall_ns or 0,
+            "pods": [asdict(v) for v in sorted(views, key=lambda v: (v.namespace, v.pod, v.container_id))],
+            "not_limited": [asdict(n) for n in not_limited or ()]}
 
 
 # ====================================================================================================
@@ -467,8 +581,57 @@ def read_pod(container_id: str, root: str | None = None) -> RawPod | None:
         record = {**record, "ips": routed_pod_ips(_read_text("/proc/net/route"),
                                                   _read_text("/proc/net/ipv6_route"), record["host_ifname"])}
     attached = tuple(d for d in DIRECTIONS if d in record.get("directions", DIRECTIONS))
+    shapers = read_shapers(record)
+    if shapers:
+        directions = {d: RawDirection(rd.config, rd.state, rd.counters, shapers.get(d))
+                      for d, rd in directions.items()}
     return RawPod(container_id=container_id, meta=record, directions=directions, flows=flows,
                   flow_table_size=size, attached=attached)
+
+
+def read_shapers(record: dict) -> dict[int, dict]:
+    """direction -> the qdisc tree of a shaped direction as a plain dict (none in police mode)."""
+    shaping = record.get("shaping")
+    if not isinstance(shaping, dict):
+        return {}
+    found = {}
+    for d in DIRECTIONS:
+        where = shaping.get(L.DIRECTION_NAMES[d])
+        ifindex = where.get("ifindex") if isinstance(where, dict) else None
+        if not isinstance(ifindex, int) or isinstance(ifindex, bool) or ifindex <= 0:
+            continue
+        state = _inspect_shaper(ifindex)
+        if state is not None:
+            found[d] = state
+    return found
+
+
+def _inspect_shaper(ifindex: int) -> dict | None:
+    try:
+        from natra.kernel import shaping  # local: police-only nodes and the pure part never need it
+
+        state = shaping.inspect(ifindex)
+    except Exception:  # noqa: BLE001 - a device gone or a tree half-made: show the counters we have
+        return None
+    if state is None:
+        return None
+    return {"rate_bps": state.rate_bps, "burst_bytes": state.burst_bytes,
+            "classes": [{**asdict(c), "backlog_delay_ns": c.backlog_delay_ns} for c in state.classes]}
+
+
+DEFAULT_STATE_DIR = "/run/natra/cni"  # natra.cni.tuning.DEFAULT_STATE_DIR: where fail-open records live
+STATE_DIR_ENV = "NATRA_STATE_DIR"
+
+
+def state_dir(explicit: str | None = None) -> str:
+    return explicit or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR
+
+
+def collect_not_limited(state: str | None = None, views: list[PodView] | None = None) -> list[NotLimited]:
+    """Every Pod direction on this node that asked for a limit and is not limited."""
+    from natra.cni import failopen  # pure file reading, no kernel
+
+    return not_limited(failopen.read_all(state_dir(state)), views)
 
 
 def _read_text(path: str) -> str:

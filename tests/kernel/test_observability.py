@@ -215,7 +215,7 @@ def test_status_json_api_and_metrics_agree(run):
                 assert samples[("natra_packets_total", key)] == t["packets"]
             if d["limit"]:
                 lab = tuple(sorted({**base_labels, "direction": d["direction"]}.items()))
-                assert samples[("natra_limit_bits_per_second", lab)] == RATE_BPS
+                assert samples[("natra_limit_bytes_per_second", lab)] == RATE_BPS / 8
                 assert samples[("natra_heavy_flow_entries", lab)] == d["flow_entries"]
                 assert samples[("natra_heavy_hitters", lab)] == d["heavy_active"]
 
