@@ -264,6 +264,29 @@ def heavy_throughput_fairness(truth: WindowTruth, passed_bytes_per_pair: np.ndar
     return jain(got / windows)
 
 
+# ---- how many flows the run actually had ------------------------------------------
+
+def flow_counts(now_ns: np.ndarray, flow_id: np.ndarray, truth: WindowTruth, duration_ns: int) -> dict:
+    """Flows seen, flows per window (mean and max) and the mean number of flows active at once.
+
+    A flow is active from its first to its last frame; the mean concurrency is
+    the sum of those spans over the run's length (Little's law, measured).
+    """
+    fid = np.asarray(flow_id, dtype=np.int64)
+    if fid.size == 0:
+        return {"flows": 0, "flows_per_window_mean": 0.0, "flows_per_window_max": 0, "concurrency_mean": 0.0}
+    now = np.asarray(now_ns, dtype=np.int64)
+    ids, first = np.unique(fid, return_index=True)
+    _, last_rev = np.unique(fid[::-1], return_index=True)
+    last = fid.size - 1 - last_rev
+    spans = now[last] - now[first]
+    per_window = np.bincount(truth.epoch)
+    per_window = per_window[per_window > 0] if per_window.size else per_window
+    return {"flows": int(ids.size), "flows_per_window_mean": float(per_window.mean()),
+            "flows_per_window_max": int(per_window.max()),
+            "concurrency_mean": float(spans.sum()) / max(duration_ns, 1)}
+
+
 # ---- everything at once -------------------------------------------------------
 
 def evaluate(now_ns, wire_len, flow_id, verdicts, heavy_flag, estimates, *, rate_bps: int, tau_nbit: int,
@@ -325,4 +348,5 @@ def evaluate(now_ns, wire_len, flow_id, verdicts, heavy_flag, estimates, *, rate
         "marked_packets": int(np.count_nonzero(np.asarray(verdicts) == L.V_MARK)),
         "dropped_bytes": int(wire[dropped].sum()),
         "state_bytes": state_memory_bytes(width, depth, flow_table),
+        **flow_counts(now_ns, flow_id, truth, duration_ns),
     }

@@ -70,9 +70,14 @@ def frame_bytes(workload: Workload, index: int, _cache: dict | None = None) -> b
     return frame
 
 
+PROGRESS_EVERY = 65536  # frames between progress callbacks
+
+
 def write_pcap(workload: Workload, path: str | Path, *, base_ns: int = 0, snaplen: int = DEFAULT_SNAPLEN,
-               limit: int | None = None) -> int:
-    """Write the workload's packets (the first `limit`) to `path`; returns frames written."""
+               limit: int | None = None, progress=None) -> int:
+    """Write the workload's packets (the first `limit`) to `path`; returns frames written.
+
+    `progress(n)` is called with the frames written since its last call."""
     count = len(workload) if limit is None else min(limit, len(workload))
     cache: dict = {}
     writer = RawPcapWriter(str(path), linktype=LINKTYPE_ETHERNET, nano=True,
@@ -85,6 +90,10 @@ def write_pcap(workload: Workload, path: str | Path, *, base_ns: int = 0, snaple
             t = base_ns + int(workload.now_ns[i])
             writer.write_packet(captured, sec=t // NS_PER_SEC, usec=t % NS_PER_SEC,
                                 caplen=len(captured), wirelen=len(frame))
+            if progress and (i + 1) % PROGRESS_EVERY == 0:
+                progress(PROGRESS_EVERY)
+        if progress and count % PROGRESS_EVERY:
+            progress(count % PROGRESS_EVERY)
     finally:
         writer.close()
     return count

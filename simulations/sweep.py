@@ -50,6 +50,7 @@ CHUNK_PACKETS = 1 << 20  # frames per process_batch call: bounds the (n, 40) key
 WORKLOAD_CACHE = 4  # open-loop workloads kept per worker process
 DEFAULT_OUT = "sim-results"
 DEFAULT = units.DEFAULT  # grid value: Natra's own rule
+PROGRESS_MIN_FRAMES = 200_000  # writes at least this large show a progress bar
 MIN_DURATION_NS = 1_000_000  # 1 ms of traffic at least
 MAX_DURATION_NS = 3600 * L.NS_PER_SEC
 PLOT_COLUMNS = 2  # panels per row when a plot shows one metric or one workload
@@ -442,7 +443,8 @@ def plot_all(rows: list[dict], out: Path) -> list[Path]:
     vary = varying(rows)
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     for name, x, ys, xlabel, title, logx, resolved in PLOTS:
-        group_by = [f for f in vary if f not in (x, "workload") and not (x == "state_bytes" and f == "width")]
+        same_x = {x, "workload", x.replace("_pct", "_fixed_bytes")}  # a threshold in % or in bytes
+        group_by = [f for f in vary if f not in same_x and not (x == "state_bytes" and f == "width")]
         panels = [(w, y) for y in ys for w in workloads]
         one_row_kind = len(workloads) == 1 or len(ys) == 1
         ncols = min(len(panels), PLOT_COLUMNS) if one_row_kind else len(workloads)
@@ -575,7 +577,8 @@ JOBS = units.bounded(units.count, minimum=0, maximum=1024, what="jobs")
 
 SUMMARY_COLUMNS = ("workload", "width", "depth", "threshold_pct", "window_ms", "reserve_pct", "precision",
                    "recall", "f1", "detect_delay_p50_ms", "mice_loss", "mice_load", "jain_heavy",
-                   "conformance_violations", "state_bytes")
+                   "conformance_violations", "state_bytes", "flows", "flows_per_window_mean",
+                   "concurrency_mean")
 
 
 def summary_table(rows: list[dict]) -> str:
@@ -583,7 +586,11 @@ def summary_table(rows: list[dict]) -> str:
     for r in rows:
         cells = []
         for c in SUMMARY_COLUMNS:
-            v = r[c]
+            v = r.get(c)
+            fixed = r.get(c.replace("_pct", "_fixed_bytes")) if c.endswith("_pct") else None
+            if fixed is not None:
+                cells.append(f"{fixed}B")
+                continue
             cells.append(DEFAULT if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
         lines.append("  ".join(cells))
     return "\n".join(lines)
@@ -687,6 +694,9 @@ def run_workload(args) -> int:
     """Write a generated workload as a pcap file (the flood one reacts to Natra's defaults)."""
     from natra.simulations.pcapwrite import DEFAULT_SNAPLEN, write_pcap
 
+    started = time.perf_counter()
+    print(f"generating {args.name} ({args.duration / L.NS_PER_SEC:g} s at {args.rate} bit/s)",
+          file=sys.stderr)
     try:
         options = knobs.parse_options([args.name], args.workload_arg)
         point = Point(args.name, 1024, 4, None, 100.0, None, args.rate, args.duration / L.NS_PER_SEC,
@@ -698,7 +708,15 @@ def run_workload(args) -> int:
             workload = _generated(lambda: open_loop_workload(args.name, args.seed, args.rate,
                                                              point.duration_s, options), text)
         snaplen = DEFAULT_SNAPLEN if args.snaplen is None else args.snaplen
-        count = write_pcap(workload, args.output, base_ns=args.base_ns, snaplen=snaplen, limit=args.limit)
+        total = len(workload) if args.limit is None else min(args.limit, len(workload))
+        print(f"generated {len(workload)} frames of {len(workload.flows)} flows in "
+              f"{time.perf_counter() - started:.1f} s; writing {total}", file=sys.stderr)
+        from tqdm import tqdm
+
+        with tqdm(total=total, unit="frame", desc="write", file=sys.stderr,
+                  disable=total < PROGRESS_MIN_FRAMES) as bar:
+            count = write_pcap(workload, args.output, base_ns=args.base_ns, snaplen=snaplen, limit=args.limit,
+                               progress=bar.update)
     except (ValueError, OSError) as e:
         print(f"natra-sim workload: {e}", file=sys.stderr)
         return 2

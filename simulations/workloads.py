@@ -267,22 +267,42 @@ def merge_packets(*tables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def flow_size_workload(dist: str = "websearch", *, seed: int = 1, rate_bps: int = DEFAULT_RATE_BPS,
                        load: float = DEFAULT_LOAD, duration_ns: int = DEFAULT_DURATION_NS,
                        send_bps: int | None = None, ipv6_fraction: float = 0.0,
-                       frame_bytes: int = MTU_FRAME_BYTES) -> Workload:
+                       frame_bytes: int = MTU_FRAME_BYTES, flows: int | None = None,
+                       concurrency: float | None = None) -> Workload:
     """Poisson flow arrivals with sizes from a published CDF, offering `load` of the rate.
 
-    Arrivals per second = load * rate / (8 * mean size). Flows are sent at
-    `send_bps` (default: the Pod's rate).
+    Arrivals per second = load * rate / (8 * mean size), or `flows` / duration
+    when `flows` (flows in the run) is given: the load then follows from it.
+    Flows are sent at `send_bps` (default: the Pod's rate), or, when
+    `concurrency` (mean flows active at once) is given, at the rate that gives
+    that concurrency by Little's law: concurrency = arrivals/s * mean size * 8
+    / send_bps. A concurrency the run cannot reach (a mean flow lasting more
+    than half the run: that many flows of this mix hold more bytes in flight
+    than the rate carries in the run) is a ValueError saying so.
     """
     cdf = SIZE_CDFS[dist]
+    mean_bytes = cdf_mean_bytes(cdf)
+    seconds = duration_ns / L.NS_PER_SEC
+    per_second = flows / seconds if flows is not None else load * rate_bps / 8 / mean_bytes
+    offered_load = per_second * mean_bytes * 8 / rate_bps
+    if concurrency is not None:
+        send_bps = max(int(per_second * mean_bytes * 8 / concurrency), 1)
+        lifetime_s = mean_bytes * 8 / send_bps
+        if lifetime_s > seconds / 2:
+            raise ValueError(
+                f"{dist} cannot have {concurrency:g} concurrent flows at {rate_bps:g} bit/s and load "
+                f"{offered_load:.3g} in {seconds:g} s: each flow would be sent at {send_bps:g} bit/s and "
+                f"last {lifetime_s:.3g} s on average ({concurrency * mean_bytes / 1e9:.3g} GB in flight); "
+                f"lower the concurrency, raise the load or the duration")
     rng = np.random.default_rng(seed)
-    per_second = load * rate_bps / 8 / cdf_mean_bytes(cdf)
     starts = poisson_starts(rng, per_second, duration_ns)
     sizes = sample_sizes(rng, cdf, starts.shape[0])
-    flows = make_flows(rng, np.full(starts.shape[0], ROLE_BACKGROUND), ipv6_fraction=ipv6_fraction)
+    flows_table = make_flows(rng, np.full(starts.shape[0], ROLE_BACKGROUND), ipv6_fraction=ipv6_fraction)
     packets = packetize(rng, sizes, starts, send_bps or rate_bps, duration_ns, frame_bytes)
-    settings = {"dist": dist, "load": load, "send_bps": send_bps or rate_bps, "ipv6_fraction": ipv6_fraction,
-                "frame_bytes": frame_bytes}
-    return _workload(dist, seed, rate_bps, duration_ns, packets, flows, settings)
+    settings = {"dist": dist, "load": load if flows is None else offered_load,
+                "send_bps": send_bps or rate_bps, "ipv6_fraction": ipv6_fraction,
+                "frame_bytes": frame_bytes, "flows": flows, "concurrency": concurrency}
+    return _workload(dist, seed, rate_bps, duration_ns, packets, flows_table, settings)
 
 
 ZIPF_FRAME_MIX = ((MIN_FRAME_BYTES, 0.3), (590, 0.1), (MTU_FRAME_BYTES, 0.6))  # (bytes, share of packets)
