@@ -695,8 +695,6 @@ def run_workload(args) -> int:
     from natra.simulations.pcapwrite import DEFAULT_SNAPLEN, write_pcap
 
     started = time.perf_counter()
-    print(f"generating {args.name} ({args.duration / L.NS_PER_SEC:g} s at {args.rate} bit/s)",
-          file=sys.stderr)
     try:
         options = knobs.parse_options([args.name], args.workload_arg)
         point = Point(args.name, 1024, 4, None, 100.0, None, args.rate, args.duration / L.NS_PER_SEC,
