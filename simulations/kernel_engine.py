@@ -5,7 +5,11 @@ loaded with the test clock, one BPF_PROG_TEST_RUN per frame with
 `__sk_buff.tstamp` = the capture's time), reading each frame's exact verdict
 from the program's counters, and `both`: the same frames through the kernel
 and the reference model side by side, counting the frames where they disagree
-and comparing every map at the end.
+and comparing every map at the end. The judge in `both` is the pure-Python
+spec (`Model(accelerator=False)`); where the C accelerator is built it runs
+as a third column, and its disagreements with the spec are counted and
+reported apart (`accelerator` in the summary), so that a bug the accelerator
+shares with the program cannot hide.
 
 Rule: both twins get byte-identical input, and every frame is charged its
 original (wire) length, as the model engine charges it. The program charges
@@ -21,9 +25,11 @@ Must not know: how the summary is printed (replay.py does that).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 
 import numpy as np
+from natra.reference import accel
 from natra.reference.engine import Batch, BatchResult, Model, process_batch
 from natra.reference.key import KEY_LEN, format_key, parse_frame
 
@@ -112,38 +118,74 @@ class KernelEngine:
         self.obj.close()
 
 
+class _Divergences:
+    """Frames where one engine's verdicts differ from the judge's, the first few listed."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.count = 0
+        self.listed: list[dict] = []
+
+    def add(self, batch: Batch, first_index: int, verdicts: np.ndarray, judged: np.ndarray) -> None:
+        differ = np.nonzero(verdicts != judged)[0]
+        for i in differ.tolist()[: max(0, MAX_LISTED_DIFFERENCES - len(self.listed))]:
+            self.listed.append({
+                "index": first_index + i, "time_ns": int(batch.now_ns[i]),
+                "flow": format_key(batch.keys[i].tobytes()),
+                self.name: L.VERDICT_NAMES[int(verdicts[i])], "model": L.VERDICT_NAMES[int(judged[i])]})
+        self.count += len(differ)
+
+
+def _state_differs(state: dict, judge: dict) -> list[str]:
+    return sorted(name for name in judge if state.get(name) != judge[name])
+
+
 class BothEngine:
-    """Kernel and model side by side; the kernel's verdicts are reported."""
+    """Kernel and the pure-Python spec side by side (the spec judges), and the C accelerator
+    as a third column where it is built; the kernel's verdicts are reported."""
 
     max_frame = TEST_RUN_MAX_FRAME
 
     def __init__(self, configs: Sequence[ConfigValues], flow_table: int):
         self.kernel = KernelEngine(configs, flow_table)
-        self.model = Model(_with_test_clock(configs), flow_table=flow_table)
+        self.model = Model(_with_test_clock(configs), flow_table=flow_table, accelerator=False)
+        self.fast = (Model(_with_test_clock(configs), flow_table=flow_table, accelerator=True)
+                     if accel.available() else None)
         self.frames = 0
-        self.divergences = 0
-        self.differences: list[dict] = []
+        self.kernel_vs_spec = _Divergences("kernel")
+        self.fast_vs_spec = _Divergences("accelerator")
+
+    @property
+    def divergences(self) -> int:
+        return self.kernel_vs_spec.count
 
     def process_frames(self, batch: Batch, frames: Sequence[bytes]) -> BatchResult:
         prepared_b, prepared = prepared_batch(batch, frames)
         k = self.kernel.run_frames(prepared_b, prepared)
         m = process_batch(self.model, prepared_b)
-        differ = np.nonzero(k.verdicts != m.verdicts)[0]
-        for i in differ.tolist()[: max(0, MAX_LISTED_DIFFERENCES - len(self.differences))]:
-            self.differences.append({
-                "index": self.frames + i, "time_ns": int(prepared_b.now_ns[i]),
-                "flow": format_key(prepared_b.keys[i].tobytes()),
-                "kernel": L.VERDICT_NAMES[int(k.verdicts[i])], "model": L.VERDICT_NAMES[int(m.verdicts[i])]})
-        self.divergences += len(differ)
+        self.kernel_vs_spec.add(prepared_b, self.frames, k.verdicts, m.verdicts)
+        if self.fast is not None:
+            self.fast_vs_spec.add(prepared_b, self.frames, process_batch(self.fast, prepared_b).verdicts,
+                                  m.verdicts)
         self.frames += len(prepared)
         return k
 
     def summary_extra(self) -> dict:
-        """What `both` adds to the JSON summary."""
-        kernel_state, model_state = self.kernel.snapshot(), self.model.snapshot()
-        differing = sorted(name for name in model_state if kernel_state.get(name) != model_state[name])
-        return {"divergences": self.divergences, "differences": self.differences,
-                "state_equal": not differing, "state_differs_in": differing}
+        """What `both` adds to the JSON summary: kernel vs spec, and apart, accelerator vs spec."""
+        spec_state = self.model.snapshot()
+        differing = _state_differs(self.kernel.snapshot(), spec_state)
+        extra = {"divergences": self.kernel_vs_spec.count, "differences": self.kernel_vs_spec.listed,
+                 "state_equal": not differing, "state_differs_in": differing, "accelerator": None}
+        if self.fast is not None:
+            fast_differing = _state_differs(self.fast.snapshot(), spec_state)
+            extra["accelerator"] = {"divergences": self.fast_vs_spec.count,
+                                    "differences": self.fast_vs_spec.listed,
+                                    "state_equal": not fast_differing, "state_differs_in": fast_differing}
+            if self.fast_vs_spec.count or fast_differing:
+                print(f"natra-sim replay: the C accelerator differs from the spec on "
+                      f"{self.fast_vs_spec.count} frames, final state in {fast_differing or 'nothing'} "
+                      "(the kernel is judged by the spec)", file=sys.stderr)
+        return extra
 
     def close(self) -> None:
         self.kernel.close()
