@@ -75,9 +75,60 @@ def test_rows_are_not_all_determined_by_low_bits():
     assert full_collision_pairs <= 2
 
 
-def test_key_hash_pinned():
-    """A zero key's hashes, so a change of seeds or block order is caught."""
-    zero = bytes(40)
-    assert murmur3_32(zero, 0) == murmur3_32_keys(np.zeros((1, 40), np.uint8), 0)[0]
-    h1, h2 = key_hashes(zero)
-    assert h1 == murmur3_32(zero, 0x4E415452) and h2 & 1
+def _murmur3_32_reference(data: bytes, seed: int) -> int:
+    """MurmurHash3 x86_32 written out here from Appleby's published algorithm, independently of
+    reference/hashing.py (tail bytes included, so the published vectors check it too)."""
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) % 2**32
+
+    def mix(k: int) -> int:
+        return rotl(k * 0xCC9E2D51 % 2**32, 15) * 0x1B873593 % 2**32
+
+    h = seed
+    blocks = len(data) // 4
+    for i in range(blocks):
+        h = (rotl(h ^ mix(int.from_bytes(data[4 * i:4 * i + 4], "little")), 13) * 5 + 0xE6546B64) % 2**32
+    tail = data[4 * blocks:]
+    if tail:
+        h ^= mix(int.from_bytes(tail, "little"))
+    return _fmix32_reference(h ^ len(data))
+
+
+@pytest.mark.parametrize("data,seed,expected", VECTORS)
+def test_the_independent_reference_meets_the_published_vectors(data, seed, expected):
+    assert _murmur3_32_reference(data, seed) == expected
+
+
+# (key, h1, h2) of two keys, computed by _murmur3_32_reference with the seeds of bpf/natra.h.
+# bytes(range(40)) has ten distinct blocks, so a change of block order or byte order shows.
+PINNED_KEYS = [
+    (bytes(40), 0x0480A198, 0xF6A5A7C3),
+    (bytes(range(40)), 0xA2D86380, 0x6EA99953),
+]
+
+
+@pytest.mark.parametrize("key,h1,h2", PINNED_KEYS)
+def test_key_hashes_pinned(key, h1, h2):
+    """The flow-key hashes are fixed numbers, from an implementation that shares no code with
+    the model, with the seeds the C program is compiled with."""
+    assert (_murmur3_32_reference(key, 0x4E415452), _murmur3_32_reference(key, 0x41534B45) | 1) == (h1, h2)
+    assert key_hashes(key) == (h1, h2)
+    assert murmur3_32_keys(np.frombuffer(key, np.uint8).reshape(1, 40), L.HASH_SEED1)[0] == h1
+
+
+def test_seeds_are_the_c_programs():
+    """The model's seeds are bpf/natra.h's (the kernel twin hashes with these)."""
+    import re
+    from pathlib import Path
+
+    header = (Path(__file__).resolve().parents[1] / "bpf" / "natra.h").read_text()
+    seeds = dict(re.findall(r"#define (NATRA_HASH_SEED[12]) (0x[0-9a-f]+)u", header))
+    assert (int(seeds["NATRA_HASH_SEED1"], 16), int(seeds["NATRA_HASH_SEED2"], 16)) == \
+        (L.HASH_SEED1, L.HASH_SEED2) == (0x4E415452, 0x41534B45)
+
+
+@given(st.binary(min_size=40, max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_key_hashes_equal_the_independent_reference(key):
+    assert key_hashes(key) == (_murmur3_32_reference(key, L.HASH_SEED1),
+                               _murmur3_32_reference(key, L.HASH_SEED2) | 1)
