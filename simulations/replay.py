@@ -116,6 +116,33 @@ def too_long(records: Sequence[Record], max_frame: int) -> str | None:
             f"super-packets? Replay with --engine model, or capture with GSO off on the sender")
 
 
+def pod_address(text: str) -> bytes:
+    """A Pod's IPv4 or IPv6 address as the flow key holds it (16 bytes, IPv4-mapped)."""
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"pod {text!r}: an IPv4 or IPv6 address like 10.244.1.10") from None
+    return (b"\x00" * 10 + b"\xff\xff" + addr.packed) if addr.version == 4 else addr.packed
+
+
+def select_records(records: Iterable[Record], pods: Sequence[bytes], direction: int) -> tuple[list, int]:
+    """The records of traffic into (DIR_TO_POD) or out of the Pods; and how many were left out."""
+    if not pods:
+        records = list(records)
+        return records, 0
+    wanted = set(pods)
+    at = slice(16, 32) if direction == L.DIR_TO_POD else slice(0, 16)
+    kept, left_out = [], 0
+    for rec in records:
+        if parse_frame(wire_frame(rec)).key[at] in wanted:
+            kept.append(rec)
+        else:
+            left_out += 1
+    return kept, left_out
+
+
 def replay_records(records: Iterable[Record], engine, direction: int,
                    progress: Callable[[int], None] | None = None) -> ReplayResult:
     """Run every record through `engine` in order, CHUNK_FRAMES at a time."""
@@ -238,7 +265,8 @@ def engine_name(text: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from natra.simulations import units
 
-    parser.add_argument("pcap", help="capture file (pcap or pcapng, Ethernet)")
+    parser.add_argument("pcap", help="capture file: pcap or pcapng; Ethernet, Linux cooked (SLL, SLL2: "
+                                     "tcpdump -i any) or raw IP")
     parser.add_argument("--rate", required=True, type=units.rate,
                         help="limit in bit/s, a quantity as in the bandwidth annotations (10M, 1G, 1Gi, 1e9)")
     parser.add_argument("--burst", type=units.bounded(units.size, what="burst"), default=None,
@@ -268,7 +296,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "headers-only frames back to it and refuse captures with frames longer than "
                              "the test path runs (3712 bytes: GRO/GSO super-packets)")
     parser.add_argument("--direction", choices=sorted(DIRECTIONS), default="ingress",
-                        help="ingress = traffic into the Pod (host-veth egress), egress = out of it")
+                        help="ingress = traffic into the Pod (host-veth egress), egress = out of it; with "
+                             "--pod only that direction's frames are replayed")
+    parser.add_argument("--pod", action="append", type=pod_address, default=[], metavar="ADDR",
+                        help="the Pod's IPv4 or IPv6 address (repeatable): replay only frames to it "
+                             "(ingress) or from it (egress), e.g. the data and not its ACKs; without it "
+                             "every frame counts as the chosen direction")
     parser.add_argument("--verdicts", metavar="FILE", help="write one CSV line per frame")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -303,10 +336,20 @@ def run(args) -> int:
 
     try:
         configs, settings = build_configs(args)
-        records = list(read_capture(args.pcap))
+        warnings: list[str] = []
+        records, left_out = select_records(read_capture(args.pcap, warn=warnings.append), args.pod,
+                                           DIRECTIONS[args.direction])
     except (ParamError, CaptureError, ValueError) as e:
         print(f"natra-sim replay: {e}", file=sys.stderr)
         return 2
+    for warning in warnings:
+        print(f"natra-sim replay: warning: {warning}", file=sys.stderr)
+    if args.pod:
+        import ipaddress
+
+        settings["pod"] = [str(ipaddress.ip_address(a[12:] if a[:12] == b"\x00" * 10 + b"\xff\xff" else a))
+                           for a in args.pod]
+        settings["frames_left_out"] = left_out
     try:
         engine = make_engine(args.engine, configs, args.flow_table)
     except Exception as e:  # the kernel engine's loader errors (not root, no object) end here

@@ -52,7 +52,7 @@ def _workload_arg_rejected(text: str) -> bool:
 OPTIONS = {
     "replay": {"--rate": lambda t: _rejects(units.rate, t), "--burst": None, "--width": None, "--depth": None,
                "--threshold": None, "--window": None, "--flow-table": None, "--engine": None,
-               "--direction": None},
+               "--direction": None, "--pod": None},
     "sweep": {"--workload": None, "--width": None, "--depth": None, "--threshold": None, "--window": None,
               "--reserve": None, "--seed": None, "--jobs": None,
               "--rate": lambda t: _rejects(units.rate, t),
