@@ -14,6 +14,7 @@ finally, also when a test fails.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import resource
@@ -85,9 +86,24 @@ def test_version_as_the_runtime_calls_it(node):
 
 
 def test_chain_through_the_bundle_limits_a_pod_both_ways(node):
+    """The chain runs the installed bundle (not the Python launcher); the Pod it adds has both
+    programs hooked and pinned under the configured root with the Pod's rate, CHECK passes and
+    iperf3 measures the limit each way (limited_pod asserts R*t+B and at least half of R);
+    the chain's DEL leaves the pin root empty."""
+    from natra.kernel import datapath
+    from natra.kernel import layout as L
+
     root, tag, pins = node
-    with N.limited_pod(root, f"{PREFIX}{tag}"):
-        pass
+    plugin = root / inst.DEFAULT_CNI_BIN_DIR / "natra"
+    # natra install copies the bundle into natra.d/<digest>/ and links the plugin there
+    assert filecmp.cmp(plugin.resolve(), BUNDLE / "natra", shallow=False), "the chain runs another natra"
+    with N.limited_pod(root, f"{PREFIX}{tag}") as pod:
+        found = datapath.inspect(pod.att.container_id, root=pins)
+        assert found is not None, os.listdir(pins)
+        assert found.host_ifname == pod.host_veth
+        assert {d for d, h in found.hooks.items() if h.attached} == {L.DIR_TO_POD, L.DIR_FROM_POD}
+        assert {d: c.rate_bps for d, c in found.configs.items()} == {
+            L.DIR_TO_POD: N.LIMIT_BPS, L.DIR_FROM_POD: N.LIMIT_BPS}
     assert os.listdir(pins) == []
 
 
