@@ -6,7 +6,7 @@ import pytest
 
 from natra.cni.errors import CniError
 from natra.cni.limits import POD_ANNOTATIONS_CAPABILITY
-from natra.cni.plan import drift, host_candidates, keeps, make_plan
+from natra.cni.plan import configs_in_force, drift, host_candidates, keeps, make_plan
 from natra.cni.request import parse_request
 from natra.kernel import layout as L
 from natra.kernel import params as P
@@ -54,15 +54,22 @@ def test_containerd_add_plans_both_directions_with_clamped_bursts():
         burst = rate * P.DEFAULT_BURST_TIME_NS // L.NS_PER_SEC
         assert config.tau_nbit == burst * 10**9
         assert config.rate_bps == rate
-        assert config == P.to_config(P.params_for(rate, MAXU32))
+        # Shaping is the default; the policing fallback comes from the same code path.
+        assert config == P.to_config(P.params_for(rate, MAXU32, mode="shape"))
+        assert config.shaping and config.redirect_ifindex == 0
+        assert a.params[direction] == P.params_for(rate, MAXU32, mode="shape")
+        assert a.fallback_config(direction) == P.to_config(P.params_for(rate, MAXU32))
+    assert a.shaped() == {IN: a.params[IN], OUT: a.params[OUT]}
     assert a.meta["limits"]["to_pod"]["burst_bits"] == 5_000_000
+    assert a.meta["limits"]["to_pod"]["mode"] == "shape" and a.meta["tuning"]["mode"] == "shape"
     assert a.meta["pod"] == "ns/web"
     assert a.meta["ips"] == [ip["address"] for ip in PTP_RESULT["ips"]]  # observability needs them
     assert plan.result == PTP_RESULT and plan.cause is None
 
 
 def test_one_direction_leaves_the_other_unlimited():
-    plan = plan_of(runtimeConfig={"bandwidth": {"egressRate": 1_000_000, "egressBurst": 100_000}})
+    plan = plan_of(runtimeConfig={"bandwidth": {"egressRate": 1_000_000, "egressBurst": 100_000}},
+                   mode="police")
     a = plan.attachment
     assert a.directions == {OUT}
     assert a.configs[IN] == P.to_config(None)
@@ -70,6 +77,26 @@ def test_one_direction_leaves_the_other_unlimited():
     assert a.configs[OUT].tau_nbit == P.POLICE_BURST_FLOOR_BITS * 10**9
     assert a.meta["limits"]["from_pod"]["asked_burst_bits"] == 100_000
     assert any("from_pod burst 100000 bits is below the policing floor" in n for n in plan.notes)
+
+
+def test_shaping_keeps_a_small_burst_and_its_fallback_polices_with_the_floor():
+    plan = plan_of(runtimeConfig={"bandwidth": {"egressRate": 1_000_000, "egressBurst": 100_000}})
+    a = plan.attachment
+    assert a.configs[OUT].tau_nbit == 100_000 * 10**9 and a.configs[OUT].shaping
+    assert not any("policing floor" in n for n in plan.notes)
+    assert a.fallback[OUT].mode == "police" and a.fallback[OUT].burst_bits == P.POLICE_BURST_FLOOR_BITS
+    assert a.fallback[IN] is None and a.params[IN] is None
+    assert not a.fallback_config(OUT).shaping
+
+
+def test_configs_in_force_follow_fallback_and_redirect():
+    a = plan_of(runtimeConfig=containerd()).attachment
+    both_shaped = configs_in_force(a, {IN: "shape", OUT: "shape"}, {OUT: 42})
+    assert both_shaped[IN] == a.configs[IN] and both_shaped[OUT].redirect_ifindex == 42
+    fell_back = configs_in_force(a, {IN: "police", OUT: "shape"}, {OUT: 42})
+    assert fell_back[IN] == a.fallback_config(IN) and not fell_back[IN].shaping
+    police = plan_of(runtimeConfig=containerd(), mode="police").attachment
+    assert police.shaped() == {} and configs_in_force(police, {}, {OUT: 42}) == police.configs
 
 
 def test_a_burst_above_the_floor_is_kept_without_a_note():
@@ -116,7 +143,7 @@ def test_no_host_interface_is_a_fail_open_cause():
 def test_low_rates_the_standard_plugin_accepts_are_limited(rate):
     """Upstream's own test data (800 bit/s, 200 bits) once failed open; it is enforced."""
     plan = plan_of(runtimeConfig={"bandWidth": {"ingressRate": rate, "ingressBurst": 200,
-                                                "egressRate": rate, "egressBurst": 200}})
+                                                "egressRate": rate, "egressBurst": 200}}, mode="police")
     assert plan.cause is None and plan.attachment.directions == {IN, OUT}
     for direction in (IN, OUT):
         config = plan.attachment.configs[direction]
@@ -145,8 +172,25 @@ def test_cluster_tuning_and_pod_overrides_reach_the_configs():
 def test_malformed_natra_annotation_uses_defaults_and_notes_it():
     annotations = {"natra.io/width": "lots"}
     plan = plan_of(runtimeConfig={**containerd(), POD_ANNOTATIONS_CAPABILITY: annotations})
-    assert plan.attachment.configs[IN] == P.to_config(P.params_for(10_000_000, MAXU32))
+    assert plan.attachment.configs[IN] == P.to_config(P.params_for(10_000_000, MAXU32, mode="shape"))
     assert any("malformed Natra annotation" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize(("config", "annotations", "want"), [
+    ({}, {}, ("shape", P.DEFAULT_CLASSES, P.DEFAULT_QUEUE_NS)),
+    ({"mode": "police"}, {}, ("police", P.DEFAULT_CLASSES, P.DEFAULT_QUEUE_NS)),
+    ({"mode": "police", "classes": 4, "queue": "5ms"}, {"natra.io/mode": "shape"}, ("shape", 4, 5_000_000)),
+    ({}, {"natra.io/classes": "8", "natra.io/queue": "100ms"}, ("shape", 8, 100_000_000)),
+    ({"mode": "police"}, {"natra.io/mode": "queue"}, ("police", P.DEFAULT_CLASSES, P.DEFAULT_QUEUE_NS)),
+])
+def test_mode_classes_and_queue_reach_the_params(config, annotations, want):
+    plan = plan_of(runtimeConfig={**containerd(), POD_ANNOTATIONS_CAPABILITY: annotations}, **config)
+    params = plan.attachment.params[IN]
+    assert (params.mode, params.classes, params.queue_ns) == want
+    assert plan.attachment.configs[IN].shaping == (want[0] == "shape")
+    if want[0] == "shape":
+        assert plan.attachment.configs[IN].classes == want[1]
+    assert any("malformed" in n for n in plan.notes) == (annotations.get("natra.io/mode") == "queue")
 
 
 def test_extended_annotation_shapes_the_shared_sketch():

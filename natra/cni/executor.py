@@ -21,8 +21,9 @@ import socket
 from natra.cni import failopen
 from natra.cni.errors import CniError, Kind
 from natra.cni.log import Log
-from natra.cni.plan import Attachment, Plan, drift, keeps
+from natra.cni.plan import Attachment, Plan, configs_in_force, drift, floor_note, keeps
 from natra.kernel import layout as L
+from natra.kernel.params import MODE_POLICE
 
 FAIL_OPEN_DIR = failopen.FAIL_OPEN_DIR  # under Settings.state_dir: one record per failed-open container
 
@@ -94,13 +95,37 @@ def host_interface(attachment: Attachment) -> str:
     return name
 
 
-def _describe(attachment: Attachment) -> str:
+def _describe(attachment: Attachment, modes=None, configs=None) -> str:
     parts = []
     for direction in sorted(attachment.directions):
         name = L.DIRECTION_NAMES[direction]
         limit = attachment.meta.get("limits", {}).get(name, {})
-        parts.append(f"{name} {limit.get('rate_bps')} bit/s burst {limit.get('burst_bits')} bits")
+        burst = limit.get("burst_bits")
+        if configs and configs[direction].tau_nbit:
+            burst = configs[direction].tau_nbit // 10**9
+        mode = (modes or {}).get(name)
+        parts.append(f"{name} {limit.get('rate_bps')} bit/s burst {burst} bits"
+                     + (f" ({mode})" if mode else ""))
     return "; ".join(parts)
+
+
+def _wishes(attachment: Attachment) -> dict:
+    """The shaped directions, as natra.kernel.datapath.install takes them."""
+    from natra.kernel.shapers import Wish
+
+    return {d: Wish(params, attachment.fallback_config(d)) for d, params in attachment.shaped().items()}
+
+
+def _log_fallbacks(attachment: Attachment, fallback, log: Log, now: int) -> None:
+    """A shaped direction that polices instead is said loudly: the Pod is limited, but drops."""
+    for name, why in sorted(fallback.items()):
+        direction = next(d for d, n in L.DIRECTION_NAMES.items() if n == name)
+        log.error(now, f"ADD: {name} falls back to police mode (the Pod is limited, by dropping): "
+                  f"shaping qdiscs cannot be installed: {why}")
+        asked = attachment.meta.get("limits", {}).get(name, {}).get("asked_burst_bits")
+        note = floor_note(name, asked, attachment.fallback[direction])
+        if note:
+            log.warn(now, note)
 
 
 def add(plan: Plan, log: Log, now: int) -> dict:
@@ -127,9 +152,10 @@ def add(plan: Plan, log: Log, now: int) -> dict:
             installed = datapath.install(
                 attachment.container_id, host, attachment.configs, directions=set(attachment.directions),
                 mode=attachment.mode, flow_table=attachment.flow_table, meta=dict(attachment.meta),
-                root=settings.bpffs_root, object_path=settings.object_path)
+                root=settings.bpffs_root, object_path=settings.object_path, shaping=_wishes(attachment))
         except Exception as exc:  # noqa: BLE001 - DatapathError and anything unforeseen
             raise FailOpen(f"data path: {exc}", "datapath") from exc
+        _log_fallbacks(attachment, installed.shape_fallback, log, now)
     except FailOpen as exc:
         _cleanup_after_failure(plan, log, now)
         record_failed_open(plan, now, exc.kind, str(exc))
@@ -139,7 +165,8 @@ def add(plan: Plan, log: Log, now: int) -> dict:
         _write_marker(plan, now, {d: ("invalid_annotation", why) for d, why in plan.refused})
     else:
         _clear_marker(plan)
-    log.info(now, f"ADD: limited {_describe(attachment)} on {host} via {installed.mode}"
+    log.info(now, f"ADD: limited {_describe(attachment, installed.direction_modes, installed.configs)} "
+             f"on {host} via {installed.mode}"
              + (f" (tcx unavailable: {installed.tcx_error})" if installed.tcx_error else ""))
     return plan.result
 
@@ -186,13 +213,32 @@ def check(plan: Plan, log: Log, now: int) -> None:
                           f"container {plan.container_id} has bandwidth limits but no Natra "
                           "programs or pins (ADD not run, or removed since)")
     attached = [d for d, hook in inspection.hooks.items() if hook.attached]
-    problems = list(inspection.problems) + drift(attachment, inspection.mode, attached, inspection.configs)
+    modes, redirects = _in_force(inspection.meta)
+    wanted = configs_in_force(attachment, modes, redirects)
+    problems = list(inspection.problems) + drift(attachment, inspection.mode, attached, inspection.configs,
+                                                 wanted)
+    if not inspection.problems:
+        shaped = {d: p for d, p in attachment.shaped().items() if modes.get(d) != MODE_POLICE}
+        try:
+            problems += _datapath().shaping_drift(inspection, shaped)
+        except Exception as exc:  # noqa: BLE001
+            raise CniError.of(Kind.STATE_UNREADABLE, "cannot read Natra's qdiscs", str(exc)) from exc
     if attachment.host_candidates and inspection.host_ifname not in attachment.host_candidates:
         problems.append(f"attached to {inspection.host_ifname}, prevResult lists "
                         f"{', '.join(attachment.host_candidates)}")
     if problems:
         raise CniError.of(Kind.STATE_DRIFT, "Natra state differs from the config", "; ".join(problems))
     log.info(now, f"CHECK: {inspection.mode} programs and configs match on {inspection.host_ifname}")
+
+
+def _in_force(record: dict) -> tuple[dict[int, str], dict[int, int]]:
+    """From the meta record: the directions that fell back to policing, and where each
+    shaped direction redirects (the IFB out of the Pod)."""
+    index = {n: d for d, n in L.DIRECTION_NAMES.items()}
+    modes = {index[n]: MODE_POLICE for n in (record.get("shape_fallback") or {}) if n in index}
+    redirects = {index[n]: dev.get("ifindex", 0) for n, dev in (record.get("shaping") or {}).items()
+                 if n in index and isinstance(dev, dict) and dev.get("ifb")}
+    return modes, redirects
 
 
 def status(plan: Plan, log: Log, now: int) -> None:
@@ -210,7 +256,8 @@ def status(plan: Plan, log: Log, now: int) -> None:
 
 
 def gc(plan: Plan, log: Log, now: int) -> None:
-    """Remove every installed container GC's valid list does not name."""
+    """Remove every installed container GC's valid list does not name, and every IFB of this
+    pin root whose name derives from no valid container."""
     datapath = _datapath()
     root = plan.settings.bpffs_root
     failed = []
@@ -233,7 +280,13 @@ def gc(plan: Plan, log: Log, now: int) -> None:
             removed += 1
         except Exception as exc:  # noqa: BLE001
             failed.append(f"{container_id}: {exc}")
+    try:
+        ifbs, ifb_failures = datapath.remove_orphan_ifbs({cid for cid, _ in plan.keep}, root=root)
+    except Exception as exc:  # noqa: BLE001
+        ifbs, ifb_failures = [], [f"list IFB devices: {exc}"]
+    failed += ifb_failures
     failopen.gc(plan.settings.state_dir, {cid for cid, _ in plan.keep})
-    log.info(now, f"GC: removed {removed} stale of {len(installed)} installed")
+    log.info(now, f"GC: removed {removed} stale of {len(installed)} installed"
+             + (f"; orphan IFBs {', '.join(ifbs)}" if ifbs else ""))
     if failed:
         raise CniError.of(Kind.GC_INCOMPLETE, "GC could not remove every stale attachment", "; ".join(failed))

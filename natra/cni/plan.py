@@ -1,10 +1,14 @@
 """Decide what one CNI call should do, without doing any of it.
 
 Owns: Request -> Plan. For ADD and CHECK: which directions to limit, the exact
-`ConfigValues` of each, the attach mode, the host-side veth candidates taken
+`ConfigValues` and `DataPathParams` of each (and, for a shaped direction, the
+policing parameters it falls back to when its qdiscs cannot be built), the
+attach mode, the host-side veth candidates taken
 from prevResult, and the metadata stored with the state; or a no-op plan when
 the Pod has no limits. For GC: the attachments to keep. Also `drift`, which
-compares a plan with the state read back from the kernel.
+compares a plan with the state read back from the kernel, and `configs_in_force`,
+the configs the kernel should hold once the executor knows which directions
+really shape and through which IFB.
 Rule: pure (no kernel, files, clock or environment reads); protocol problems
 raise CniError, anything that only makes limiting impossible becomes
 `Plan.cause` and the executor fails open on it.
@@ -20,7 +24,7 @@ from natra.cni import versions
 from natra.cni.errors import CniError, Kind
 from natra.cni.limits import Limits, extract_limits, pod_annotations
 from natra.cni.request import Request
-from natra.cni.tuning import Settings, cluster_settings, location_settings, pod_tuning
+from natra.cni.tuning import Settings, Tuning, cluster_settings, location_settings, pod_tuning
 from natra.kernel import layout as L
 from natra.kernel import params as P
 
@@ -44,6 +48,22 @@ class Attachment:
     mode: str  # "auto", "tcx" or "clsact"
     flow_table: int  # heavy-flow entries
     meta: Mapping = field(default_factory=dict)  # stored with the state, read back by CHECK
+    # Per direction index (None: not limited): the parameters in the Pod's mode, and for a
+    # shaped direction the policing parameters it falls back to when its tree cannot be built.
+    params: tuple[P.DataPathParams | None, ...] = (None, None)
+    fallback: tuple[P.DataPathParams | None, ...] = (None, None)
+
+    def shaped(self) -> dict[int, P.DataPathParams]:
+        """Directions the plan shapes, with their (shaping) parameters."""
+        return {d: p for d, p in enumerate(self.params)
+                if p is not None and d in self.directions and p.mode == P.MODE_SHAPE}
+
+    def fallback_config(self, direction: int) -> P.ConfigValues:
+        """The policing config of a shaped direction whose qdiscs could not be built."""
+        params = self.fallback[direction]
+        if params is None:
+            raise ValueError(f"direction {direction} has no policing fallback")
+        return P.to_config(params, width=params.width, depth=params.depth)
 
 
 @dataclass(frozen=True)
@@ -81,39 +101,63 @@ def host_candidates(prev_result: Mapping | None, pod_ifname: str) -> tuple[str, 
     return tuple(name for _, name in host)
 
 
+def direction_params(rate_bps: int, burst_bits: int | None, tuning: Tuning, overrides: Mapping,
+                     mode: str) -> P.DataPathParams:
+    """One direction's parameters in `mode`: the one code path for the Pod's mode and for the
+    policing fallback of a shaped direction (so the policing floor applies to both alike)."""
+    kwargs = tuning.params_kwargs()
+    kwargs.update(overrides)  # the extended annotation form, per direction
+    kwargs["mode"] = mode
+    params = P.params_for(rate_bps, burst_bits or None, **kwargs)
+    # The sketch is shared: its shape comes from the Pod's tuning, not a direction.
+    return params.with_(width=tuning.width, depth=tuning.depth)
+
+
+def floor_note(name: str, asked_bits: int | None, params: P.DataPathParams) -> str | None:
+    """The log line when the policing floor raised an asked burst, else None."""
+    if not P.burst_floor_raised(asked_bits, params.burst_bits):
+        return None
+    return (f"{name} burst {asked_bits} bits is below the policing floor; "
+            f"applied {params.burst_bits} bits (a drop policer must hold whole "
+            f"64 KiB GSO packets): at most R*t + {params.burst_bits} bits pass")
+
+
 def _configs(limits: Limits, request: Request, settings: Settings, notes: list[str]):
     annotations = pod_annotations(request.config)
     tuning, tuning_notes = pod_tuning(settings.tuning, annotations)
     notes.extend(tuning_notes)
-    configs, described = [], {}
+    configs, described, params_of, fallback_of = [], {}, [], []
     for direction in range(L.NDIRS):
         limit = limits.directions.get(direction)
         if limit is None:
             configs.append(P.to_config(None, width=tuning.width, depth=tuning.depth))
+            params_of.append(None)
+            fallback_of.append(None)
             continue
         name = L.DIRECTION_NAMES[direction]
-        kwargs = tuning.params_kwargs()
-        kwargs.update(limit.overrides)  # the extended annotation form, per direction
         # Valid input is never dropped: a rate above what the data path counts
         # (1 Pbit/s, beyond any NIC) is enforced at that bound, and said so.
         rate = min(limit.rate_bps, L.MAX_RATE_BPS)
         if rate != limit.rate_bps:
             notes.append(f"{name} rate {limit.rate_bps} bit/s is above {L.MAX_RATE_BPS} bit/s; "
                          f"limited to {rate} bit/s")
-        params = P.params_for(rate, limit.burst_bits or None, **kwargs)
-        if P.burst_floor_raised(limit.burst_bits, params.burst_bits):
-            notes.append(f"{name} burst {limit.burst_bits} bits is below the policing floor; "
-                         f"applied {params.burst_bits} bits (a drop policer must hold whole "
-                         f"64 KiB GSO packets): at most R*t + {params.burst_bits} bits pass")
-        # The sketch is shared: its shape comes from the Pod's tuning, not a direction.
-        params = params.with_(width=tuning.width, depth=tuning.depth)
+        params = direction_params(rate, limit.burst_bits, tuning, limit.overrides, tuning.mode)
+        note = floor_note(name, limit.burst_bits, params)
+        if note:
+            notes.append(note)
+        fallback = (direction_params(rate, limit.burst_bits, tuning, limit.overrides, P.MODE_POLICE)
+                    if params.mode == P.MODE_SHAPE else None)
         configs.append(P.to_config(params, width=tuning.width, depth=tuning.depth))
+        params_of.append(params)
+        fallback_of.append(fallback)
         described[name] = {
-            "rate_bps": rate, "burst_bits": params.burst_bits,
+            "rate_bps": rate, "burst_bits": params.burst_bits, "mode": params.mode,
             "asked_burst_bits": limit.burst_bits, "source": limit.source}
+        if fallback is not None:
+            described[name]["fallback_burst_bits"] = fallback.burst_bits  # if it must police
         if rate != limit.rate_bps:
             described[name]["asked_rate_bps"] = limit.rate_bps
-    return tuple(configs), described, tuning
+    return tuple(configs), described, tuning, tuple(params_of), tuple(fallback_of)
 
 
 def _sketch_shape(limits: Limits) -> dict:
@@ -146,16 +190,19 @@ def _limit_plan(request: Request, settings: Settings) -> tuple[Attachment | None
         shape = _sketch_shape(limits)
         if shape:
             settings = replace(settings, tuning=replace(settings.tuning, **shape).validate())
-        configs, described, tuning = _configs(limits, request, settings, notes)
+        configs, described, tuning, params, fallback = _configs(limits, request, settings, notes)
     except (P.ParamError, ValueError) as exc:
         return None, f"{CAUSE_UNREPRESENTABLE}: {exc}", notes
     candidates = host_candidates(request.prev_result, request.ifname)
     meta = {"pod": request.pod, "pod_uid": request.args.get("K8S_POD_UID", ""),
             "ifname": request.ifname, "limits": described, "ips": _pod_ips(request.prev_result),
-            "tuning": {"width": tuning.width, "depth": tuning.depth, "window_ns": tuning.window_ns}}
+            "tuning": {"width": tuning.width, "depth": tuning.depth,
+                       "window_ns": tuning.window_ns or next(p.window_ns for p in params if p),
+                       "mode": tuning.mode, "classes": tuning.classes, "queue_ns": tuning.queue_ns}}
     attachment = Attachment(
         container_id=request.container_id, pod_ifname=request.ifname, netns=request.netns,
         host_candidates=candidates, directions=frozenset(limits.directions), configs=configs,
+        params=params, fallback=fallback,
         mode=settings.attach_mode, flow_table=tuning.flow_table, meta=meta)
     cause = None if candidates or request.command != "ADD" else \
         f"{CAUSE_NO_HOST} for {request.ifname}"
@@ -212,9 +259,25 @@ def keeps(plan: Plan, container_id: str, ifname: str | None) -> bool:
     return any(cid == container_id and (not ifname or not name or name == ifname) for cid, name in plan.keep)
 
 
+def configs_in_force(attachment: Attachment, modes: Mapping[int, str],
+                     redirects: Mapping[int, int]) -> tuple[P.ConfigValues, ...]:
+    """The configs the kernel should hold: the plan's, except that a shaped direction that
+    fell back to policing (`modes[d] == "police"`) holds its fallback config, and a shaped
+    direction redirected to a device (`redirects[d]`, the IFB out of the Pod) names it."""
+    configs = list(attachment.configs)
+    for direction in attachment.shaped():
+        if modes.get(direction, P.MODE_SHAPE) == P.MODE_POLICE:
+            configs[direction] = attachment.fallback_config(direction)
+        elif redirects.get(direction):
+            configs[direction] = replace(configs[direction], redirect_ifindex=redirects[direction])
+    return tuple(configs)
+
+
 def drift(attachment: Attachment, mode: str | None, attached: Sequence[int],
-          configs: Mapping[int, P.ConfigValues]) -> list[str]:
-    """How the kernel state (read back) differs from the plan; [] when it matches."""
+          configs: Mapping[int, P.ConfigValues], wanted: Sequence[P.ConfigValues] | None = None) -> list[str]:
+    """How the kernel state (read back) differs from the plan (or from `wanted`, the configs
+    in force: configs_in_force); [] when it matches."""
+    wanted_configs = attachment.configs if wanted is None else wanted
     problems = []
     for direction in range(L.NDIRS):
         name = L.DIRECTION_NAMES[direction]
@@ -224,7 +287,7 @@ def drift(attachment: Attachment, mode: str | None, attached: Sequence[int],
         elif not wanted and direction in attached:
             problems.append(f"{name} program is attached but {name} has no limit")
         if wanted and direction in configs:
-            have, want = configs[direction], attachment.configs[direction]
+            have, want = configs[direction], wanted_configs[direction]
             if have.as_tuple() != want.as_tuple():
                 diffs = [f"{f}={getattr(have, f)} (want {getattr(want, f)})"
                          for f in P.ConfigValues.__dataclass_fields__ if getattr(have, f) != getattr(want, f)]

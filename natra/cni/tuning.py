@@ -1,7 +1,8 @@
 """Natra's knobs: cluster defaults from the conflist entry, per-Pod overrides from annotations.
 
 Owns: the plugin config keys (see docs/cni.md):
-  width, depth, threshold, window, maxBurstTime, reserve, ecn, flowTable
+  width, depth, threshold, window, maxBurstTime, reserve, ecn, flowTable,
+  mode, classes, queue
     (data-path tuning, the defaults of every Pod),
   attachMode, logFile, logMaxBytes, bpffsRoot, objectPath, stateDir
     (where and how the plugin works; the last three also from NATRA_BPFFS_ROOT,
@@ -52,16 +53,24 @@ class Tuning:
     width: int = P.DEFAULT_WIDTH  # sketch columns, power of two
     depth: int = P.DEFAULT_DEPTH  # sketch rows
     threshold_bytes: int | None = None  # bytes per window; None: 1 % of the rate, >= 64 KiB
-    window_ns: int = P.DEFAULT_WINDOW_NS  # ns
+    # ns; None: the mode's default (police 100 ms; shape 100 ms or 16 thresholds of rate)
+    window_ns: int | None = None
     max_burst_time_ns: int = P.DEFAULT_BURST_TIME_NS  # ns of rate a burst may hold at most
     reserve_bits: int | None = None  # bits; None: 5 % of the burst, >= two GSO packets
     ecn: bool = True
     flow_table: int = P.DEFAULT_FLOW_TABLE  # heavy-flow entries per Pod
+    # "shape" (HTB queues, the default: docs/cni.md says why) or "police" (drops in the program).
+    mode: str = P.MODE_SHAPE
+    classes: int = P.DEFAULT_CLASSES  # shaping: heavy classes (per-flow queues) per direction
+    queue_ns: int = P.DEFAULT_QUEUE_NS  # shaping: ns of rate a class may queue
 
     def params_kwargs(self) -> dict:
         """Keyword arguments for natra.kernel.params.params_for (a fresh dict each call)."""
-        kwargs = {"width": self.width, "depth": self.depth, "window_ns": self.window_ns,
-                  "burst_time_ns": self.max_burst_time_ns, "ecn": self.ecn}
+        kwargs = {"width": self.width, "depth": self.depth,
+                  "burst_time_ns": self.max_burst_time_ns, "ecn": self.ecn, "mode": self.mode,
+                  "classes": self.classes, "queue_ns": self.queue_ns}
+        if self.window_ns is not None:
+            kwargs["window_ns"] = self.window_ns
         if self.threshold_bytes is not None:
             kwargs["threshold_bytes"] = self.threshold_bytes
         if self.reserve_bits is not None:
@@ -75,7 +84,7 @@ class Tuning:
             (1 <= self.depth <= L.MAX_DEPTH, f"depth {self.depth} outside 1..{L.MAX_DEPTH}"),
             (self.threshold_bytes is None or self.threshold_bytes >= 1,
              f"threshold {self.threshold_bytes} bytes must be >= 1"),
-            (P.MIN_WINDOW_NS <= self.window_ns <= P.MAX_WINDOW_NS,
+            (self.window_ns is None or P.MIN_WINDOW_NS <= self.window_ns <= P.MAX_WINDOW_NS,
              f"window {self.window_ns} ns outside 1ms..60s"),
             (MIN_BURST_TIME_NS <= self.max_burst_time_ns <= MAX_BURST_TIME_NS,
              f"maxBurstTime {self.max_burst_time_ns} ns outside 1ms..10s"),
@@ -83,6 +92,10 @@ class Tuning:
              f"reserve {self.reserve_bits} bits outside 0..2^34"),
             (1 <= self.flow_table <= P.MAX_FLOW_TABLE,
              f"flowTable {self.flow_table} outside 1..{P.MAX_FLOW_TABLE}"),
+            (self.mode in P.MODES, f"mode {self.mode!r} must be one of {', '.join(P.MODES)}"),
+            (1 <= self.classes <= L.MAX_CLASSES, f"classes {self.classes} outside 1..{L.MAX_CLASSES}"),
+            (P.MIN_QUEUE_NS <= self.queue_ns <= P.MAX_QUEUE_NS,
+             f"queue {self.queue_ns} ns outside 1ms..1s"),
         ]
         for ok, message in checks:
             if not ok:
@@ -148,6 +161,12 @@ def read_bool(value, knob: str) -> bool:
     raise TuningError(f"{knob} must be true or false")
 
 
+def read_mode(value, knob: str) -> str:
+    if isinstance(value, str) and value in P.MODES:
+        return value
+    raise TuningError(f"{knob} must be one of {', '.join(P.MODES)}")
+
+
 def read_auto_count(value, knob: str) -> int | None:
     return None if value in (None, "auto") else read_count(value, knob)
 
@@ -162,6 +181,9 @@ TUNING_KNOBS = {
     "reserve": ("reserve_bits", read_auto_count),
     "ecn": ("ecn", read_bool),
     "flowTable": ("flow_table", read_count),
+    "mode": ("mode", read_mode),
+    "classes": ("classes", read_count),
+    "queue": ("queue_ns", read_duration),
 }
 # Pod annotation -> config key.
 ANNOTATION_KEYS = {
@@ -173,6 +195,9 @@ ANNOTATION_KEYS = {
     "natra.io/reserve": "reserve",
     "natra.io/ecn": "ecn",
     "natra.io/flow-table": "flowTable",
+    "natra.io/mode": "mode",
+    "natra.io/classes": "classes",
+    "natra.io/queue": "queue",
 }
 # Config key -> (Settings field, environment fallback).
 LOCATION_KNOBS = {

@@ -1,21 +1,32 @@
 """The data path as the CNI plugin sees it: install, inspect, remove, list, probe.
 
 Owns: the order of the kernel steps for one container, nothing else:
-    install: find the host veth -> remove a previous install -> load the object
-             -> make the pin directory -> write meta -> pin maps and programs
+    install: find the host veth -> remove a previous install's programs and pins
+             -> make the pin directory -> write meta
+             -> shaped directions: bring each tree up (natra.kernel.shapers); a
+                direction whose tree cannot be built falls back to its policing
+                config; the IFB's ifindex goes into the from_pod config
+             -> take down the trees of directions no longer shaped
+             -> load the object -> pin maps and programs
              -> attach each limited direction (links pinned) -> final meta
     remove:  detach (tcx links; our clsact filters while the veth exists)
+             -> take down the shaping trees (host veth if it still exists, the IFB)
              -> unpin everything -> remove the directory
-It is pure orchestration of natra.kernel.loader, natra.kernel.attach, natra.kernel.pins and
-natra.kernel.meta.
+It is pure orchestration of natra.kernel.loader, natra.kernel.attach, natra.kernel.pins,
+natra.kernel.shapers and natra.kernel.meta.
 
 Rules kept:
 - Per-container state lives only in the pin directory (its name derives from
   the container ID), so DEL, CHECK and GC need no state file.
 - install is idempotent: a second install for the same container removes the
-  first completely before building the new one (no duplicate links or filters,
-  no leaked pins). If it fails midway it removes what it made and raises
-  DatapathError(step, cause).
+  first's programs and pins before building the new ones (no duplicate links or
+  filters, no leaked pins) and brings its trees to the new plan in place (the
+  same IFB, no second one). If it fails midway it removes what it made, trees
+  and IFB included, and raises DatapathError(step, cause).
+- The meta record says per limited direction what is in force:
+  "direction_modes" {"to_pod": "shape"|"police", ...}, "shaping" (the shaped
+  directions' devices: {"to_pod": {"ifindex"}, "from_pod": {"ifb", "ifindex"}})
+  and, for a direction that fell back, "shape_fallback" {name: reason}.
 - remove succeeds when everything is already gone, when the veth or the netns
   vanished, and when called twice.
 - inspect reports what the kernel really has (link attached to the expected
@@ -31,12 +42,13 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
-from natra.kernel import attach, bpfsys, maps, meta, pins
+from natra.kernel import attach, bpfsys, maps, meta, pins, shapers
 from natra.kernel import layout as L
-from natra.kernel.params import ConfigValues
+from natra.kernel.params import MODE_POLICE, MODE_SHAPE, ConfigValues, DataPathParams
+from natra.kernel.shapers import Wish
 
 BPF_FS_MAGIC = 0xCAFE4A11
 LIBBPF_SONAME = "libbpf.so.1"
@@ -62,6 +74,9 @@ class Installed:
     host_ifname: str
     directions: tuple[int, ...]
     tcx_error: str | None = None  # why 'auto' fell back to clsact
+    direction_modes: Mapping[str, str] = field(default_factory=dict)  # direction name -> shape|police
+    shape_fallback: Mapping[str, str] = field(default_factory=dict)  # direction name -> why it polices
+    configs: tuple[ConfigValues, ...] = ()  # what the kernel got (fallback and redirect applied)
 
 
 @dataclass(frozen=True)
@@ -95,8 +110,13 @@ class Inspection:
 def install(container_id: str, host_ifname: str, configs: Sequence[ConfigValues], *,
             directions: set[int], mode: str = "auto", flow_table: int = 4096,
             meta: dict | None = None, root: str | None = None,
-            object_path: str | None = None) -> Installed:
-    """Load, pin and attach Natra for one container (replacing a previous install)."""
+            object_path: str | None = None, shaping: Mapping[int, Wish] | None = None) -> Installed:
+    """Shape, load, pin and attach Natra for one container (replacing a previous install).
+
+    `shaping` names the directions to shape (their configs in `configs` are the
+    shaping ones); a direction whose tree cannot be built gets its Wish's
+    policing config instead, and Installed.shape_fallback says why.
+    """
     from natra.kernel import loader  # libbpf binding: only install needs it
 
     try:
@@ -114,20 +134,35 @@ def install(container_id: str, host_ifname: str, configs: Sequence[ConfigValues]
     except OSError as e:
         raise DatapathError(f"find host interface {host_ifname}", e) from e
     if pd.exists():
-        remove(container_id, root=root)
+        _remove_programs(pd, meta_record(pd))
+    shaping = {d: w for d, w in (shaping or {}).items() if d in wanted}
 
     record = {**(meta or {}), "version": META_VERSION, "container_id": container_id,
               "host_ifname": host_ifname, "ifindex": ifindex, "mode": MODE_PENDING,
               "requested_mode": mode, "directions": list(wanted), "created_qdisc": False,
               "flow_table": flow_table}
-    step = "load object"
+    configs = list(configs)
+    step = f"make pin directory {pd.path}"
     obj = None
     try:
-        obj = loader.BpfObject.load(configs, flow_table=flow_table, path=object_path)
-        step = f"make pin directory {pd.path}"
         pins.make(pd)
         step = "write meta"
+        _write_meta(pd, record)  # the host ifindex is known to cleanup before any tree exists
+        step = "shaping"
+        modes, devices, fallback = _shape(container_id, host_ifname, ifindex, shaping, configs,
+                                          pins.resolve_root(root))
+        record.update({"direction_modes": {L.DIRECTION_NAMES[d]: modes[d] for d in wanted},
+                       "shaping": devices})
+        if fallback:
+            record["shape_fallback"] = fallback
+        step = "take down trees no longer shaped"
+        for direction in L.DIRECTION_NAMES:
+            if L.DIRECTION_NAMES[direction] not in devices:
+                shapers.take_down(container_id, direction, ifindex)
+        step = "write meta"
         _write_meta(pd, record)
+        step = "load object"
+        obj = loader.BpfObject.load(configs, flow_table=flow_table, path=object_path)
         step = "pin maps"
         obj.pin_maps(pd.path)
         step = "pin programs"
@@ -158,7 +193,35 @@ def install(container_id: str, host_ifname: str, configs: Sequence[ConfigValues]
         if obj is not None:
             obj.close()
     return Installed(container_id=container_id, pin_dir=pd.path, mode=used, ifindex=ifindex,
-                     host_ifname=host_ifname, directions=wanted, tcx_error=tcx_error)
+                     host_ifname=host_ifname, directions=wanted, tcx_error=tcx_error,
+                     direction_modes=dict(record["direction_modes"]), shape_fallback=fallback,
+                     configs=tuple(configs))
+
+
+def _shape(container_id: str, host_ifname: str, ifindex: int, shaping: Mapping[int, Wish],
+           configs: list[ConfigValues], pin_root: str) -> tuple[dict[int, str], dict, dict[str, str]]:
+    """Bring up each shaped direction's tree, updating `configs` in place (redirect, fallback).
+
+    Returns (mode per direction, the "shaping" record, {direction name: why it polices}).
+    """
+    modes = {d: MODE_POLICE for d in L.DIRECTION_NAMES}
+    devices, fallback = {}, {}
+    mtu = None
+    for direction, wish in sorted(shaping.items()):
+        name = L.DIRECTION_NAMES[direction]
+        try:
+            mtu = mtu or shapers.mtu(host_ifname)
+            done = shapers.bring_up(container_id, direction, ifindex, mtu, wish.params,
+                                    shapers.owner(pin_root))
+        except shapers.ShapeError as e:
+            fallback[name] = str(e)
+            configs[direction] = wish.fallback
+            continue  # its half-made tree goes with the take-down of unshaped directions
+        modes[direction] = MODE_SHAPE
+        devices[name] = done.record()
+        if done.ifb is not None:
+            configs[direction] = replace(configs[direction], redirect_ifindex=done.ifindex)
+    return modes, devices, fallback
 
 
 def _write_meta(pd: pins.PinDir, record: dict) -> None:
@@ -185,15 +248,18 @@ def _same_interface(ifindex: int | None, ifname: str | None) -> bool:
         return False
 
 
-def remove(container_id: str, *, root: str | None = None) -> None:
-    """Detach and unpin everything of this container; fine if it is already gone."""
-    try:
-        pd = pins.pin_dir(container_id, root)
-    except pins.PinError as e:
-        raise DatapathError("container id", e) from e
-    if not pd.exists():
-        return
-    record = meta.read(pd.meta) or {}
+def meta_record(pd: pins.PinDir) -> dict:
+    return meta.read(pd.meta) or {}
+
+
+def _remove_programs(pd: pins.PinDir, record: dict) -> None:
+    """Detach and unpin the programs of a previous install, leaving its trees for the new one."""
+    _detach(pd, record)
+    _unpin(pd)
+
+
+def _detach(pd: pins.PinDir, record: dict) -> None:
+    """Detach the programs (tcx links; our clsact filters while the veth exists)."""
     for direction in L.DIRECTION_NAMES:
         try:
             attach.detach_tcx(pd.link(direction))
@@ -209,10 +275,57 @@ def remove(container_id: str, *, root: str | None = None) -> None:
                                      delete_qdisc=bool(record.get("created_qdisc")) and i == len(present) - 1)
             except attach.AttachError as e:
                 raise DatapathError(e.step, e.cause) from e
+
+
+def _unpin(pd: pins.PinDir) -> None:
     try:
         pins.clear(pd)
     except OSError as e:
         raise DatapathError(f"unpin {pd.path}", e) from e
+
+
+def _take_down_trees(container_id: str, record: dict) -> None:
+    """Our trees: on the host veth while it is still the one we shaped, and the IFB by name."""
+    same = _same_interface(record.get("ifindex"), record.get("host_ifname"))
+    host = record.get("ifindex") if same else None
+    for direction in L.DIRECTION_NAMES:
+        try:
+            shapers.take_down(container_id, direction, host)
+        except shapers.ShapeError as e:
+            raise DatapathError("remove shaping", e) from e
+
+
+def remove(container_id: str, *, root: str | None = None) -> None:
+    """Detach, take the trees down and unpin everything of this container; fine if it is already gone.
+
+    Programs go first (so nothing redirects to an IFB being deleted), then the
+    trees, then the pins: a failure before the unpin leaves the pins for GC to retry.
+    """
+    try:
+        pd = pins.pin_dir(container_id, root)
+    except pins.PinError as e:
+        raise DatapathError("container id", e) from e
+    if not pd.exists():
+        _take_down_trees(container_id, {})  # an IFB outliving its pins (only its name is known)
+        return
+    record = meta_record(pd)
+    _detach(pd, record)
+    _take_down_trees(container_id, record)
+    _unpin(pd)
+
+
+def remove_orphan_ifbs(keep: Collection[str], *, root: str | None = None) -> tuple[list[str], list[str]]:
+    """GC: delete this pin root's IFBs whose name derives from no container in `keep`.
+
+    Returns (names removed, failures)."""
+    removed, failed = [], []
+    for name in shapers.orphan_ifbs(keep, shapers.owner(pins.resolve_root(root))):
+        try:
+            if shapers.delete_ifb(name):
+                removed.append(name)
+        except shapers.ShapeError as e:
+            failed.append(str(e))
+    return removed, failed
 
 
 # ---- inspect ------------------------------------------------------------------------
@@ -288,6 +401,24 @@ def inspect(container_id: str, *, root: str | None = None) -> Inspection | None:
         problems.append(f"no readable natra_config map in {pd.path}")
     return Inspection(container_id=container_id, pin_dir=pd.path, mode=mode, ifindex=ifindex,
                       host_ifname=ifname, hooks=hooks, configs=configs, meta=record, problems=problems)
+
+
+def shaping_drift(found: Inspection, shaped: Mapping[int, DataPathParams]) -> list[str]:
+    """CHECK: how the trees of the directions that should shape (`shaped`) differ from their
+    plans: a direction the record does not list as shaped, a missing IFB, qdisc drift."""
+    problems = []
+    devices = found.meta.get("shaping") or {}
+    for direction, params in sorted(shaped.items()):
+        name = L.DIRECTION_NAMES[direction]
+        if name not in devices:
+            problems.append(f"{name} should be shaped but the install did not shape it")
+            continue
+        try:
+            problems += shapers.drift(found.container_id, direction, found.ifindex, found.host_ifname, params,
+                                      devices.get(name))
+        except shapers.ShapeError as e:
+            problems.append(f"{name}: {e}")
+    return problems
 
 
 # ---- list and probe -------------------------------------------------------------------

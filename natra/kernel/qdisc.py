@@ -1,10 +1,10 @@
 """Just enough rtnetlink to build and read the shaping qdiscs of a Pod.
 
-Owns: IFB devices (create, delete, name -> ifindex) and, on any ifindex of the
-caller's network namespace, an HTB root qdisc, HTB classes, TBF leaf qdiscs
-under them, deleting qdiscs, and dumping qdiscs and classes with their
-configuration and TCA_STATS2 counters. One raw AF_NETLINK/NETLINK_ROUTE socket
-per call, stdlib only.
+Owns: IFB devices (create, bring up and name with an alias, delete, name ->
+ifindex) and, on any ifindex of the caller's network namespace, an HTB root qdisc,
+HTB classes, TBF leaf qdiscs under them, deleting qdiscs, and dumping qdiscs
+and classes with their configuration and TCA_STATS2 counters. One raw
+AF_NETLINK/NETLINK_ROUTE socket per call, stdlib only.
 
 Rule: no pyroute2 (it costs 150-200 ms per CNI call) and no subprocess. Rates
 are bit/s in, bit/s out; the kernel keeps whole bytes/s, so a rate is floored to
@@ -62,6 +62,8 @@ RTM_GETLINK = 18
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFLA_IFNAME = 3
 IFLA_LINKINFO = 18
+IFLA_IFALIAS = 20
+IFALIASZ = 256  # the kernel refuses a longer alias
 IFLA_INFO_KIND = 1
 IFF_UP = 0x1
 
@@ -523,6 +525,16 @@ def create_ifb(name: str) -> int:
             + _nest(IFLA_LINKINFO, _attr(IFLA_INFO_KIND, _string("ifb"))))
     _modify(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"RTM_NEWLINK ifb {name}", None)
     return link_index(name)
+
+
+def set_link(ifindex: int, *, up: bool = True, alias: str | None = None) -> None:
+    """Bring link `ifindex` up (or down) and, when given, set its alias (`ip link set ... alias`)."""
+    body = _ifinfo(ifindex, IFF_UP if up else 0, IFF_UP)
+    if alias is not None:
+        _check(len(alias.encode()) < IFALIASZ, "RTM_NEWLINK alias", ifindex,
+               f"alias longer than {IFALIASZ - 1} bytes")
+        body += _attr(IFLA_IFALIAS, alias.encode())
+    _modify(RTM_NEWLINK, 0, body, f"RTM_NEWLINK set {'up' if up else 'down'}", ifindex)
 
 
 def delete_link(link: int | str) -> bool:

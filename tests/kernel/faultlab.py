@@ -35,7 +35,8 @@ VERSION_CAPS = {"ptp": "1.0.0", "bridge": "1.0.0", "bandwidth": "1.0.0"}
 MARKER_BASE = 21_800_011
 MARKER_STEP = 13
 # Pod /24s inside 10.219.0.0/16 per test module, so the modules can run side by side.
-SUBNET_BLOCKS = {"faults": range(1, 64), "security": range(64, 96), "concurrency": range(96, 128)}
+SUBNET_BLOCKS = {"faults": range(1, 64), "security": range(64, 96), "concurrency": range(96, 128),
+                 "shaping": range(128, 160)}
 LEAK_SETTLE_S = 5.0  # RCU grace periods and deferred frees take milliseconds; seconds mean a leak
 
 

@@ -21,6 +21,7 @@ import struct
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 
 import chain as C
 import ci_tally
@@ -147,8 +148,18 @@ def tcx_programs(ifname: str) -> dict[int, list[str]]:
     return {d: [prog_name(i) for i in attach.tcx_prog_ids(index, d)] for d in (IN, OUT)}
 
 
-def expected_config(rate: int, burst: int | None) -> P.ConfigValues:
-    return P.to_config(P.params_for(rate, burst))
+def expected_config(rate: int, burst: int | None, mode: str = "shape") -> P.ConfigValues:
+    """The config the plan gives a direction (shaping, Natra's default, unless `mode` says)."""
+    return P.to_config(P.params_for(rate, burst, mode=mode))
+
+
+def in_force(pod: C.Pod, direction: int, config: P.ConfigValues) -> P.ConfigValues:
+    """`config` as the kernel holds it: shaping out of the Pod redirects to the Pod's IFB."""
+    from natra.kernel import qdisc, shaping
+
+    if config.shaping and direction == OUT:
+        return replace(config, redirect_ifindex=qdisc.link_index(shaping.ifb_name(pod.container_id)))
+    return config
 
 
 def assert_limited(lab: Lab, pod: C.Pod, directions: dict[int, P.ConfigValues]):
@@ -159,11 +170,38 @@ def assert_limited(lab: Lab, pod: C.Pod, directions: dict[int, P.ConfigValues]):
     assert found.host_ifname == C.host_veth(pod)
     assert {d for d, h in found.hooks.items() if h.attached} == set(directions)
     for direction, config in directions.items():
-        assert found.configs[direction] == config
+        assert found.configs[direction] == in_force(pod, direction, config)
     progs = tcx_programs(C.host_veth(pod))
     for direction in (IN, OUT):
         want = [L.PROG_NAMES[direction][:15]] if direction in directions else []
         assert [n for n in progs[direction] if n.startswith("natra")] == want
+    assert_trees(pod, {d for d, c in directions.items() if c.shaping}, found.meta)
+
+
+def assert_trees(pod: C.Pod, shaped: set[int], record: dict | None = None):
+    """Natra's tree is on the host veth iff to_pod shapes, the Pod's IFB exists iff from_pod does,
+    and the meta record says so in the shape `natra status` reads."""
+    from natra.kernel import qdisc, shaping
+
+    veth = socket.if_nametoindex(C.host_veth(pod))
+    assert (shaping.inspect(veth) is not None) == (IN in shaped)
+    ifb = shaping.ifb_name(pod.container_id)
+    try:
+        ifb_index = qdisc.link_index(ifb)
+    except qdisc.QdiscError:
+        ifb_index = None
+    assert (ifb_index is not None) == (OUT in shaped)
+    if ifb_index is not None:
+        assert shaping.inspect(ifb_index) is not None
+    if record is not None:
+        want = {}
+        if IN in shaped:
+            want["to_pod"] = {"ifindex": veth}
+        if OUT in shaped:
+            want["from_pod"] = {"ifb": ifb, "ifindex": ifb_index}
+        assert record["shaping"] == want
+        assert {n: m for n, m in record["direction_modes"].items() if m == "shape"} == {
+            L.DIRECTION_NAMES[d]: "shape" for d in shaped}
 
 
 def assert_not_limited(lab: Lab, pod: C.Pod):
@@ -172,6 +210,7 @@ def assert_not_limited(lab: Lab, pod: C.Pod):
     assert datapath.inspect(pod.container_id, root=lab.root) is None
     programs = tcx_programs(C.host_veth(pod))
     assert all(not any(n.startswith("natra") for n in names) for names in programs.values())
+    assert_trees(pod, set())
 
 
 @pytest.mark.parametrize("version", versions.SUPPORTED_VERSIONS)
@@ -407,14 +446,14 @@ def test_fail_open_causes(lab, cause):
 
 def test_low_rate_and_small_burst_are_limited_not_failed_open(lab):
     """500 bit/s with a 200-bit burst (valid for the standard plugin) once failed open;
-    it is enforced, with the burst raised to the policing floor and the floor logged."""
-    ch = lab.chain("1.0.0")
+    in police mode it is enforced, with the burst raised to the policing floor and the floor logged."""
+    ch = lab.chain("1.0.0", mode="police")
     pod = lab.pod(ch, "slow", capability_args={"bandwidth": {"IngressRate": 500, "IngressBurst": 200}})
     calls = ch.add(pod)
     assert [c.code for c in calls] == [0, 0], calls[-1].stdout
     assert "below the policing floor" in calls[1].stderr and "failed open" not in calls[1].stderr
     assert f"to_pod 500 bit/s burst {P.POLICE_BURST_FLOOR_BITS} bits" in calls[1].stderr
-    assert_limited(lab, pod, {IN: expected_config(500, 200)})
+    assert_limited(lab, pod, {IN: expected_config(500, 200, "police")})
     assert [c.code for c in ch.check(pod)] == [0, 0]
     assert [c.code for c in ch.delete(pod)] == [0, 0]
 
@@ -442,8 +481,8 @@ def test_malformed_natra_annotation_limits_with_defaults(lab):
     assert [c.code for c in calls] == [0, 0]
     assert "malformed Natra annotation" in calls[1].stderr
     wide = {"width": 2048}
-    want = {IN: P.to_config(P.params_for(RATE_IN, MAXU32, **wide), width=2048),
-            OUT: P.to_config(P.params_for(RATE_OUT, MAXU32, **wide), width=2048)}
+    want = {IN: P.to_config(P.params_for(RATE_IN, MAXU32, mode="shape", **wide), width=2048),
+            OUT: P.to_config(P.params_for(RATE_OUT, MAXU32, mode="shape", **wide), width=2048)}
     assert_limited(lab, pod, want)
 
 
@@ -453,8 +492,8 @@ def test_pod_annotation_overrides_reach_the_kernel(lab):
     pod = lab.pod(ch, "tune", capability_args=args)
     assert [c.code for c in ch.add(pod)] == [0, 0]
     tuning = {"width": 256, "window_ns": 50_000_000}
-    want = {IN: P.to_config(P.params_for(RATE_IN, MAXU32, **tuning), width=256),
-            OUT: P.to_config(P.params_for(RATE_OUT, MAXU32, **tuning), width=256)}
+    want = {IN: P.to_config(P.params_for(RATE_IN, MAXU32, mode="shape", **tuning), width=256),
+            OUT: P.to_config(P.params_for(RATE_OUT, MAXU32, mode="shape", **tuning), width=256)}
     assert_limited(lab, pod, want)
     assert [c.code for c in ch.check(pod)] == [0, 0]
 
@@ -483,17 +522,18 @@ def _iperf(pod: C.Pod, seconds: float, reverse: bool) -> tuple[int, float]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 not installed")
-def test_traffic_stays_within_rate_times_time_plus_burst(lab):
-    ch = lab.chain("1.0.0")
+@pytest.mark.parametrize("mode", ["shape", "police"])
+def test_traffic_stays_within_rate_times_time_plus_burst(lab, mode):
+    ch = lab.chain("1.0.0", mode=mode)
     pod = lab.pod(ch, "iperf", capability_args=CONTAINERD_ARGS)
     assert [c.code for c in ch.add(pod)] == [0, 0]
     for reverse, rate in ((False, RATE_IN), (True, RATE_OUT)):
         got, seconds = _iperf(pod, 2, reverse)
-        burst_bits = P.default_burst_bits(rate, MAXU32)
+        burst_bits = P.params_for(rate, MAXU32, mode=mode).burst_bits
         assert got * 8 <= rate * seconds + burst_bits, (reverse, got, seconds)
         assert got * 8 >= 0.5 * rate * seconds, (reverse, got, seconds)  # limited, not broken
         bound = (rate * seconds + burst_bits) / 8
-        print(f"iperf3 {'egress' if reverse else 'ingress'}: {got * 8 / seconds / 1e6:.2f} Mbit/s "
+        print(f"{mode} iperf3 {'egress' if reverse else 'ingress'}: {got * 8 / seconds / 1e6:.2f} Mbit/s "
               f"over {seconds:.2f} s, limit {rate / 1e6:.0f} Mbit/s, bound {bound:.0f} bytes, got {got}")
 
 

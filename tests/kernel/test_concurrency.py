@@ -6,7 +6,8 @@ Owns: the concurrency claims of issue 9, checked against the kernel:
     every Pod is limited in both directions after its ADD (datapath.inspect
     reads the kernel back), and after the DELs nothing of Natra is left:
     no pins, no tcx program and no clsact qdisc or filter on any host veth
-    (netlink / BPF_PROG_QUERY), and no map, program or link in the kernel
+    (netlink / BPF_PROG_QUERY), no shaping qdisc on any host veth and no IFB
+    of any Pod (shaping is the default mode), and no map, program or link in the kernel
     (every BPF map id walked; a leaked program or link would keep its config
     map, which carries this run's marker rate, alive);
   - GC running while ADDs and DELs are in flight never removes the state of a
@@ -26,7 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import chain as C
 import pytest
-from faultlab import Lab, assert_limited, natra_plugin, qdisc_kinds, tc, unavailable
+from faultlab import Lab, assert_limited, inspection, natra_plugin, qdisc_kinds, tc, unavailable
+
+from natra.kernel import shaping
 
 PODS = 50
 ROUNDS = 2
@@ -55,13 +58,22 @@ def nothing_of_natra_on(veth: str) -> list[str]:
     for direction in (0, 1):
         for prog_id in attach.tcx_prog_ids(index, direction):
             found.append(f"tcx prog {prog_id} on {veth}")
-    if "clsact" in qdisc_kinds(veth):
+    kinds = qdisc_kinds(veth)
+    if "clsact" in kinds:
         found.append(f"clsact qdisc on {veth}")
+    if shaping.inspect(index) is not None or {"tbf", "htb", "bfifo"} & set(kinds):
+        found.append(f"shaping qdiscs on {veth}: {kinds}")
     for hook in ("ingress", "egress"):
         for f in tc("filter", "show", "dev", veth, hook):
             if "natra" in f.get("options", {}).get("prog", {}).get("name", ""):
                 found.append(f"natra filter on {veth} {hook}")
     return found
+
+
+def ifbs_of(pods) -> list[str]:
+    """The IFBs of these Pods that exist."""
+    names = {name for _, name in socket.if_nameindex()}
+    return sorted(n for n in (shaping.ifb_name(p.container_id) for p in pods) if n in names)
 
 
 def _timed(label: str, fn, items, workers: int):
@@ -84,13 +96,15 @@ def test_parallel_adds_and_dels_leave_nothing(lab):
         assert all("ADD: limited" in C.natra_call(calls).stderr for calls in adds)
         for pod in pods:
             assert_limited(lab, pod, "tcx")
+            assert set(inspection(lab, pod).meta["direction_modes"].values()) == {"shape"}
+        assert len(ifbs_of(pods)) == PODS
         veths = [C.host_veth(pod) for pod in pods]
         dels = _timed(f"round {round_no} natra DEL", lambda p: ch._run(natra, "DEL", p, p.cached_result),
                       pods, PODS)
         assert [d.code for d in dels] == [0] * PODS, [d.stdout for d in dels if d.code][:3]
         assert lab.pins() == []
         left = [thing for veth in veths for thing in nothing_of_natra_on(veth)]
-        assert left == []
+        assert left == [] and ifbs_of(pods) == []
         assert lab.leaked() == []
         ptp_dels = _timed(f"round {round_no} ptp DEL", lambda p: ch._run(ptp, "DEL", p, p.cached_result),
                           pods, PODS)
@@ -147,4 +161,5 @@ def test_gc_during_adds_and_dels_keeps_live_state(lab):
     for pod in staying:
         assert_limited(lab, pod, "tcx")
     assert sorted(datapath.list_installed(root=lab.root)) == sorted(p.container_id for p in staying)
+    assert ifbs_of(live + stale) == ifbs_of(staying) and len(ifbs_of(staying)) == len(staying)
     assert C.ping(staying[0].ip)

@@ -10,7 +10,9 @@ Owns: the security claims of issue 9, against the real plugin process:
     experiment, see docs/reliability.md): CAP_SYS_ADMIN alone for tcx (setns
     into the Pod's namespace needs it, and it implies bpf_capable and
     bpf_net_capable), CAP_SYS_ADMIN + CAP_NET_ADMIN for clsact (tc netlink
-    checks CAP_NET_ADMIN itself); and dropping a needed one fails open cleanly.
+    checks CAP_NET_ADMIN itself) and for shaping (qdiscs and IFB devices);
+    dropping a needed one fails open cleanly, and shaping without
+    CAP_NET_ADMIN falls back to policing (the Pod is still limited).
 Capabilities are dropped with util-linux `setpriv --bounding-set` in the
 natra launcher, so the real plugin process runs without them.
 Rule: nt9-* Pods on Lab("security") subnets; everything removed in a finally.
@@ -44,8 +46,11 @@ pytestmark = [pytest.mark.root, pytest.mark.skipif(unavailable() is not None, re
 
 INVALID_ENVIRONMENT = 4
 FIFO_TIMEOUT_S = 8  # an ADD takes well under a second; this only bounds a hang
-# Capability sets (setpriv syntax) the plugin needs per attach mode, found by experiment.
-ENOUGH = {"tcx": "+sys_admin", "clsact": "+sys_admin,+net_admin"}
+# Capability sets (setpriv syntax) the plugin needs, found by experiment:
+# case -> (attach mode, Natra mode, capabilities).
+ENOUGH = {"tcx-police": ("tcx", "police", "+sys_admin"),
+          "tcx-shape": ("tcx", "shape", "+sys_admin,+net_admin"),
+          "clsact-shape": ("clsact", "shape", "+sys_admin,+net_admin")}
 # Missing one needed capability: (attach mode, what is left, what the log line names).
 NOT_ENOUGH = {"tcx-without-sys_admin": ("tcx", "+bpf,+net_admin,+perfmon", "setns"),
               "clsact-without-net_admin": ("clsact", "+sys_admin,+bpf,+perfmon", "clsact")}
@@ -185,19 +190,38 @@ def _with_capabilities(lab: Lab, caps: str) -> None:
     wrap_launcher(lab, ":", f"setpriv --bounding-set=-all,{caps} --inh-caps=-all -- ")
 
 
-@pytest.mark.parametrize("mode", sorted(ENOUGH))
-def test_works_with_only_the_needed_capabilities(lab, mode):
-    _with_capabilities(lab, ENOUGH[mode])
-    ch = lab.chain(version="1.1.0", attachMode=mode)
-    pod = lab.pod(ch, f"cap{mode[:2]}", capability_args=lab.limits())
+@pytest.mark.parametrize("case", sorted(ENOUGH))
+def test_works_with_only_the_needed_capabilities(lab, case):
+    mode, natra_mode, caps = ENOUGH[case]
+    _with_capabilities(lab, caps)
+    ch = lab.chain(version="1.1.0", attachMode=mode, mode=natra_mode)
+    pod = lab.pod(ch, f"cap{mode[:2]}{natra_mode[:2]}", capability_args=lab.limits())
     call = add_ok(lab, ch, pod)
-    assert f"via {mode}" in call.stderr, call.stderr
+    assert f"via {mode}" in call.stderr and "falls back" not in call.stderr, call.stderr
     assert_limited(lab, pod, mode)
+    assert set(inspection(lab, pod).meta["direction_modes"].values()) == {natra_mode}
     assert C.ping(pod.ip)
     assert [c.code for c in ch.check(pod)] == [0, 0]
     assert ch.status("natra").code == 0
     assert ch.gc("natra", [pod]).code == 0
     assert_limited(lab, pod, mode)
+    del_ok(lab, ch, pod)
+
+
+def test_shaping_without_net_admin_falls_back_to_policing(lab):
+    """tcx needs only CAP_SYS_ADMIN, qdiscs and IFBs need CAP_NET_ADMIN: without it both
+    directions police, say so, and the Pod is limited; DEL still leaves nothing."""
+    _with_capabilities(lab, "+sys_admin")
+    ch = lab.chain(version="1.1.0", attachMode="tcx")
+    pod = lab.pod(ch, "capfb", capability_args=lab.limits())
+    call = add_ok(lab, ch, pod)
+    fallbacks = [line for line in call.stderr.splitlines() if "falls back to police mode" in line]
+    assert len(fallbacks) == 2 and all("Operation not permitted" in line for line in fallbacks), call.stderr
+    assert_limited(lab, pod, "tcx")
+    record = inspection(lab, pod).meta
+    assert record["direction_modes"] == {"to_pod": "police", "from_pod": "police"}
+    assert set(record["shape_fallback"]) == {"to_pod", "from_pod"} and record["shaping"] == {}
+    assert [c.code for c in ch.check(pod)] == [0, 0]
     del_ok(lab, ch, pod)
 
 
