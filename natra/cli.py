@@ -52,7 +52,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 
 
 # Third-party modules of the extras (pyproject.toml), by the name they import as.
-EXTRA_OF_MODULE = {"numpy": "sim", "scapy": "sim", "matplotlib": "sim", "tqdm": "sim", "grpc": "lab"}
+EXTRA_OF_MODULE = {"numpy": "sim", "scapy": "sim", "matplotlib": "sim", "tqdm": "sim", "dask": "sim",
+                   "distributed": "sim", "grpc": "lab"}
 
 
 def missing_extra(exc: BaseException) -> str | None:

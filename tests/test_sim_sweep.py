@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from natra.reference import accel
 from natra.reference.engine import Model
-from natra.simulations import sweep
+from natra.simulations import runner, sweep
 from natra.simulations import workloads as W
 from natra.simulations.cli import main as natra_sim
 
@@ -176,7 +176,7 @@ def test_full_collision_key_pairs_counts_every_pair_sharing_all_columns(width, d
     expected = _pairs_by_brute_force(keys, width, depth)
     assert expected > 0
     assert sweep.full_collision_key_pairs(keys, width, depth) == expected
-    monkeypatch.setattr(sweep, "PACKED_TAG_BITS", 0)  # the row-by-row path for wide sketches
+    monkeypatch.setattr(runner, "PACKED_TAG_BITS", 0)  # the row-by-row path for wide sketches
     assert sweep.full_collision_key_pairs(keys, width, depth) == expected
 
 

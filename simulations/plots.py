@@ -1,0 +1,225 @@
+"""The PNG plots of a sweep (docs/tuning.md shows them).
+
+Owns: which plots a sweep's rows get (F1 vs state memory, detection delay vs
+window, mice loss and Jain's index vs threshold, mice loss vs reserve, and
+each sender's throughput vs threshold for the flood workload), their panels,
+lines, labels and axes.
+Rule: rows in, PNG files out; several seeds of one point are drawn as their mean.
+Must not know: how rows were computed, CSV or JSON.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from natra.simulations.results import GRID_FIELDS
+
+from natra.kernel import layout as L
+
+PLOT_COLUMNS = 2  # panels per row when a plot shows one metric or one workload
+
+
+def varying(rows: list[dict]) -> list[str]:
+    """Grid fields that take more than one value in these rows."""
+    return [f for f in GRID_FIELDS if len({r[f] for r in rows}) > 1]
+
+
+def _label(key: tuple, names: list[str]) -> str:
+    units = {"threshold_pct": "% thr", "window_ms": " ms win", "reserve_pct": "% reserve"}
+    parts = []
+    for name, value in zip(names, key, strict=True):
+        shown = "default" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+        if name in ("width", "depth"):
+            parts.append(f"{'W' if name == 'width' else 'D'}={shown}")
+        elif name in units:
+            parts.append(f"{shown}{units[name]}")
+        else:
+            parts.append(shown)
+    return ", ".join(parts) or "all"
+
+
+def _xvalue(row: dict, x: str, default_of: str | None):
+    value = row[x]
+    if value is None and default_of:
+        return row[default_of]
+    return value
+
+
+SHORT_HIT_LABEL = "short transfers (<=100 KB) with a loss (fraction)"
+RAW_JAIN_LABEL = "Jain's index, raw throughput of heavy flows"
+PLOTS = (
+    # file, x field, y fields (with axis labels), x label, title, log x?,
+    # and the field holding x with 'default' resolved to a number
+    ("f1_vs_memory.png", "state_bytes", (("f1", "heavy-hitter F1 (per window)"),),
+     "state memory per Pod (bytes, log scale)", "Heavy-hitter F1 vs state memory (one line per depth, "
+     "points: widths)", True, None),
+    ("delay_vs_window.png", "window_ms", (("detect_delay_p50_ms", "median detection delay (ms)"),
+                                          ("small_flows_hit", SHORT_HIT_LABEL)),
+     "sketch window (ms, log scale)", "Detection delay of a new elephant vs window", True, None),
+    ("mice_jain_vs_threshold.png", "threshold_pct", (("mice_loss", "mice bytes dropped (fraction)"),
+                                                     ("small_flows_hit", SHORT_HIT_LABEL),
+                                                     ("jain_heavy", "Jain's index among heavy flows"),
+                                                     ("jain_heavy_throughput", RAW_JAIN_LABEL)),
+     "heavy-hitter threshold (% of rate x window, log scale)", "Mice loss and fairness vs threshold", True,
+     "threshold_pct_resolved"),
+    ("mice_vs_reserve.png", "reserve_pct", (("mice_loss", "mice bytes dropped (fraction)"),
+                                            ("small_flows_hit", SHORT_HIT_LABEL),
+                                            ("passed_load", "passed bytes / (rate x duration)")),
+     "mice reserve (% of burst)", "Mice loss vs reserve", False, "reserve_pct_resolved"),
+)
+
+
+UNIT_INTERVAL = ("f1", "mice_loss", "small_flows_hit", "jain_heavy", "jain_heavy_throughput")
+LABEL_BELOW = 0.98  # F1 points under this get their width written beside them (the rest overlap at 1)
+FRACTION_FLOOR = 0.05  # a fraction axis shows at least 0..5 %, so an all-zero line sits at the bottom
+
+
+def _y_range(ax, y: str) -> None:
+    """Fractions and indices start at 0 (Jain's index and F1 end at 1), so panels compare at a glance."""
+    if y not in UNIT_INTERVAL:
+        return
+    top = 1.02 if y.startswith(("jain", "f1")) else max(ax.get_ylim()[1], FRACTION_FLOOR)
+    ax.set_ylim(-0.02 * top if top < 1 else -0.02, top)
+
+
+def mean_over_seeds(rows: list[dict]) -> list[dict]:
+    """One row per point whatever its seeds: numbers averaged over the seeds (None where one is None)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple((f, r[f]) for f in GRID_FIELDS if f != "seed"), []).append(r)
+    if all(len(g) == 1 for g in groups.values()):
+        return rows
+    out = []
+    for members in groups.values():
+        row = dict(members[0])
+        for k, v in row.items():
+            if k in GRID_FIELDS or not isinstance(v, int | float) or isinstance(v, bool):
+                continue
+            values = [m.get(k) for m in members]
+            row[k] = None if any(x is None for x in values) else sum(values) / len(values)
+        row["seed"] = members[0]["seed"]
+        row["seeds"] = len(members)
+        out.append(row)
+    return out
+
+
+def plot_all(rows: list[dict], out: Path) -> list[Path]:
+    """Write the PNG plots of PLOTS for these rows (seeds averaged); returns their paths."""
+    rows = mean_over_seeds(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for r in rows:
+        r.setdefault("threshold_pct_resolved",
+                     100 * 8 * r["threshold_bytes"] * L.NS_PER_SEC / (r["rate_bps"] * r["window_ms"] * 1e6))
+        r.setdefault("reserve_pct_resolved", 100 * r["reserve_bytes"] / r["burst_bytes"])
+    written = []
+    vary = varying(rows)
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    for name, x, ys, xlabel, title, logx, resolved in PLOTS:
+        same_x = {x, "workload", x.replace("_pct", "_fixed_bytes")}  # a threshold in % or in bytes
+        group_by = [f for f in vary if f not in same_x and not (x == "state_bytes" and f == "width")]
+        panels = [(w, y) for y in ys for w in workloads]
+        one_row_kind = len(workloads) == 1 or len(ys) == 1
+        ncols = min(len(panels), PLOT_COLUMNS) if one_row_kind else len(workloads)
+        nrows = -(-len(panels) // ncols)
+        fig, grid_axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols + 0.5, 4.2 * nrows), squeeze=False)
+        axes_of = {panel: grid_axes.flat[i] for i, panel in enumerate(panels)}
+        for ax in list(grid_axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        for workload in workloads:
+            groups: dict[tuple, list[dict]] = {}
+            for r in rows:
+                if r["workload"] == workload:
+                    groups.setdefault(tuple(r[f] for f in group_by), []).append(r)
+            for y, ylabel in ys:
+                ax = axes_of[(workload, (y, ylabel))]
+                for key, members in groups.items():
+                    pts = sorted((_xvalue(m, x, resolved), m[y], m["width"]) for m in members
+                                 if m.get(y) is not None)
+                    if pts:
+                        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                                        label=_label(key, group_by))
+                        if x == "state_bytes":  # the memory axis hides which width a point is
+                            for px, py, width in (p for p in pts if p[1] < LABEL_BELOW):
+                                ax.annotate(f"W={width}", (px, py), textcoords="offset points",
+                                            xytext=(3, -11), fontsize="x-small", color=line.get_color())
+                ax.set_title(f"workload: {workload}", fontsize="medium")
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(ylabel)
+                if logx:
+                    ax.set_xscale("log")
+                ax.grid(True, alpha=0.3)
+                _y_range(ax, y)
+                if ax.lines and group_by:  # one line needs no legend
+                    ax.legend(fontsize="small", title=", ".join(group_by))
+        fig.suptitle(f"{title}\n{_context(rows)}")
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    throughput = plot_throughput(rows, out)
+    return written + ([throughput] if throughput else [])
+
+
+THROUGHPUT_PLOT = "throughput_vs_threshold.png"
+THROUGHPUT_LINES = (("flood_mbps_mean", "UDP flood"), ("aimd_mbps_max", "TCP-like (AIMD), best"),
+                    ("aimd_mbps_min", "TCP-like (AIMD), worst"),
+                    ("even_split_mbps", "even split of their total"))
+
+
+def plot_throughput(rows: list[dict], out: Path) -> Path | None:
+    """Per-sender throughput vs threshold for workloads with AIMD senders and a flood; None if none has."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("flood_mbps_mean") is not None]
+    if not rows:
+        return None
+    vary = [f for f in varying(rows) if f not in ("threshold_pct", "workload")]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[f] for f in vary), []).append(r)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.4 * len(groups) + 0.5, 4.6), squeeze=False)
+    for ax, (key, members) in zip(axes.flat, groups.items(), strict=True):
+        members = sorted(members, key=lambda m: m["threshold_pct_resolved"])
+        xs = [m["threshold_pct_resolved"] for m in members]
+        for field, label in THROUGHPUT_LINES:
+            style = {"linestyle": "--", "color": "grey"} if field == "even_split_mbps" else {"marker": "o"}
+            ax.plot(xs, [m[field] for m in members], label=label, **style)
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("heavy-hitter threshold (% of rate x window, log scale)")
+        ax.set_ylabel("throughput over the run (Mbit/s)")
+        ax.set_title(_label(key, vary) if vary else f"workload: {members[0]['workload']}", fontsize="medium")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"What each sender got vs threshold\n{_context(rows)}")
+    fig.tight_layout()
+    path = out / THROUGHPUT_PLOT
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _context(rows: list[dict]) -> str:
+    r = rows[0]
+    names = sorted({row["workload"] for row in rows})
+    options = sorted({row.get("options") or "" for row in rows} - {""})
+    extra = f", {'; '.join(options)}" if options else ""
+    return (f"{'+'.join(names)}{extra}: rate {_fmt_rate(r['rate_bps'])}, {r['duration_s']:g} s of traffic, "
+            f"seed {r['seed']}")
+
+
+def _fmt_rate(bps: int) -> str:
+    for suffix, scale in (("Gbit/s", 10**9), ("Mbit/s", 10**6), ("kbit/s", 10**3)):
+        if bps >= scale:
+            return f"{bps / scale:g} {suffix}"
+    return f"{bps} bit/s"
+
+
