@@ -26,7 +26,8 @@ Run = Callable[[argparse.Namespace], int]
 
 SUBCOMMANDS: dict[str, tuple[AddArguments, Run]] = {}
 # Modules that add subcommands (sweep, bench) when they exist.
-PLUGIN_MODULES = ("natra.simulations.sweep", "natra.simulations.bench", "natra.simulations.commands")
+PLUGIN_MODULES = ("natra.simulations.sweep", "natra.simulations.recommend", "natra.simulations.bench",
+                  "natra.simulations.commands")
 
 
 def register(name: str, add_arguments: AddArguments, run: Run) -> None:

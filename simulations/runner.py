@@ -290,6 +290,16 @@ def grid(workloads, widths, depths, thresholds, windows, reserves, *, rate_bps: 
     return points
 
 
+def check_points(points: Iterable[Point]) -> None:
+    """WorkloadError for a point whose workload cannot exist, before anything runs."""
+    for scene in {(p.workload, p.rate_bps, p.duration_s, p.options) for p in points}:
+        name, rate, seconds, options = scene
+        try:
+            W.check_feasible(name, rate, int(round(seconds * L.NS_PER_SEC)), **dict(options))
+        except ValueError as e:
+            raise WorkloadError(str(e)) from None
+
+
 def point_key(point: Point) -> str:
     """The point's parameters (seed and scene included) as a short stable key: resumes find it."""
     fields_ = asdict(point)

@@ -37,6 +37,7 @@ from natra.simulations.runner import (  # noqa: F401
     _describe,
     _generated,
     _model,
+    check_points,
     closed_loop,
     decide_all,
     full_collision_false_positives,
@@ -181,6 +182,7 @@ def run(args) -> int:
                       flow_table=args.flow_table, options=options)
         for p in points:
             p.params()
+        check_points(points)
     except ValueError as e:
         print(f"natra-sim sweep: {e}", file=sys.stderr)
         return 2

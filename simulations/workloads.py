@@ -264,6 +264,33 @@ def merge_packets(*tables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 # ---- generators -------------------------------------------------------------
 
+def flow_size_rates(dist: str, rate_bps: int, load: float, duration_ns: int, send_bps: int | None,
+                    flows: int | None, concurrency: float | None) -> tuple[float, float, int | None]:
+    """(flow arrivals per second, offered load, send rate) of flow_size_workload, checked: a
+    concurrency the run cannot reach is a ValueError naming the bytes it would hold in flight."""
+    mean_bytes = cdf_mean_bytes(SIZE_CDFS[dist])
+    seconds = duration_ns / L.NS_PER_SEC
+    per_second = flows / seconds if flows is not None else load * rate_bps / 8 / mean_bytes
+    offered_load = per_second * mean_bytes * 8 / rate_bps
+    if concurrency is not None:
+        send_bps = max(int(per_second * mean_bytes * 8 / concurrency), 1)
+        lifetime_s = mean_bytes * 8 / send_bps
+        if lifetime_s > seconds / 2:
+            raise ValueError(
+                f"{dist} cannot have {concurrency:g} concurrent flows at {rate_bps:g} bit/s and load "
+                f"{offered_load:.3g} in {seconds:g} s: each flow would be sent at {send_bps:g} bit/s and "
+                f"last {lifetime_s:.3g} s on average ({concurrency * mean_bytes / 1e9:.3g} GB in flight); "
+                f"lower the concurrency, raise the load or the duration")
+    return per_second, offered_load, send_bps
+
+
+def check_feasible(name: str, rate_bps: int, duration_ns: int, **options) -> None:
+    """Raise the ValueError a generator would, for what can be checked without generating."""
+    if name in SIZE_CDFS:
+        flow_size_rates(name, rate_bps, options.get("load", DEFAULT_LOAD), duration_ns,
+                        options.get("send_bps"), options.get("flows"), options.get("concurrency"))
+
+
 def flow_size_workload(dist: str = "websearch", *, seed: int = 1, rate_bps: int = DEFAULT_RATE_BPS,
                        load: float = DEFAULT_LOAD, duration_ns: int = DEFAULT_DURATION_NS,
                        send_bps: int | None = None, ipv6_fraction: float = 0.0,
@@ -281,19 +308,8 @@ def flow_size_workload(dist: str = "websearch", *, seed: int = 1, rate_bps: int 
     than the rate carries in the run) is a ValueError saying so.
     """
     cdf = SIZE_CDFS[dist]
-    mean_bytes = cdf_mean_bytes(cdf)
-    seconds = duration_ns / L.NS_PER_SEC
-    per_second = flows / seconds if flows is not None else load * rate_bps / 8 / mean_bytes
-    offered_load = per_second * mean_bytes * 8 / rate_bps
-    if concurrency is not None:
-        send_bps = max(int(per_second * mean_bytes * 8 / concurrency), 1)
-        lifetime_s = mean_bytes * 8 / send_bps
-        if lifetime_s > seconds / 2:
-            raise ValueError(
-                f"{dist} cannot have {concurrency:g} concurrent flows at {rate_bps:g} bit/s and load "
-                f"{offered_load:.3g} in {seconds:g} s: each flow would be sent at {send_bps:g} bit/s and "
-                f"last {lifetime_s:.3g} s on average ({concurrency * mean_bytes / 1e9:.3g} GB in flight); "
-                f"lower the concurrency, raise the load or the duration")
+    per_second, offered_load, send_bps = flow_size_rates(dist, rate_bps, load, duration_ns, send_bps, flows,
+                                                         concurrency)
     rng = np.random.default_rng(seed)
     starts = poisson_starts(rng, per_second, duration_ns)
     sizes = sample_sizes(rng, cdf, starts.shape[0])
