@@ -284,3 +284,20 @@ def test_tc_sees_the_tree_natra_reads(lab):
         kinds = sorted(q["kind"] for q in tc("qdisc", "show", "dev", dev) if q["kind"] != "clsact")
         assert kinds == ["bfifo"] * (1 + P.DEFAULT_CLASSES) + ["htb", "tbf"], (dev, kinds)
     del_ok(lab, ch, pod)
+
+
+def test_a_rate_below_what_qdiscs_count_polices(lab):
+    """5 bit/s is a valid limit (the standard plugin takes it) but HTB and TBF count whole bytes
+    per second: both directions police, with the policing floor, and say why."""
+    ch = lab.chain()
+    pod = lab.pod(ch, "slow", capability_args={"bandwidth": {"ingressRate": 5, "ingressBurst": 200,
+                                                             "egressRate": 5, "egressBurst": 200}})
+    call = add_ok(lab, ch, pod)
+    assert call.stderr.count("falls back to police mode") == 2 and "below 8 bit/s" in call.stderr, call.stderr
+    assert call.stderr.count("below the policing floor") == 2
+    record = assert_shaped(lab, pod, 5, set())
+    assert set(record["shape_fallback"]) == {"to_pod", "from_pod"}
+    assert record["limits"]["to_pod"]["fallback_burst_bits"] == P.POLICE_BURST_FLOOR_BITS
+    assert inspection(lab, pod).configs[IN] == P.to_config(P.params_for(5, 200))
+    assert [c.code for c in ch.check(pod)] == [0, 0]
+    del_ok(lab, ch, pod)
