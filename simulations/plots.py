@@ -45,7 +45,7 @@ def _xvalue(row: dict, x: str, default_of: str | None):
     return value
 
 
-SHORT_HIT_LABEL = "short transfers (<=100 KB) with a loss (fraction)"
+SHORT_HIT_LABEL = "short transfers (<=100 KB) hit, fraction"
 RAW_JAIN_LABEL = "Jain's index, raw throughput of heavy flows"
 PLOTS = (
     # file, x field, y fields (with axis labels), x label, title, log x?,
@@ -103,8 +103,36 @@ def mean_over_seeds(rows: list[dict]) -> list[dict]:
     return out
 
 
+MAX_LINES = 6  # lines per panel; more groups are split into facets (one panel per value)
+SMALL_FRACTIONS = ("mice_loss", "small_flows_hit")  # decisions hang on 1e-7: symlog axes
+SYMLOG_FLOOR = 1e-7
+X_VARIES = {"state_bytes": ("width", "depth"), "window_ms": ("window_ms",),
+            "threshold_pct": ("threshold_pct", "threshold_fixed_bytes"),
+            "reserve_pct": ("reserve_pct", "reserve_fixed_bytes")}
+
+
+def _order(key: tuple) -> tuple:
+    """Sort lines by their values as numbers ('default', None, last), not as text."""
+    return tuple((v is None, v if isinstance(v, int | float) else 0, str(v)) for v in key)
+
+
+def _facets(group_by: list[str], rows: list[dict]) -> tuple[list[str], list[str]]:
+    """(the fields whose values become panels, the fields that stay lines): at most MAX_LINES lines."""
+    facet, lines = [], list(group_by)
+    while len(lines) > 1 and len({tuple(r[f] for f in lines) for r in rows}) > MAX_LINES:
+        field = max(lines, key=lambda f: len({r[f] for r in rows}))
+        facet.append(field)
+        lines.remove(field)
+    return facet, lines
+
+
 def plot_all(rows: list[dict], out: Path) -> list[Path]:
-    """Write the PNG plots of PLOTS for these rows (seeds averaged); returns their paths."""
+    """Write the PNG plots of PLOTS whose x parameter varied (seeds averaged); returns their paths.
+
+    One panel per workload and metric, and per value of one more parameter when
+    the lines would exceed MAX_LINES (facets); colours from one colour map per
+    panel, legends beside the panels, symlog axes for the small fractions.
+    """
     rows = mean_over_seeds(rows)
     import matplotlib
 
@@ -119,46 +147,60 @@ def plot_all(rows: list[dict], out: Path) -> list[Path]:
     vary = varying(rows)
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     for name, x, ys, xlabel, title, logx, resolved in PLOTS:
+        if not any(f in vary for f in X_VARIES[x]):
+            continue  # nothing to draw against a parameter that did not vary
         same_x = {x, "workload", x.replace("_pct", "_fixed_bytes")}  # a threshold in % or in bytes
         group_by = [f for f in vary if f not in same_x and not (x == "state_bytes" and f == "width")]
-        panels = [(w, y) for y in ys for w in workloads]
-        one_row_kind = len(workloads) == 1 or len(ys) == 1
-        ncols = min(len(panels), PLOT_COLUMNS) if one_row_kind else len(workloads)
+        facet, line_by = _facets(group_by, rows)
+        facet_values = sorted({tuple(r[f] for f in facet) for r in rows}, key=_order)
+        panels = [(w, y, v) for y in ys for w in workloads for v in facet_values]
+        ncols = min(len(panels), max(PLOT_COLUMNS, len(facet_values)), 4)
         nrows = -(-len(panels) // ncols)
-        fig, grid_axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols + 0.5, 4.2 * nrows), squeeze=False)
-        axes_of = {panel: grid_axes.flat[i] for i, panel in enumerate(panels)}
+        fig, grid_axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 2.6, 3.9 * nrows + 1.0),
+                                      squeeze=False)
         for ax in list(grid_axes.flat)[len(panels):]:
             ax.set_visible(False)
-        for workload in workloads:
+        for ax, (workload, (y, ylabel), value) in zip(grid_axes.flat, panels, strict=False):
             groups: dict[tuple, list[dict]] = {}
             for r in rows:
-                if r["workload"] == workload:
-                    groups.setdefault(tuple(r[f] for f in group_by), []).append(r)
-            for y, ylabel in ys:
-                ax = axes_of[(workload, (y, ylabel))]
-                for key, members in groups.items():
-                    pts = sorted((_xvalue(m, x, resolved), m[y], m["width"]) for m in members
-                                 if m.get(y) is not None)
-                    if pts:
-                        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                                        label=_label(key, group_by))
-                        if x == "state_bytes":  # the memory axis hides which width a point is
-                            for px, py, width in (p for p in pts if p[1] < LABEL_BELOW):
-                                ax.annotate(f"W={width}", (px, py), textcoords="offset points",
-                                            xytext=(3, -11), fontsize="x-small", color=line.get_color())
-                ax.set_title(f"workload: {workload}", fontsize="medium")
-                ax.set_xlabel(xlabel)
-                ax.set_ylabel(ylabel)
-                if logx:
-                    ax.set_xscale("log")
-                ax.grid(True, alpha=0.3)
+                if r["workload"] == workload and tuple(r[f] for f in facet) == value:
+                    groups.setdefault(tuple(r[f] for f in line_by), []).append(r)
+            colours = plt.get_cmap("viridis" if len(groups) > 10 else "tab10")
+            for i, (key, members) in enumerate(sorted(groups.items(), key=lambda kv: _order(kv[0]))):
+                pts = sorted((_xvalue(m, x, resolved), m[y], m["width"]) for m in members
+                             if m.get(y) is not None)
+                if not pts:
+                    continue
+                colour = colours(i / max(len(groups) - 1, 1)) if len(groups) > 10 else colours(i % 10)
+                line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^Dv<>p"[i % 8],
+                                color=colour, label=_label(key, line_by))
+                if x == "state_bytes":  # the memory axis hides which width a point is
+                    for px, py, width in (p for p in pts if p[1] < LABEL_BELOW):
+                        ax.annotate(f"W={width}", (px, py), textcoords="offset points",
+                                    xytext=(3, -11), fontsize="x-small", color=line.get_color())
+            where = f"workload: {workload}" + (f", {_label(value, facet)}" if facet else "")
+            ax.set_title(where, fontsize="medium")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel + (" (symlog)" if y in SMALL_FRACTIONS else ""))
+            if logx:
+                ax.set_xscale("log")
+                if x != "state_bytes":  # the values tried, written as numbers, not as 6x10^-1
+                    xs = sorted({p.get_xdata()[i] for p in ax.lines for i in range(len(p.get_xdata()))})
+                    ax.set_xticks(xs, [f"{v:g}" for v in xs], minor=False)
+                    ax.minorticks_off()
+            ax.grid(True, alpha=0.3)
+            if y in SMALL_FRACTIONS:
+                ax.set_yscale("symlog", linthresh=SYMLOG_FLOOR)
+                ax.set_ylim(bottom=0)
+            else:
                 _y_range(ax, y)
-                if ax.lines and group_by:  # one line needs no legend
-                    ax.legend(fontsize="small", title=", ".join(group_by))
-        fig.suptitle(f"{title}\n{_context(rows)}")
-        fig.tight_layout()
+            if ax.lines and line_by:  # one line needs no legend
+                ax.legend(fontsize="x-small", title=", ".join(line_by), title_fontsize="x-small",
+                          loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        fig.suptitle(f"{title}\n{_context(rows)}", fontsize="medium")
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
         path = out / name
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     throughput = plot_throughput(rows, out)

@@ -71,18 +71,20 @@ def judge(rows: list[dict], targets: dict) -> list[dict]:
                 "seeds": len(members),
                 "meets": meets,
                 **{f"worst_{k}": v for k, v in worst.items()},
-                "flows": max(m.get("flows", 0) for m in members),
+                "flows": min(m.get("flows", 0) for m in members),
                 "concurrency_mean": min(m.get("concurrency_mean", 0.0) for m in members),
                 "flows_per_window_mean": min(m.get("flows_per_window_mean", 0.0) for m in members),
             }
         )
-    # smallest memory first; then the larger margin on precision, then the smaller mice loss
+    # smallest memory first; then the larger margin on precision, the smaller mice loss, Natra's own
+    # threshold rule, the smaller threshold
     out.sort(
         key=lambda c: (
             not c["meets"],
             c["state_bytes"],
             -c["worst_precision"],
             c["worst_mice_loss"],
+            c["threshold_pct"] is not None or c["threshold_fixed_bytes"] is not None,  # Natra's rule first
             c["threshold_bytes"],
         )
     )
@@ -294,7 +296,7 @@ def run(args) -> int:
         f"{args.workload}{''.join(f' {k}={v}' for k, v in options)} at {args.rate:,} bit/s, "
         f"{args.duration / L.NS_PER_SEC:g} s x {args.seeds} seeds: {seen['flows']:,} flows, "
         f"{seen['flows_per_window_mean']:.0f} per window, {seen['concurrency_mean']:.1f} active at once "
-        f"(measured, worst seed)"
+        f"(measured, least over the seeds)"
     )
     title = (
         f"natra-sim recommend: {scene}\ntargets: precision >= {targets['precision']:g}, recall >= "

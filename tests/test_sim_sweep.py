@@ -103,8 +103,26 @@ def test_cli_sweep_writes_csv_json_and_plots(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and {"precision", "recall", "f1", "state_bytes"} <= set(rows[0])
     assert json.loads((out / "results.json").read_text())["results"][0]["width"] == 256
-    for name, *_ in sweep.PLOTS:
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "f1_vs_memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # only the width varied: no plot against window, threshold or reserve
+    assert sorted(p.name for p in out.glob("*.png")) == ["f1_vs_memory.png"]
+
+
+def test_plots_facet_a_big_grid_and_keep_legends_short(tmp_path):
+    from natra.simulations import plots
+
+    rows = [{**{f: None for f in sweep.GRID_FIELDS}, "workload": "zipf", "width": w, "depth": d,
+             "threshold_pct": t, "window_ms": win, "rate_bps": 10**8, "duration_s": 1.0, "seed": 1,
+             "options": "", "state_bytes": w * d * 48, "f1": 1.0, "threshold_bytes": 1000, "reserve_bytes": 1,
+             "burst_bytes": 10, "detect_delay_p50_ms": 1.0, "small_flows_hit": 0.0, "mice_loss": 1.9e-7,
+             "jain_heavy": 1.0, "jain_heavy_throughput": 1.0}
+            for w in (256, 1024) for d in (1, 2, 4) for t in (0.5, 1.0, 2.0) for win in (50.0, 100.0, 200.0)]
+    group_by = [f for f in plots.varying(rows) if f not in ("state_bytes", "width", "workload")]
+    facet, lines = plots._facets(group_by, rows)
+    assert facet and len({tuple(r[f] for f in lines) for r in rows}) <= plots.MAX_LINES
+    written = plots.plot_all(rows, tmp_path)
+    assert {p.name for p in written} == {"f1_vs_memory.png", "delay_vs_window.png",
+                                         "mice_jain_vs_threshold.png"}
 
 
 def test_cli_refuses_unknown_workload(tmp_path, capsys):
