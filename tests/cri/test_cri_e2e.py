@@ -202,7 +202,7 @@ def test_malformed_natra_annotation_fails_open(cri_node, pods):
     assert found is not None and found.ok, found and found.problems
     config = found.configs[L.DIR_TO_POD]
     assert config.rate_bps == INGRESS_BPS and config.width == P.DEFAULT_WIDTH
-    assert config.window_ns == P.DEFAULT_WINDOW_NS
+    assert config.window_ns == P.params_for(INGRESS_BPS, mode=P.MODE_SHAPE).window_ns  # shaping's default
     log = (cri_node.layout.base / "natra.log").read_text()
     assert any(spec.name in line and "malformed" in line for line in log.splitlines()), log[-2000:]
     transfer = cri_node.remote.iperf(view.netns_path, view.ip, IPERF_SECONDS, to_pod=True)
