@@ -40,16 +40,22 @@ DEMO_PREFIX = "ntdemo-"
 RUNTIME_NETNS, RUNTIME_CONTAINERD = "netns", "containerd"
 RUNTIMES = (RUNTIME_NETNS, RUNTIME_CONTAINERD)
 LIMITER_NATRA, LIMITER_BANDWIDTH, LIMITER_NONE = "natra", "bandwidth", "none"
-PODS = (("natra", LIMITER_NATRA), ("standard", LIMITER_BANDWIDTH), ("unlimited", LIMITER_NONE))
+MODE_SHAPE, MODE_POLICE = "shape", "police"
+# (label, limiter, Natra's mode): Natra shaping (its default), Natra policing, the
+# standard plugin, and nothing.
+PODS = (("natra", LIMITER_NATRA, MODE_SHAPE), ("natra-police", LIMITER_NATRA, MODE_POLICE),
+        ("standard", LIMITER_BANDWIDTH, None), ("unlimited", LIMITER_NONE, None))
+ANNOTATION_MODE = "natra.io/mode"
 STANDARD_HANDLER = "standard"  # the containerd runtime handler whose network ends in `bandwidth`
 ANNOTATION_INGRESS = "kubernetes.io/ingress-bandwidth"
 ANNOTATION_EGRESS = "kubernetes.io/egress-bandwidth"
 
 SLOT_DIR = "/run/natra-demo"
-MAX_SLOTS = 64  # 4 Pod subnets a slot within 10.98.0.0/16
+BLOCKS_PER_SLOT = 5  # one /24 per Pod of PODS, and one for the containerd runtime's networks
+MAX_SLOTS = 48  # BLOCKS_PER_SLOT Pod subnets a slot within 10.98.0.0/16
 REMOTE_SUBNET = "10.97.{slot}"  # the remote node's /24: .1 host side, .2 remote
 POD_SUBNET = "10.98.{block}.0/24"
-CRI_BLOCK = 3  # the containerd runtime's networks share the slot's fourth /24
+CRI_BLOCK = 4  # the containerd runtime's networks share the slot's fifth /24
 SHORT_PORT = 7001
 IPERF_PORT = 5201
 CONTAINERD_BURST_BITS = 2**32 - 1  # what containerd sends when the Pod says nothing
@@ -68,6 +74,7 @@ TRAFFIC_TIMEOUT_S = 60
 class PodRun:
     label: str
     limiter: str  # LIMITER_*
+    mode: str | None = None  # Natra's mode (MODE_SHAPE / MODE_POLICE); None for the others
     netns_path: str = ""
     ip: str = ""
     host_veth: str = ""
@@ -91,7 +98,7 @@ def slot_prefix(slot: int) -> str:
 
 
 def pod_subnet(slot: int, index: int) -> str:
-    return POD_SUBNET.format(block=4 * slot + index)
+    return POD_SUBNET.format(block=BLOCKS_PER_SLOT * slot + index)
 
 
 def bandwidth_args(rate_bps: int, burst_bits: int) -> dict:
@@ -100,9 +107,15 @@ def bandwidth_args(rate_bps: int, burst_bits: int) -> dict:
             "EgressRate": rate_bps, "EgressBurst": burst_bits}
 
 
-def pod_annotations(limiter: str, rate: str) -> dict[str, str]:
-    """A limited Pod says its rate both ways; the unlimited one says nothing."""
-    return {} if limiter == LIMITER_NONE else {ANNOTATION_INGRESS: rate, ANNOTATION_EGRESS: rate}
+def pod_annotations(limiter: str, rate: str, mode: str | None = None) -> dict[str, str]:
+    """A limited Pod says its rate both ways (and a Natra Pod its mode); the unlimited one says nothing."""
+    if limiter == LIMITER_NONE:
+        return {}
+    return {ANNOTATION_INGRESS: rate, ANNOTATION_EGRESS: rate, **({ANNOTATION_MODE: mode} if mode else {})}
+
+
+def limiter_text(pod: PodRun) -> str:
+    return f"{pod.limiter} ({pod.mode})" if pod.mode else pod.limiter
 
 
 def host_veth_of(cri_result: dict | None) -> str:
@@ -138,13 +151,14 @@ def _fmt(value, spec: str) -> str:
 def render_table(pods: list[PodRun], rate_bps: int, size: int, burst_bits: int) -> str:
     head = (f"Limit {rate_bps / 1e6:g} Mbit/s into each Pod; bulk iperf3 download plus "
             f"{size / 1000:g} KB request/response transfers from a remote-node namespace\n")
-    cols = ["Pod", "limiter", "bulk Mbit/s", "of limit", "idle p50/p99 ms", "loaded p50/p99 ms", "drops",
-            "heavy hitters"]
+    cols = ["Pod", "limiter", "bulk Mbit/s", "of limit", "retransmits", "idle p50/p99 ms",
+            "loaded p50/p99 ms", "drops", "heavy hitters"]
     rows = []
     for p in pods:
         r = p.results
-        rows.append([p.label, p.limiter, _fmt(r.get("goodput_bps", 0) / 1e6, ".1f"),
+        rows.append([p.label, limiter_text(p), _fmt(r.get("goodput_bps", 0) / 1e6, ".1f"),
                      _fmt(r.get("goodput_share"), ".2f") if p.limiter != LIMITER_NONE else "-",
+                     _fmt(r.get("retransmits"), "d"),
                      f"{_fmt(r.get('idle_p50_ms'), '.1f')} / {_fmt(r.get('idle_p99_ms'), '.1f')}",
                      f"{_fmt(r.get('load_p50_ms'), '.1f')} / {_fmt(r.get('load_p99_ms'), '.1f')}",
                      _fmt(r.get("drops"), "d"), _fmt(r.get("heavy"), "d")])
@@ -154,10 +168,13 @@ def render_table(pods: list[PodRun], rate_bps: int, size: int, burst_bits: int) 
         return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     out = [head, line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows]
-    by = {p.limiter: p.results for p in pods}
-    if LIMITER_NATRA in by and LIMITER_BANDWIDTH in by and by[LIMITER_NATRA].get("load_p99_ms"):
-        ratio = by[LIMITER_BANDWIDTH]["load_p99_ms"] / by[LIMITER_NATRA]["load_p99_ms"]
-        out.append(f"\nShort-transfer p99 under load: standard plugin / Natra = {ratio:.1f}x")
+    standard = next((p.results for p in pods if p.limiter == LIMITER_BANDWIDTH), {})
+    ratios = [f"Short-transfer p99 under load: standard plugin / Natra{f' ({p.mode})' if p.mode else ''} = "
+              f"{standard['load_p99_ms'] / p.results['load_p99_ms']:.1f}x"
+              for p in pods if p.limiter == LIMITER_NATRA and p.results.get("load_p99_ms")
+              and standard.get("load_p99_ms")]
+    if ratios:
+        out.append("\n" + "\n".join(ratios))
     if burst_bits == CONTAINERD_BURST_BITS:
         out.append(f"Both got containerd's burst of 2^32-1 bits. The standard plugin makes it a "
                    f"{burst_bits / 8 / 2**20:.0f} MiB TBF bucket ({burst_bits / rate_bps:.0f} s of line rate "
@@ -167,8 +184,8 @@ def render_table(pods: list[PodRun], rate_bps: int, size: int, burst_bits: int) 
 
 
 def report(pods: list[PodRun], rate_bps: int, burst_bits: int, runtime: str, prefix: str) -> dict:
-    results = {p.label: {"limiter": p.limiter, "container_id": p.container_id, "host_veth": p.host_veth,
-                         **p.results} for p in pods}
+    results = {p.label: {"limiter": p.limiter, "mode": p.mode, "container_id": p.container_id,
+                         "host_veth": p.host_veth, **p.results} for p in pods}
     return {"rate_bps": rate_bps, "burst_bits": burst_bits, "runtime": runtime, "prefix": prefix,
             "pods": results}
 
@@ -240,7 +257,8 @@ class NetnsPods:
     def start(self, pod: PodRun, index: int) -> None:
         c = self.cnichain
         netns = self.net.add_netns(pod.label)
-        then = {LIMITER_NATRA: [c.natra_entry()], LIMITER_BANDWIDTH: [c.bandwidth_entry()], LIMITER_NONE: []}
+        natra = [c.natra_entry(mode=pod.mode)] if pod.mode else [c.natra_entry()]
+        then = {LIMITER_NATRA: natra, LIMITER_BANDWIDTH: [c.bandwidth_entry()], LIMITER_NONE: []}
         conflist = c.ptp_conflist(f"{self.prefix}{pod.label}", pod_subnet(self.slot, index),
                                   then=then[pod.limiter], ipam_dir=os.path.join(self.tmp, "ipam"))
         chain = c.Chain(conflist, self.bin_dir)
@@ -289,8 +307,8 @@ class CriPods:
     def start(self, pod: PodRun, index: int) -> None:
         name = f"{self.prefix}{pod.label}"
         handler = STANDARD_HANDLER if pod.limiter == LIMITER_BANDWIDTH else ""
-        pod.netns_path, pod.ip = self.runtime.start_sandbox(name, pod_annotations(pod.limiter, self.rate),
-                                                            runtime_handler=handler)
+        annotations = pod_annotations(pod.limiter, self.rate, pod.mode)
+        pod.netns_path, pod.ip = self.runtime.start_sandbox(name, annotations, runtime_handler=handler)
         state = self.runtime.sandbox(name)
         pod.container_id, pod.host_veth = state.id, host_veth_of(state.cni_result)
 
@@ -315,7 +333,10 @@ def _natra_stats(pod: PodRun) -> dict:
     view = observe.build_view(raw, now=time.monotonic_ns())
     to_pod = view.direction("to_pod")
     drops = sum(v["packets"] for name, v in to_pod.verdicts.items() if name.startswith("drop"))
+    drops += sum(c.drops_packets for c in to_pod.classes)  # shaping: the queues' drops
     heavy = sum(1 for h in to_pod.heavy_hitters if h.passed_bytes + h.dropped_bytes > 0)
+    # shaping: each heavy flow has a class of its own
+    heavy += sum(1 for c in to_pod.classes if c.name.startswith("heavy") and c.sent_packets)
     return {"drops": drops, "heavy": heavy}
 
 
@@ -420,7 +441,7 @@ def run(rate_bps: int, duration: float, size: int, as_json: bool = False,
         if why:
             print(f"natra demo: --runtime containerd is not available here: {why}", file=sys.stderr)
             return 1
-    pods = [PodRun(label, limiter) for label, limiter in PODS]
+    pods = [PodRun(label, limiter, mode) for label, limiter, mode in PODS]
     interrupts = Interrupts()
     procs = Processes()
     cleanup = contextlib.ExitStack()

@@ -93,19 +93,28 @@ def netns_run() -> dict:
     return json.loads(proc.stdout)
 
 
-def test_three_pods_one_per_limiter(netns_run):
+def test_four_pods_one_per_limiter_and_mode(netns_run):
     assert netns_run["runtime"] == "netns" and netns_run["rate_bps"] == 100_000_000
-    assert {label: p["limiter"] for label, p in netns_run["pods"].items()} == {
-        "natra": "natra", "standard": "bandwidth", "unlimited": "none"}
+    assert {label: (p["limiter"], p["mode"]) for label, p in netns_run["pods"].items()} == {
+        "natra": ("natra", "shape"), "natra-police": ("natra", "police"), "standard": ("bandwidth", None),
+        "unlimited": ("none", None)}
     assert all(p["short_failures"] == 0 for p in netns_run["pods"].values())
 
 
-def test_natra_holds_the_limit_and_tcp_reaches_it(netns_run):
+@pytest.mark.parametrize("pod", ["natra", "natra-police"])
+def test_natra_holds_the_limit_and_tcp_reaches_it(netns_run, pod):
     """Received bytes within R*t + B (B: Natra's clamp of containerd's burst), and >= 80 % of R."""
-    share = netns_run["pods"]["natra"]["goodput_share"]
+    share = netns_run["pods"][pod]["goodput_share"]
     bound = (1 + D.NATRA_BURST_S / DURATION_S) * IPERF_ACCOUNTING
     assert MIN_SHARE <= share <= bound, (share, bound)
-    assert netns_run["pods"]["natra"]["heavy"] >= 1  # the bulk flow was found
+    assert netns_run["pods"][pod]["heavy"] >= 1  # the bulk flow was found
+
+
+def test_shaping_retransmits_less_than_policing(netns_run):
+    """The point of shaping: the bulk flow queues instead of losing its super-packets."""
+    pods = netns_run["pods"]
+    assert pods["natra"]["retransmits"] < pods["natra-police"]["retransmits"], pods
+    print(f"retransmits: shape {pods['natra']['retransmits']}, police {pods['natra-police']['retransmits']}")
 
 
 def test_short_transfers_under_load_are_faster_with_natra(netns_run):
