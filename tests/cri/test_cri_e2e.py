@@ -159,6 +159,25 @@ def test_pod_is_limited_in_both_directions(cri_node, pods):
         assert_limited(transfer, rate, burst)
 
 
+def test_sandboxes_are_shaped_by_default_and_policed_on_request(cri_node, pods):
+    """Through containerd's CRI: both directions queue in Natra's qdisc trees (the host veth and
+    the Pod's IFB) unless the Pod asks `natra.io/mode: police`."""
+    if cri_node.chain != CHAIN_NATRA:
+        pytest.skip("Natra's modes: the standard plugin's chain has none")
+    from natra.kernel import shaping
+
+    _, sid, _ = start(pods, LIMITS)
+    pod = status_pod(cri_node, sid)
+    assert {d["direction"]: d["mode"] for d in pod["directions"]} == {"to_pod": "shape", "from_pod": "shape"}
+    assert all(d["classes"] for d in pod["directions"])  # the trees are there and read back
+    assert link_exists(shaping.ifb_name(sid))
+    _, police_sid, _ = start(pods, {**LIMITS, "natra.io/mode": "police"})
+    pod = status_pod(cri_node, police_sid)
+    modes = {d["direction"]: d["mode"] for d in pod["directions"]}
+    assert modes == {"to_pod": "police", "from_pod": "police"}
+    assert not link_exists(shaping.ifb_name(police_sid))
+
+
 def test_natra_tuning_annotations_reach_the_kernel(cri_node, pods):
     cri_node.require_natra()
     from natra.kernel import layout as L
