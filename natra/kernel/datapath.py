@@ -53,6 +53,10 @@ from natra.kernel.shapers import Wish
 BPF_FS_MAGIC = 0xCAFE4A11
 LIBBPF_SONAME = "libbpf.so.1"
 META_VERSION = 1
+# A fallback reason as the meta record keeps it (the log has it whole): the record
+# is one BPF map value of meta.META_VALUE_SIZE bytes, which a kernel error text
+# must not overflow.
+REASON_MAX_CHARS = 300
 MODE_PENDING = "pending"  # meta written, attach not finished (a crash leaves this)
 
 
@@ -154,7 +158,7 @@ def install(container_id: str, host_ifname: str, configs: Sequence[ConfigValues]
         record.update({"direction_modes": {L.DIRECTION_NAMES[d]: modes[d] for d in wanted},
                        "shaping": devices})
         if fallback:
-            record["shape_fallback"] = fallback
+            record["shape_fallback"] = {name: why[:REASON_MAX_CHARS] for name, why in fallback.items()}
         step = "take down trees no longer shaped"
         for direction in L.DIRECTION_NAMES:
             if L.DIRECTION_NAMES[direction] not in devices:
