@@ -80,7 +80,8 @@ def _unavailable() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.root, pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))]
+def needs_kernel(test):
+    return pytest.mark.root(pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))(test))
 
 
 def mutate(text: str, mutant: Mutant) -> str:
@@ -131,6 +132,7 @@ def budget(max_examples: int):
     )
 
 
+@needs_kernel
 def test_control_the_same_build_unmutated_passes(kernel, mutant_objects):
     """The build in a copy and the derandomized examples are sound: unmutated, they pass."""
     import test_differential as D
@@ -140,6 +142,7 @@ def test_control_the_same_build_unmutated_passes(kernel, mutant_objects):
     assert machine.examples_run == CONTROL_EXAMPLES
 
 
+@needs_kernel
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
 def test_differential_suite_kills_the_mutant(kernel, mutant_objects, mutant):
     import test_differential as D
