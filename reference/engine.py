@@ -15,7 +15,8 @@ Must not know: clocks, files, sockets, the kernel.
 The heavy-flow table is an LRU of `flow_table` entries. Its eviction order is
 "least recently looked up" exactly; the kernel's LRU hash evicts approximately
 (per-CPU lists, reference bits), so model and kernel agree on flows only while
-fewer than `flow_table` heavy flows are alive (differential tests stay below).
+they hold the same flows (tests/kernel/test_differential.py compares the rest
+once they do not; design.md, fine print 11).
 """
 
 from __future__ import annotations
