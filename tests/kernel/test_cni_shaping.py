@@ -149,10 +149,15 @@ def test_check_reports_a_class_or_the_ifb_deleted_by_hand(lab):
     repair = ch._run(natra_plugin(ch), "ADD", pod, pod.cached_result)  # a repeated ADD repairs the tree
     assert repair.code == 0, repair.stderr
     assert [c.code for c in ch.check(pod)] == [0, 0]
+    assert C.ping(pod.ip)
     qdisc.delete_link(shaping.ifb_name(pod.container_id))
+    assert not C.ping(pod.ip, attempts=2)  # the program redirects to a device that is gone: dropped
     check = C.natra_call(ch.check(pod))
     assert check.code == 1 and check.output["code"] == STATE_DRIFT
     assert f"from_pod IFB {shaping.ifb_name(pod.container_id)} is missing" in check.output["details"]
+    repair = ch._run(natra_plugin(ch), "ADD", pod, pod.cached_result)  # a repeated ADD makes it again
+    assert repair.code == 0 and C.ping(pod.ip)
+    assert [c.code for c in ch.check(pod)] == [0, 0]
     del_ok(lab, ch, pod)
     assert_nothing_left(pod, None)
 
