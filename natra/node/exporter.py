@@ -337,6 +337,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from natra.node.status_cli import check_root
+
+    error, _ = check_root(args.root)
+    if error:
+        print(f"natra exporter: {error}", file=sys.stderr)
+        return 2
     try:
         server = make_server(args.listen, live_source(args.root, args.top),
                              live_not_limited(getattr(args, "state_dir", None)))
