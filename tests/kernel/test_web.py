@@ -147,3 +147,52 @@ def test_page_shows_live_pods_and_matches_status(browser):
                 to_pod = next(d for d in pod["directions"] if d["direction"] == "to_pod")
                 assert to_pod["dropped_bytes"] > 0
                 assert to_pod["heavy_hitters"][0]["flow"] == bulk_keys[pod["container_id"]]
+
+
+def test_not_limited_in_red_and_shaping_classes_on_the_page(browser):
+    """Made-up snapshot served in-process: a Pod that failed open, a shaped Pod with a fallback."""
+    import sys
+    import threading
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+    from test_fail_open_views import shaped
+
+    from natra.cni import failopen
+    from natra.node import exporter as E
+    from natra.node import observe as O
+
+    since = time.time_ns() - 180 * 10**9
+    lost = failopen.Record("dead00beef", pod="team-b/lost-0", directions={
+        "to_pod": {"cause": "peer_check", "message": "peer check: netns gone"}}, since_ns=since)
+    view = shaped(fallback="another root qdisc on the IFB")
+    server = E.make_server("127.0.0.1:0", lambda: ([view], 10**12), lambda v: O.not_limited([lost], v))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        end = time.monotonic() + 10
+        while not browser.execute_script("return !document.getElementById('not-limited').hidden"):
+            assert time.monotonic() < end, "the NOT LIMITED box never showed"
+            time.sleep(0.1)
+        box = browser.execute_script(
+            "const b = document.getElementById('not-limited'); const r = b.querySelector('tr.not-limited');"
+            "return {text: b.textContent, color: getComputedStyle(b).color,"
+            " border: getComputedStyle(b).borderColor, cause: r.dataset.cause,"
+            " direction: r.dataset.direction};")
+        assert box["color"] == box["border"] == "rgb(197, 48, 48)"  # --drop, the page's red
+        assert (box["cause"], box["direction"]) == ("peer_check", "to_pod")
+        assert "team-b/lost-0" in box["text"] and "(3 min ago)" in box["text"]
+        modes = browser.execute_script(
+            "return [...document.querySelectorAll('[data-field=mode]')]"
+            ".map(e => [e.dataset.value, e.textContent, getComputedStyle(e).color]);")
+        assert modes[0][:2] == ["shape", "mode shape on veth9"]
+        assert modes[1][0] == "police" and "shaping fell back: another root qdisc" in modes[1][1]
+        assert modes[1][2] == "rgb(197, 48, 48)"
+        classes = browser.execute_script(
+            "return [...document.querySelectorAll('table.classes tr[data-class]')]"
+            ".map(r => r.dataset.class);")
+        assert classes == ["root", "heavy0"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
