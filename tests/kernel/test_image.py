@@ -396,7 +396,8 @@ def test_daemonset_containers_from_the_image_install_limit_export_uninstall(tmp_
             assert re.search(r"^natra_pods 1\.0$", metrics, re.M), said + metrics[-1500:]
             limit = [line for line in metrics.splitlines()
                      if line.startswith("natra_limit_bytes_per_second{") and f'pod="{pod.name}"' in line]
-            assert len(limit) == 2 and all(float(line.split()[-1]) == N.LIMIT_BPS / 8 for line in limit), limit
+            assert len(limit) == 2, limit
+            assert all(float(line.split()[-1]) == N.LIMIT_BPS / 8 for line in limit), limit
             exporter = None
         done = node.init("uninstall")
         assert done.returncode == 0, done.stdout + done.stderr
