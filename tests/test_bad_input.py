@@ -335,3 +335,21 @@ def test_cni_entry_point_as_a_runtime_calls_it():
     out = json.loads(done.stdout)
     assert done.returncode == 1 and "nt4 bad" in out["msg"] + out["details"]
     assert b"Traceback" not in done.stderr
+
+
+def test_install_help_lists_every_natra_variable_it_reads():
+    import inspect
+    import re
+
+    from natra.node import install_cli
+
+    read = set(re.findall(r'"(NATRA_[A-Z_]+)"', inspect.getsource(install_cli))) - {"NATRA_ACTION"}
+    for argv in (["install", "--help"], ["uninstall", "--help"]):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            cli.main(argv)
+        shown = set(re.findall(r"NATRA_[A-Z_]+", out.getvalue()))
+        if argv[0] == "install":
+            assert read <= shown, read - shown
+        else:
+            assert set(install_cli.UNINSTALL_ENV) <= shown
