@@ -5,11 +5,15 @@ bin dirs (Debian's plugins plus `natra` as the Python entry point or the node
 bundle), one conflist per limiter ("natra" = ptp + natra, "bandwidth" = ptp +
 the standard plugin, "none" = ptp alone) each with its own /24 of
 10.208.0.0/16, Pods as namespaces with containerd-shaped bandwidth capability
-args, per-plugin timing of every CNI call, and the iperf3 / natra.lab.traffic
-processes it starts.
+args, per-plugin timing of every CNI call, the iperf3 / natra.lab.traffic
+processes it starts, the TCP congestion control of the sending namespaces
+(adding it to the root namespace's tcp_allowed_congestion_control when it is
+not there, and putting the old value back), and the counters a run reads
+(a namespace's TCP segments and retransmissions, the host's CPU time).
 Rule: everything it makes is registered before use and removed by `close()`
-(DEL through the chain, then namespaces, bin dirs, IPAM stores, stray pins of
-its containers, its processes), which never raises; Ctrl-C and SIGTERM land
+(DEL through the chain, then namespaces, bin dirs, IPAM stores, stray pins and
+IFB devices of its containers, its processes, the root sysctl it changed),
+which never raises; Ctrl-C and SIGTERM land
 in the same `close()`.
 Must not know: what a scenario measures or how the report looks.
 """
@@ -29,8 +33,12 @@ from natra.lab import cnichain
 from natra.lab.localnet import LocalNet, netns_path
 
 PREFIX = "nt8-"
-REMOTE_SUBNET = "10.209.0"  # the remote node at .2, the host's side at .1
-POD_SUBNET = "10.208.{block}.0/24"  # one /24 per conflist: 253 Pods each
+# Addresses of a bench with `net` = 208 (the default): Pods in 10.208.0.0/16, one /24 per
+# conflist (253 Pods each), the remote node at 10.209.0.2 (the host's side .1). Another `net`
+# (and prefix) lets a long run share the host with a smoke run of the default one.
+DEFAULT_NET = 208
+REMOTE_SUBNET = "10.{remote}.0"
+POD_SUBNET = "10.{net}.{block}.0/24"
 IPAM_DIR = "/run/natra-ipam"
 LIMITERS = ("natra", "bandwidth", "none")
 # What containerd sends as the burst when a Pod asks for none (bits).
@@ -39,6 +47,7 @@ BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 IPERF_INTERVAL = "0.1"  # s: iperf3's finest report interval, the grain of the R*t+B check
 SERVER_READY_S = 0.3  # iperf3 / natra.lab.traffic servers listen well within this
 IPERF_GRACE_S = 30  # beyond the test length before a hung iperf3 is killed
+ALLOWED_CC = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"  # root namespace: what others may pick
 
 
 def bandwidth_args(rate_bps: int, burst_bits: int = CONTAINERD_BURST_BITS) -> dict:
@@ -77,6 +86,7 @@ class Pod:
     ip: str = ""
     host_veth: str = ""
     add_s: dict = field(default_factory=dict)  # plugin type -> seconds of its ADD
+    options: dict = field(default_factory=dict)  # keys of Natra's conflist entry beyond the defaults
 
     @property
     def container_id(self) -> str:
@@ -86,8 +96,9 @@ class Pod:
 class Bench:
     """Namespaces, chains, Pods and processes of one benchmark run."""
 
-    def __init__(self, prefix: str = PREFIX):
+    def __init__(self, prefix: str = PREFIX, net: int = DEFAULT_NET):
         self.prefix = prefix
+        self.net_base = net
         self.net = LocalNet(prefix=prefix)
         self.bin_dirs: dict[str, str] = {}
         self.chains: dict[tuple[str, str], TimedChain] = {}
@@ -95,10 +106,13 @@ class Bench:
         self.procs: list[subprocess.Popen] = []
         self.remote = None
         self._count = 0
+        self._container_ids: set[str] = set()  # every container ADDed, for stray IFB devices
+        self.congestion: str | None = None  # senders' TCP congestion control; None: the namespace default
+        self._allowed_cc_before: str | None = None  # the root sysctl's value, when we changed it
 
     def start(self) -> Bench:
         self.bin_dirs["python"] = cnichain.make_bin_dir(prefix_dir(self.prefix, "cnibin-py"))
-        self.remote = self.net.add_remote(REMOTE_SUBNET)
+        self.remote = self.net.add_remote(REMOTE_SUBNET.format(remote=self.net_base + 1))
         return self
 
     # ---- chains and Pods -------------------------------------------------------------
@@ -115,19 +129,23 @@ class Bench:
             self.bin_dirs[natra_runner] = directory
         return self.bin_dirs[natra_runner]
 
-    def chain(self, limiter: str, natra_runner: str = "python") -> TimedChain:
-        key = (limiter, natra_runner)
+    def chain(self, limiter: str, natra_runner: str = "python", options: dict | None = None) -> TimedChain:
+        """The conflist of `limiter`; `options` are keys of Natra's entry (e.g. mode, queue)."""
+        options = dict(options or {})
+        tag = "".join(f"-{k}{v}" for k, v in sorted(options.items())).replace(" ", "")
+        key = (limiter, natra_runner, tag)
         if key not in self.chains:
             block = len(self.chains)
-            then = {"natra": [cnichain.natra_entry()], "bandwidth": [cnichain.bandwidth_entry()],
+            then = {"natra": [cnichain.natra_entry(**options)], "bandwidth": [cnichain.bandwidth_entry()],
                     "none": []}[limiter]
-            name = f"{self.prefix}{limiter}-{natra_runner}"
-            conflist = cnichain.ptp_conflist(name, POD_SUBNET.format(block=block), then=then)
+            name = f"{self.prefix}{limiter}-{natra_runner}{tag}"
+            conflist = cnichain.ptp_conflist(name, POD_SUBNET.format(net=self.net_base, block=block),
+                                             then=then)
             self.chains[key] = TimedChain(conflist, self._bin_dir(natra_runner))
         return self.chains[key]
 
     def add_pod(self, limiter: str, rate_bps: int | None, natra_runner: str = "python",
-                burst_bits: int = CONTAINERD_BURST_BITS) -> Pod:
+                burst_bits: int = CONTAINERD_BURST_BITS, options: dict | None = None) -> Pod:
         """A namespace Pod through the chain of `limiter`, limited both ways to `rate_bps`.
 
         `burst_bits` is what the runtime asks for (containerd's 2^32-1 when the
@@ -136,7 +154,7 @@ class Bench:
         self._count += 1
         label = f"{limiter[:2]}{self._count}"
         netns = self.net.add_netns(label)
-        chain = self.chain(limiter, natra_runner)
+        chain = self.chain(limiter, natra_runner, options)
         cid = f"{self.prefix}{label}-{uuid.uuid4().hex[:12]}"
         limited = rate_bps and limiter != "none"
         capability = {"bandwidth": bandwidth_args(rate_bps, burst_bits)} if limited else {}
@@ -144,8 +162,11 @@ class Bench:
                                   k8s_args={"K8S_POD_NAMESPACE": "bench", "K8S_POD_NAME": label,
                                             "K8S_POD_UID": str(uuid.uuid4())},
                                   capability_args=capability)
-        pod = Pod(label, limiter, rate_bps, burst_bits, netns, chain, att)
+        pod = Pod(label, limiter, rate_bps, burst_bits, netns, chain, att, options=dict(options or {}))
         self.pods.append(pod)
+        self._container_ids.add(cid)
+        if self.congestion:
+            self._set_netns_congestion(netns, self.congestion)
         result = chain.add(att)
         pod.add_s = {t: s for t, c, s in chain.calls[-len(chain.conflist["plugins"]):] if c == "ADD"}
         pod.ip = result["ips"][0]["address"].split("/")[0]
@@ -166,6 +187,70 @@ class Bench:
         subprocess.run(["ip", "netns", "del", pod.netns], capture_output=True, check=False)
         if pod.netns in self.net.namespaces:
             self.net.namespaces.remove(pod.netns)
+
+    # ---- what a Pod got ------------------------------------------------------------------
+
+    def shaped_directions(self, pod: Pod) -> list[str]:
+        """Directions whose qdisc tree Natra installed: "to_pod" (tbf root on the host veth) and
+        "from_pod" (its IFB device). Empty for a policing or unlimited Pod."""
+        from natra.kernel import shaping
+
+        out = []
+        root = _root_qdisc(pod.host_veth)
+        if root and root.get("kind") == "tbf" and root.get("handle") == f"{shaping.TBF_MAJOR:x}:":
+            out.append("to_pod")
+        ifb = shaping.ifb_name(pod.container_id)
+        if subprocess.run(["ip", "link", "show", "dev", ifb], capture_output=True).returncode == 0:
+            out.append("from_pod")
+        return out
+
+    # ---- TCP congestion control and counters --------------------------------------------
+
+    def use_congestion(self, algorithm: str | None) -> None:
+        """Senders (the remote node and every Pod, now and later) use `algorithm`.
+
+        A namespace other than the root may only pick what the root namespace's
+        tcp_allowed_congestion_control lists; it is added there when missing and
+        the old value is put back by close().
+        """
+        if algorithm:
+            with open(ALLOWED_CC) as f:
+                allowed = f.read().split()
+            if algorithm not in allowed:
+                if self._allowed_cc_before is None:
+                    self._allowed_cc_before = " ".join(allowed)
+                with open(ALLOWED_CC, "w") as f:
+                    f.write(" ".join([*allowed, algorithm]))
+        self.congestion = algorithm
+        target = algorithm or _root_default_congestion()
+        for netns in [self.remote.netns, *(p.netns for p in self.pods)]:
+            self._set_netns_congestion(netns, target)
+
+    @staticmethod
+    def _set_netns_congestion(netns: str, algorithm: str) -> None:
+        subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-q", "-w",
+                        f"net.ipv4.tcp_congestion_control={algorithm}"], check=True, capture_output=True)
+
+    def _restore_allowed_congestion(self) -> list[str]:
+        if self._allowed_cc_before is None:
+            return []
+        try:
+            with open(ALLOWED_CC, "w") as f:
+                f.write(self._allowed_cc_before)
+            self._allowed_cc_before = None
+            return []
+        except OSError as e:
+            return [f"restore {ALLOWED_CC}: {e}"]
+
+    @staticmethod
+    def tcp_counters(netns: str) -> dict[str, int]:
+        """The namespace's TCP OutSegs and RetransSegs (/proc/net/snmp: GSO packets count as
+        the segments they carry)."""
+        out = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"],
+                             capture_output=True, text=True, check=True).stdout
+        lines = [ln.split() for ln in out.splitlines() if ln.startswith("Tcp:")]
+        fields = dict(zip(lines[0][1:], (int(x) for x in lines[1][1:]), strict=True))
+        return {"out_segs": fields["OutSegs"], "retrans_segs": fields["RetransSegs"]}
 
     # ---- processes --------------------------------------------------------------------
 
@@ -247,6 +332,8 @@ class Bench:
         """Remove everything; returns the problems met (never raises)."""
         problems = self.reset()
         problems += _remove_stray_pins(self.prefix)
+        problems += self._remove_stray_ifbs()
+        problems += self._restore_allowed_congestion()
         try:
             self.net.close()
         except Exception as e:  # noqa: BLE001
@@ -255,6 +342,23 @@ class Bench:
             cnichain.remove_bin_dir(directory)
         for chain in self.chains.values():
             shutil.rmtree(os.path.join(IPAM_DIR, chain.conflist["name"]), ignore_errors=True)
+        return problems
+
+    @property
+    def container_ids(self) -> set[str]:
+        return set(self._container_ids)
+
+    def _remove_stray_ifbs(self) -> list[str]:
+        """IFB devices of our containers that a failed DEL left (named from the container ID)."""
+        from natra.kernel import shaping
+
+        problems = []
+        for cid in sorted(self._container_ids):
+            name = shaping.ifb_name(cid)
+            if subprocess.run(["ip", "link", "show", "dev", name], capture_output=True).returncode == 0:
+                done = subprocess.run(["ip", "link", "del", name], capture_output=True, text=True)
+                if done.returncode != 0:
+                    problems.append(f"remove {name}: {done.stderr.strip()}")
         return problems
 
     def __enter__(self) -> Bench:
@@ -286,3 +390,25 @@ def _remove_stray_pins(prefix: str) -> list[str]:
         except Exception as e:  # noqa: BLE001
             problems.append(f"remove pins of {cid}: {e}")
     return problems
+
+
+def _root_qdisc(dev: str) -> dict | None:
+    out = subprocess.run(["tc", "-j", "qdisc", "show", "dev", dev, "root"], capture_output=True, text=True)
+    try:
+        return next(iter(json.loads(out.stdout or "[]")), None)
+    except ValueError:
+        return None
+
+
+def _root_default_congestion() -> str:
+    with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
+        return f.read().strip()
+
+
+def cpu_busy_s() -> float:
+    """CPU seconds spent by the whole host, all CPUs, outside idle and iowait (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")

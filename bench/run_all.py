@@ -1,4 +1,4 @@
-"""`make bench`: every scenario of issue 8 in one run, then docs/benchmarks.md.
+"""`make bench`: every scenario (issues 8, 14, 16) in one run, then docs/benchmarks.md.
 
 Owns: the command line, the order of the scenarios, the run's record (machine,
 date, settings, each scenario's data or its error) saved as JSON, and the
@@ -9,7 +9,7 @@ SIGTERM included, the Bench removes everything it made.
 Must not know: how a scenario measures or how a table looks.
 
 Usage (root, from the repository root):
-    python3 -m bench.run_all                      # full run, ~30 min
+    python3 -m bench.run_all                      # full run, ~35 min (3 repeats)
     python3 -m bench.run_all --smoke --out /tmp/b.md --img-dir /tmp/img
     python3 -m bench.run_all --only rate,latency
     python3 -m bench.run_all --only overhead --merge   # re-run one scenario into the record
@@ -27,7 +27,7 @@ import time
 import traceback
 
 from bench import report, scenarios
-from bench.harness import Bench
+from bench.harness import DEFAULT_NET, PREFIX, Bench
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "docs", "benchmarks.md")
@@ -39,7 +39,8 @@ def _interrupt(*_):
     raise KeyboardInterrupt
 
 
-def run(settings: scenarios.Settings, only: list[str], smoke: bool) -> dict:
+def run(settings: scenarios.Settings, only: list[str], smoke: bool, prefix: str = PREFIX,
+        net: int = DEFAULT_NET) -> dict:
     record = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "smoke": smoke,
@@ -50,7 +51,7 @@ def run(settings: scenarios.Settings, only: list[str], smoke: bool) -> dict:
         "conditions": {},
     }
     started = time.monotonic()
-    with Bench() as bench:
+    with Bench(prefix, net) as bench:
         for name in only:
             t0 = time.monotonic()
             load_before = scenarios.load_average()
@@ -72,6 +73,7 @@ def run(settings: scenarios.Settings, only: list[str], smoke: bool) -> dict:
                 "loadavg_1min_after": scenarios.load_average(),
             }
             scenarios.log(f"{name}: {time.monotonic() - t0:.0f} s")
+        record["containers"] = sorted(bench.container_ids)
     record["seconds"] = round(time.monotonic() - started, 1)
     return record
 
@@ -80,6 +82,7 @@ def merge(path: str, fresh: dict) -> dict:
     """The record at `path` with the scenarios of `fresh` replacing its own."""
     with open(path) as f:
         old = json.load(f)
+    old["containers"] = sorted(set(old.get("containers", [])) | set(fresh.get("containers", [])))
     for key in ("scenarios", "errors", "conditions"):
         old.setdefault(key, {})
         for name in fresh["scenarios"].keys() | fresh["errors"].keys():
@@ -107,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         "--merge", action="store_true", help="replace only these scenarios in the record at --json"
     )
     ap.add_argument("--repeats", type=int, help="override the number of repeated runs")
+    ap.add_argument("--prefix", default=PREFIX, help=f"names of namespaces and containers (default {PREFIX})")
+    ap.add_argument("--net", type=int, default=DEFAULT_NET,
+                    help=f"Pods in 10.NET.0.0/16, the remote node in 10.NET+1.0.0/24 (default "
+                    f"{DEFAULT_NET}); another prefix and net let a run share the host with a smoke run")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (namespaces, veths, BPF)", file=sys.stderr)
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, repeats=args.repeats)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        record = run(settings, only, args.smoke)
+        record = run(settings, only, args.smoke, args.prefix, args.net)
     except KeyboardInterrupt:
         print("bench: interrupted; everything it made is removed", file=sys.stderr)
         return 130

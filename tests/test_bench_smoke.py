@@ -2,10 +2,11 @@
 
 Covers bench/ (stats, harness, scenarios, report, run_all): the pure
 arithmetic is checked against brute force without root; the smoke run
-(`python3 -m bench.run_all --smoke`, ~1 min) builds Pods through the real
-chain, runs every scenario briefly, writes the document and plots into a
-temporary directory, and must leave no namespace or pin behind. Natra's bytes
-over R*t+B must be 0 in every run that measures them.
+(`python3 -m bench.run_all --smoke`, ~2 min) builds Pods through the real
+chain (Natra in both modes: shaping, the default, and policing), runs every
+scenario briefly, writes the document and plots into a temporary directory,
+and must leave no namespace, pin or IFB device behind. Natra's bytes over
+R*t+B must be 0 in every run that measures them.
 """
 
 from __future__ import annotations
@@ -130,22 +131,34 @@ def _unavailable() -> str | None:
     return None
 
 
-def _leftovers() -> list[str]:
+def _leftovers(record_path: Path | None = None) -> list[str]:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
     left = [line.split()[0] for line in netns if line.startswith(PREFIX)]
     root = Path("/sys/fs/bpf/natra")
     if root.is_dir():
         left += [p.name for p in root.iterdir() if p.name.startswith(PREFIX)]
+    # Natra's IFB devices of the run's containers (ntifb + a hash of the container ID)
+    if record_path is not None and record_path.exists():
+        from natra.kernel.shaping import ifb_name
+
+        for cid in json.loads(record_path.read_text()).get("containers", []):
+            shown = subprocess.run(["ip", "link", "show", "dev", ifb_name(cid)], capture_output=True)
+            if shown.returncode == 0:
+                left.append(ifb_name(cid))
     return left
 
 
 def _natra_overs(record: dict) -> list[tuple[str, float]]:
     sc = record["scenarios"]
-    found = [("rate", r["bytes_over"]) for r in sc["rate"]["runs"] if r["variant"] == "natra"]
-    found += [("fairness", r["bytes_over"]) for r in sc["fairness"]["runs"] if r["variant"] == "natra"]
-    found += [("scale", r["bytes_over"]) for r in sc["scale"]["variants"]["natra"]["alone"]
-              + sc["scale"]["variants"]["natra"]["crowded"]]
-    found += [("sweep", r["bytes_over"]) for r in sc["sweep"]["runs"] if r["variant"] == "natra"]
+    found = [(f"rate {r['variant']}", r["bytes_over"]) for r in sc["rate"]["runs"]
+             if r["variant"].startswith("natra")]
+    found += [(f"fairness {r['variant']}", r["bytes_over"]) for r in sc["fairness"]["runs"]
+              if r["variant"].startswith("natra")]
+    found += [("scale", r["bytes_over"]) for r in sc["scale"]["variants"]["natra-shape"]["alone"]
+              + sc["scale"]["variants"]["natra-shape"]["crowded"]]
+    found += [(f"sweep {r['variant']}", r["bytes_over"]) for r in sc["sweep"]["runs"]
+              if r["variant"].startswith("natra")]
+    found += [("knobs", r["bytes_over"]) for r in sc["knobs"]["runs"]]
     return found
 
 
@@ -165,16 +178,21 @@ def test_smoke_run_end_to_end(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         record = json.loads(record_path.read_text())
         assert record["errors"] == {}
+        assert record["containers"], "the record lists no container (the IFB check would be empty)"
         assert set(record["scenarios"]) == {"rate", "latency", "fairness", "overhead", "control", "scale",
-                                              "sweep"}
+                                              "sweep", "knobs"}
+        modes = {r["variant"] for r in record["scenarios"]["rate"]["runs"]}
+        assert {"natra-shape", "natra-police"} <= modes, modes
         overs = _natra_overs(record)
         assert overs, "no run measured Natra's bytes over R*t+B"
         assert all(over == 0 for _, over in overs), overs
         text = out.read_text()
-        for heading in ("## 1. Rate accuracy", "## 2. Small requests", "## 3. Fairness", "## 4. Overhead",
-                        "## 5. Control plane", "## 6. Scale", "## 7. Rate and burst sweep", "## Aims"):
+        for heading in ("## 1. Bulk TCP", "## 2. Small requests", "## 3. Several flows", "## 4. Overhead",
+                        "## 5. Control plane", "## 6. Scale", "## 7. Rate and burst sweep",
+                        "## 8. Shaping's knobs", "## Aims"):
             assert heading in text
-        for name in ("rate", "latency", "fairness", "control", "scale", "sweep"):
+        for name in ("rate", "latency", "fairness", "fairness-udp", "control", "scale", "sweep",
+                     "knobs-queue"):
             assert (img / f"bench-{name}.png").stat().st_size > 1000
     finally:
-        assert _leftovers() == [], "the smoke run left namespaces or pins behind"
+        assert _leftovers(record_path) == [], "the smoke run left namespaces, pins or IFB devices behind"
