@@ -362,7 +362,14 @@ class Bench:
         return problems
 
     def __enter__(self) -> Bench:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            # Not close(): the namespace that failed may be another run's (same prefix), and
+            # LocalNet registers a name before it makes it. Only what start() made here goes.
+            for directory in self.bin_dirs.values():
+                cnichain.remove_bin_dir(directory)
+            raise
 
     def __exit__(self, *exc) -> None:
         for problem in self.close():
