@@ -32,15 +32,23 @@ def test_every_plan_keeps_its_invariants(rate, burst, classes, mtu):
     assert all(c.ceil_bps == tree.rate_bps for c in tree.classes)
     assert len({c.quantum_bytes for c in heavy}) == 1  # equal DRR shares
     assert all(c.quantum_bytes >= tree.max_packet_bytes for c in heavy)  # DRR stays exact
-    assert all(c.queue_bytes >= shaping.MIN_QUEUE_FRAMES * frame or c.queue_bytes == 2**32 - 1
-               for c in [mice, *heavy])
+    half_second = tree.rate_bps * shaping.MAX_QUEUE_NS // (8 * 10**9)
+    for c in [mice, *heavy]:
+        assert c.queue_bytes >= 2 * frame or c.queue_bytes == 2**32 - 1  # holds what the tbf hands it
+        floor = min(shaping.MIN_QUEUE_FRAMES * frame, half_second)
+        assert c.queue_bytes >= floor or c.queue_bytes == 2**32 - 1
+        assert c.queue_bytes <= max(half_second + 1, 2 * frame, tree.rate_bps * p.queue_ns // (8 * 10**9) + 1)
 
 
 def test_queue_is_time_of_rate_above_the_frame_floor():
     p = params_for(10**9, mode="shape", queue_ns=20_000_000)
     assert shaping.plan(p, 1500).classes[2].queue_bytes == 10**9 // 8 // 50  # 20 ms at 1 Gbit/s
-    low = params_for(10**6, mode="shape", queue_ns=20_000_000)
-    assert shaping.plan(low, 1500).classes[2].queue_bytes == 64 * 1514
+    low = params_for(2 * 10**6, mode="shape", queue_ns=20_000_000)
+    assert shaping.plan(low, 1500).classes[2].queue_bytes == 64 * 1514  # 388 ms at 2 Mbit/s
+    lower = params_for(10**6, mode="shape", queue_ns=20_000_000)
+    assert shaping.plan(lower, 1500).classes[2].queue_bytes == 62_500  # capped at 500 ms of rate
+    trickle = params_for(8_000, mode="shape")
+    assert shaping.plan(trickle, 1500).classes[2].queue_bytes == 2 * 1514  # never below two frames
 
 
 def test_max_packet_is_a_millisecond_between_two_frames_and_64k():

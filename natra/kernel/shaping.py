@@ -51,6 +51,11 @@ MIN_FRAMES_PER_PACKET = 2
 # window a loss-based sender retransmits more than 0.5 % (measured at 10 Mbit/s:
 # 17 frames 0.6-0.9 %, 64 frames 0.08-0.3 %; docs/tuning.md).
 MIN_QUEUE_FRAMES = 64
+# ... but a queue never holds more than this much time of rate, whatever the
+# frame count says: below ~1.5 Mbit/s the 64 frames would be seconds to minutes
+# (measured: at 800 bit/s what one transfer left queued made the next
+# connection's SYN time out). There a heavy flow loses more, and waits less.
+MAX_QUEUE_NS = 500_000_000
 # The peak bucket's rate: far above any Pod rate so it never paces, only caps
 # the packet size.
 PEAK_FACTOR = 16
@@ -126,8 +131,13 @@ def max_packet_bytes(rate_bps: int, mtu: int) -> int:
 
 
 def queue_bytes(rate_bps: int, queue_ns: int, mtu: int) -> int:
-    return min(max(rate_bps * queue_ns // (8 * L.NS_PER_SEC), MIN_QUEUE_FRAMES * frame_bytes(mtu)),
-               qdisc.U32_MAX)
+    """queue_ns of rate, at least MIN_QUEUE_FRAMES frames, but never more than
+    MAX_QUEUE_NS of rate (64 frames are 97 s at 8 kbit/s), and never fewer than
+    MIN_FRAMES_PER_PACKET frames (a queue must hold what the tbf may hand it)."""
+    per_ns = rate_bps / (8 * L.NS_PER_SEC)
+    wanted = max(int(per_ns * queue_ns), MIN_QUEUE_FRAMES * frame_bytes(mtu))
+    capped = min(wanted, int(per_ns * MAX_QUEUE_NS))
+    return min(max(capped, MIN_FRAMES_PER_PACKET * frame_bytes(mtu)), qdisc.U32_MAX)
 
 
 def plan(params: DataPathParams, mtu: int) -> ShaperPlan:
