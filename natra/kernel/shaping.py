@@ -40,11 +40,14 @@ TBF_CHILD = qdisc.handle(TBF_MAJOR, 1)  # tbf's one class, where the htb hangs
 LEAF_MAJOR_BASE = 0x100  # leaf bfifo of class minor m gets handle (0x100 + m):
 ETH_HLEN = 14
 # The largest packet that passes the shaper whole: a millisecond of rate, at
-# least two full frames, at most 64 KiB. At 10 Mbit/s a 64 KiB GSO packet holds
+# least two full frames, at most 128 KiB. At 10 Mbit/s a 64 KiB GSO packet holds
 # the line for 52 ms, and mice would wait behind it; segmenting costs CPU at
-# high rates, where a millisecond is more than a super-packet anyway.
+# high rates, where a millisecond is more than a super-packet anyway. The cap
+# is above a full 64 KiB GSO packet as the qdisc counts it (its headers once
+# per segment: ~68 KiB): a 64 KiB cap made the tbf segment every super-packet
+# at 1 Gbit/s, and the shaped download ran out of CPU (benchmarks, section 1).
 MAX_PACKET_NS = 1_000_000
-MAX_PACKET_CAP = 64 * 1024
+MAX_PACKET_CAP = 128 * 1024
 MIN_FRAMES_PER_PACKET = 2
 # A class's queue holds queue_ns of the Pod's rate, and never fewer than this
 # many full frames: TCP's loss rate grows as 1/window^2, and below ~64 frames of
