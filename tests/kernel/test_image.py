@@ -322,7 +322,11 @@ class FakeNode:
         if "configMap" in volume:
             return str(self.config_dir)
         path = volume["hostPath"]["path"]
-        return path if path == BPFFS else str(self.root / path.lstrip("/"))
+        if path == BPFFS:
+            return path
+        if volume["hostPath"].get("type") == "DirectoryOrCreate":  # as the kubelet does
+            (self.root / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        return str(self.root / path.lstrip("/"))
 
     def run(self, spec: dict, env_extra: dict | None = None, popen: bool = False):
         volumes = {v["name"]: v for v in self.pod["volumes"]}
