@@ -186,11 +186,15 @@ def test_bridge_static_limits_echo(peer_node, mode):
     assert found.host_ifname == C.host_veth(limited)  # the veth, not the bridge
 
     runs = {}
-    # Shaping at 8000 bit/s took 50 s here (the standard plugin 32 s): each class queue holds at
-    # least 64 frames, about 97 s at 1000 bytes/s, so TCP fills it and waits its RTT out.
+    # A class queue holds at most 500 ms of rate (two frames at 1000 bytes/s), so shaping's echo
+    # takes about what the rate says; the timeout leaves room for a loaded host.
     natra_timeout = 150 if mode == "shape" else 60
-    for name, pod, timeout in (("unlimited", basic, 30), ("natra", limited, natra_timeout),
-                               ("bandwidth", standard, 90)):
+    # The standard plugin's echo (~32 s) is the same in both variants: it runs beside the
+    # default mode (shape) only, which keeps the suite's time in bounds.
+    contenders = [("unlimited", basic, 30), ("natra", limited, natra_timeout)]
+    if mode == "shape":
+        contenders.append(("bandwidth", standard, 90))
+    for name, pod, timeout in contenders:
         start = time.monotonic()
         runs[name] = echo_through(node, pod, ECHO_BYTES, timeout)
         runs[name]["wall"] = time.monotonic() - start
