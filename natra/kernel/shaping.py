@@ -137,9 +137,9 @@ def queue_bytes(rate_bps: int, queue_ns: int, mtu: int) -> int:
     """queue_ns of rate, at least MIN_QUEUE_FRAMES frames, but never more than
     MAX_QUEUE_NS of rate (64 frames are 97 s at 8 kbit/s), and never fewer than
     MIN_FRAMES_PER_PACKET frames (a queue must hold what the tbf may hand it)."""
-    per_ns = rate_bps / (8 * L.NS_PER_SEC)
-    wanted = max(int(per_ns * queue_ns), MIN_QUEUE_FRAMES * frame_bytes(mtu))
-    capped = min(wanted, int(per_ns * MAX_QUEUE_NS))
+    per_second = 8 * L.NS_PER_SEC  # bit/s * ns / per_second = bytes, in integers
+    wanted = max(rate_bps * queue_ns // per_second, MIN_QUEUE_FRAMES * frame_bytes(mtu))
+    capped = min(wanted, rate_bps * MAX_QUEUE_NS // per_second)
     return min(max(capped, MIN_FRAMES_PER_PACKET * frame_bytes(mtu)), qdisc.U32_MAX)
 
 
