@@ -32,6 +32,7 @@ CLONE_NEWNET = 0x40000000
 NLMSG_HEADER = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 RTATTR = struct.Struct("=HH")  # len, type
+NLA_TYPE_MASK = 0x3FFF  # an attribute's type without the nested / byte-order flags
 RECV_BYTES = 65536  # one link message with all attributes fits easily
 REPLY_TIMEOUT_S = 2.0  # the kernel answers in microseconds; this only bounds a hang
 
@@ -48,17 +49,19 @@ class Link:
     peer_netnsid: int | None  # IFLA_LINK_NETNSID when the peer is in another namespace
 
 
-def _align(n: int) -> int:
+def align(n: int) -> int:
+    """A netlink length rounded up to the 4-byte boundary messages and attributes keep."""
     return (n + 3) & ~3
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
+def attr(kind: int, payload: bytes) -> bytes:
+    """One rtattr: length, type, payload, padded to the boundary."""
     raw = RTATTR.pack(RTATTR.size + len(payload), kind) + payload
-    return raw + b"\0" * (_align(len(raw)) - len(raw))
+    return raw + b"\0" * (align(len(raw)) - len(raw))
 
 
 def _request(ifname: str, seq: int) -> bytes:
-    body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, ifname.encode() + b"\0")
+    body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, ifname.encode() + b"\0")
     return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), RTM_GETLINK, NLM_F_REQUEST, seq, 0) + body
 
 
@@ -68,8 +71,8 @@ def parse_attrs(data: bytes) -> dict[int, bytes]:
         length, kind = RTATTR.unpack_from(data, pos)
         if length < RTATTR.size:
             break
-        attrs.setdefault(kind & 0x3FFF, data[pos + RTATTR.size:pos + length])
-        pos += _align(length)
+        attrs.setdefault(kind & NLA_TYPE_MASK, data[pos + RTATTR.size:pos + length])
+        pos += align(length)
     return attrs
 
 
@@ -104,7 +107,7 @@ def get_link(ifname: str) -> Link:
             return parse_link(message)
         if length < NLMSG_HEADER.size:
             break
-        pos += _align(length)
+        pos += align(length)
     raise NetlinkError(f"RTM_GETLINK {ifname}: no link in the kernel's answer")
 
 

@@ -29,15 +29,27 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+# The framing and the link constants are natra.kernel.netlink's; this module adds tc.
+from natra.kernel.netlink import (
+    IFINFOMSG,
+    IFLA_IFNAME,
+    NETLINK_ROUTE,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    NLMSG_HEADER,
+    RTM_GETLINK,
+    RTM_NEWLINK,
+    parse_attrs,
+)
+from natra.kernel.netlink import align as _align
+from natra.kernel.netlink import attr as _attr
+
 # ---- netlink framing ----------------------------------------------------------------------
 
-NETLINK_ROUTE = 0
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # errors quote only the request's header, not all of it
 NETLINK_EXT_ACK = 11  # errors carry the kernel's text ("Specified class not found")
-NLMSG_ERROR = 2
 NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE = 0x100
@@ -47,20 +59,13 @@ NLM_F_CAPPED = 0x100  # in an NLMSG_ERROR: the quoted request is its header only
 NLM_F_ACK_TLVS = 0x200  # in an NLMSG_ERROR: extended-ack attributes follow
 NLMSGERR_ATTR_MSG = 1
 NLA_F_NESTED = 0x8000  # strict kernel parsers want it on every nest we send
-NLA_TYPE_MASK = 0x3FFF
-NLMSG_HEADER = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 NLMSGERR = struct.Struct("=i")  # error, then the quoted request header
-RTATTR = struct.Struct("=HH")  # len, type
 RECV_BYTES = 65536  # the kernel caps one dump skb at 32 KiB; twice that never truncates
 REPLY_TIMEOUT_S = 2.0  # the kernel answers in microseconds; this only bounds a hang
 
 # ---- links -------------------------------------------------------------------------------
 
-RTM_NEWLINK = 16
 RTM_DELLINK = 17
-RTM_GETLINK = 18
-IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-IFLA_IFNAME = 3
 IFLA_LINKINFO = 18
 IFLA_IFALIAS = 20
 IFALIASZ = 256  # the kernel refuses a longer alias
@@ -256,15 +261,6 @@ def max_burst_bytes(rate_bps: int) -> int:
 
 # ---- encoding --------------------------------------------------------------------------------
 
-def _align(n: int) -> int:
-    return (n + 3) & ~3
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    raw = RTATTR.pack(RTATTR.size + len(payload), kind) + payload
-    return raw + b"\0" * (_align(len(raw)) - len(raw))
-
-
 def _nest(kind: int, *children: bytes) -> bytes:
     return _attr(kind | NLA_F_NESTED, b"".join(children))
 
@@ -333,17 +329,6 @@ def tbf_options(rate_bps: int, burst_bytes: int, limit_bytes: int, peak_bps: int
 
 
 # ---- decoding --------------------------------------------------------------------------------
-
-def parse_attrs(data: bytes) -> dict[int, bytes]:
-    attrs, pos = {}, 0
-    while pos + RTATTR.size <= len(data):
-        length, kind = RTATTR.unpack_from(data, pos)
-        if length < RTATTR.size:
-            break
-        attrs.setdefault(kind & NLA_TYPE_MASK, data[pos + RTATTR.size:pos + length])
-        pos += _align(length)
-    return attrs
-
 
 def _get_u32(attrs: dict[int, bytes], kind: int) -> int | None:
     return struct.unpack_from("=I", attrs[kind])[0] if kind in attrs else None
