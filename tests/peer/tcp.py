@@ -2,12 +2,11 @@
 
     ip netns exec NS python3 tests/peer/tcp.py echo-serve --port P --deadline S
     ip netns exec NS python3 tests/peer/tcp.py echo --host H --port P --size N --timeout S
-    ip netns exec NS python3 tests/peer/tcp.py sink --port P --seconds S
-    ip netns exec NS python3 tests/peer/tcp.py blast --host H --port P --size N --seconds S
 
-Servers print one line ("ready") once they listen; clients and the sink print
-one JSON object. Everything is bounded by a deadline, so a stuck limiter ends
-a test instead of hanging it.
+The server prints one line ("ready") once it listens; the client prints one
+JSON object (bulk transfers use natra.lab.traffic's bulk-sink and bulk-send).
+Everything is bounded by a deadline, so a stuck limiter ends a test instead of
+hanging it.
 Must not know: CNI, namespaces, limiters.
 """
 
@@ -79,46 +78,6 @@ def echo(host: str, port: int, size: int, timeout: float) -> dict:
     return {"seconds": seconds, "received": len(got), "ok": bytes(got) == message}
 
 
-def sink(port: int, seconds: float) -> dict:
-    """Count the bytes one connection delivers within `seconds` of listening."""
-    with socket.create_server(("0.0.0.0", port)) as srv:
-        print("ready", flush=True)
-        start = time.monotonic()
-        deadline = start + seconds
-        total = 0
-        srv.settimeout(seconds)
-        try:
-            conn, _ = srv.accept()
-        except TimeoutError:
-            return {"bytes": 0, "seconds": time.monotonic() - start}
-        with conn:
-            try:
-                while time.monotonic() < deadline:
-                    conn.settimeout(max(deadline - time.monotonic(), 0.01))
-                    data = conn.recv(CHUNK)
-                    if not data:
-                        break
-                    total += len(data)
-            except OSError:
-                pass
-    return {"bytes": total, "seconds": time.monotonic() - start}
-
-
-def blast(host: str, port: int, size: int, seconds: float) -> dict:
-    """Send up to `size` bytes as fast as TCP takes them, for at most `seconds`."""
-    deadline = time.monotonic() + seconds
-    sent = 0
-    chunk = b"b" * CHUNK
-    with socket.create_connection((host, port), timeout=seconds) as conn:
-        try:
-            while sent < size and time.monotonic() < deadline:
-                conn.settimeout(max(deadline - time.monotonic(), 0.01))
-                sent += conn.send(chunk[:min(CHUNK, size - sent)])
-        except OSError:
-            pass
-    return {"sent": sent}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tcp.py")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -126,27 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--deadline", type=float, default=120.0)
     e = sub.add_parser("echo")
-    k = sub.add_parser("sink")
-    k.add_argument("--port", type=int, required=True)
-    k.add_argument("--seconds", type=float, required=True)
-    b = sub.add_parser("blast")
-    for p in (e, b):
-        p.add_argument("--host", required=True)
-        p.add_argument("--port", type=int, required=True)
-        p.add_argument("--size", type=int, required=True)
+    e.add_argument("--host", required=True)
+    e.add_argument("--port", type=int, required=True)
+    e.add_argument("--size", type=int, required=True)
     e.add_argument("--timeout", type=float, default=60.0)
-    b.add_argument("--seconds", type=float, required=True)
     args = ap.parse_args(argv)
     if args.cmd == "echo-serve":
         echo_serve(args.port, args.deadline)
         return 0
-    if args.cmd == "echo":
-        out = echo(args.host, args.port, args.size, args.timeout)
-    elif args.cmd == "sink":
-        out = sink(args.port, args.seconds)
-    else:
-        out = blast(args.host, args.port, args.size, args.seconds)
-    json.dump(out, sys.stdout)
+    json.dump(echo(args.host, args.port, args.size, args.timeout), sys.stdout)
     return 0
 
 

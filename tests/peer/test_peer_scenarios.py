@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -106,14 +107,20 @@ def echo_through(node, pod: C.Pod, size: int, timeout: float) -> dict:
 
 def transfer(sender_ns: str, receiver_ns: str, receiver_ip: str, size: int, seconds: float) -> dict:
     """Bytes a bulk TCP flow delivers within `seconds` of the receiver listening."""
-    with N.process([sys.executable, TCP, "sink", "--port", str(PORT), "--seconds", str(seconds)],
+    traffic = [sys.executable, "-m", "natra.lab.traffic"]
+    with N.process([*traffic, "bulk-sink", "--port", str(PORT), "--seconds", str(seconds)],
                    ns=receiver_ns) as sink:
         wait_ready(sink)
-        sent = in_ns(sender_ns, "blast", "--host", receiver_ip, "--port", str(PORT), "--size", str(size),
-                     "--seconds", str(seconds), timeout=seconds + 15)
-        out, err = sink.communicate(timeout=seconds + 15)
+        send = [*traffic, "bulk-send", "--host", receiver_ip, "--port", str(PORT), "--size", str(size),
+                "--seconds", str(seconds)]
+        sender = subprocess.run(["ip", "netns", "exec", sender_ns, *send], capture_output=True, text=True,
+                                timeout=seconds + 15)
+        out, _ = sink.communicate(timeout=seconds + 15)
+    assert sender.returncode == 0, sender.stderr
     got = json.loads(out)
-    return {**got, **sent}
+    # the sink counts for `seconds` from the moment the sender connects
+    return {"bytes": got["bytes"], "seconds": len(got["counts"]) * got["interval_s"],
+            **json.loads(sender.stdout)}
 
 
 @pytest.mark.parametrize("mode", MODES)
