@@ -17,8 +17,8 @@ kv_utils = pytest.importorskip("kubernetes_validate.utils", reason="pip install 
 yamllint_config = pytest.importorskip("yamllint.config", reason="pip install yamllint")
 from yamllint import linter  # noqa: E402
 
+from natra.node import chaining, install_cli  # noqa: E402
 from natra.node import install as inst  # noqa: E402
-from natra.node import install_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -119,7 +119,7 @@ def test_env_names_and_configmap_keys_match_the_installer():
 
 def test_configmap_defaults_are_accepted_by_the_plugin():
     defaults = json.loads(the("ConfigMap")["data"]["defaults.json"])
-    entry = inst.natra_entry(defaults)
+    entry = chaining.natra_entry(defaults)
     assert entry["type"] == "natra"
 
 

@@ -1,4 +1,4 @@
-"""natra.node.install and natra.node.install_cli on fake host roots holding real-world conflists.
+"""natra.node.chaining, install and install_cli on fake host roots holding real-world conflists.
 
 Each fixture in tests/fixtures/cni is a config in the shape its project ships.
 The round trip (install, install again, uninstall) must leave every byte of the
@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 
 from natra.cni import tuning
 from natra.lab.cnichain import Attachment, Chain
+from natra.node import chaining, install_cli
 from natra.node import install as inst
-from natra.node import install_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cni"
-ALL_FIXTURES = sorted(p.name for p in FIXTURES.iterdir() if p.name.endswith(inst.CONF_EXTENSIONS))
+ALL_FIXTURES = sorted(p.name for p in FIXTURES.iterdir() if p.name.endswith(chaining.CONF_EXTENSIONS))
 CONFLISTS = [n for n in ALL_FIXTURES if n.endswith(".conflist")]
 DEFAULTS = {"attachMode": "auto", "window": "100ms", "maxBurstTime": "500ms", "width": 1024, "depth": 4,
             "logFile": "/var/log/natra/cni.log"}
@@ -73,10 +73,10 @@ def snapshot(root: Path) -> dict[str, object]:
 def runtime_view(root: Path) -> tuple[str, dict]:
     """What a runtime loads: the first config file, as a conflist."""
     conf = root / inst.DEFAULT_CONF_DIR
-    name = inst.active_config(p.name for p in conf.iterdir() if p.is_file())
+    name = chaining.active_config(p.name for p in conf.iterdir() if p.is_file())
     data = json.loads((conf / name).read_bytes())
     if not name.endswith(".conflist"):
-        data = inst.conf_to_conflist(data)
+        data = chaining.conf_to_conflist(data)
     return name, data
 
 
@@ -140,7 +140,7 @@ def test_install_then_uninstall_restores_every_byte(tmp_path, fixture):
 def test_standard_bandwidth_present_refuses_without_replace(tmp_path, fixture):
     root = make_host(tmp_path, fixture)
     before = snapshot(root)
-    with pytest.raises(inst.InstallError, match="--replace-bandwidth"):
+    with pytest.raises(chaining.InstallError, match="--replace-bandwidth"):
         inst.install(root, make_bundle(tmp_path / "bundle"), defaults=DEFAULTS)
     assert snapshot(root) == before
 
@@ -257,14 +257,14 @@ def test_configs_a_runtime_would_reject_are_refused_untouched(tmp_path, content,
     root = make_host(tmp_path)
     (root / inst.DEFAULT_CONF_DIR / "10-bad.conflist").write_text(content)
     before = snapshot(root)
-    with pytest.raises(inst.InstallError, match=message):
+    with pytest.raises(chaining.InstallError, match=message):
         inst.install(root, None, defaults={})
     assert snapshot(root) == before
 
 
 def test_no_config_yet_is_a_clear_error(tmp_path):
     root = make_host(tmp_path)
-    with pytest.raises(inst.InstallError, match="install the cluster's network plugin first"):
+    with pytest.raises(chaining.InstallError, match="install the cluster's network plugin first"):
         inst.install(root, None, defaults={})
 
 
@@ -273,7 +273,7 @@ def test_no_config_yet_is_a_clear_error(tmp_path):
 def test_defaults_the_plugin_would_reject_fail_at_install(tmp_path, defaults):
     root = make_host(tmp_path, "10-flannel.conflist")
     before = snapshot(root)
-    with pytest.raises(inst.InstallError):
+    with pytest.raises(chaining.InstallError):
         inst.install(root, None, defaults=defaults)
     assert snapshot(root) == before
 
@@ -281,7 +281,7 @@ def test_defaults_the_plugin_would_reject_fail_at_install(tmp_path, defaults):
 def test_a_bundle_without_executable_is_refused(tmp_path):
     root = make_host(tmp_path, "10-flannel.conflist")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(inst.InstallError, match="make node-bundle"):
+    with pytest.raises(chaining.InstallError, match="make node-bundle"):
         inst.install(root, tmp_path / "empty", defaults={})
 
 
@@ -333,7 +333,7 @@ def test_a_watching_runtime_only_ever_reads_whole_configs(tmp_path):
     def watch():
         while not stop.is_set():
             for p in conf.iterdir():
-                if not p.name.endswith(inst.CONF_EXTENSIONS) or not p.is_file():
+                if not p.name.endswith(chaining.CONF_EXTENSIONS) or not p.is_file():
                     continue
                 try:
                     json.loads(p.read_bytes())
@@ -378,12 +378,12 @@ def test_write_keeps_the_file_mode(tmp_path):
     (["README", "x.conflist.natra-tmp"], None),
 ])
 def test_active_config_is_the_first_cni_file(names, active):
-    assert inst.active_config(names) == active
+    assert chaining.active_config(names) == active
 
 
 def test_shadow_sorts_before_the_conf_it_replaces():
     for name in ("10-mynet.conf", "87-podman.conflist.json", "a.json", "10-x-y.conf"):
-        assert inst.shadow_name(name) < name
+        assert chaining.shadow_name(name) < name
 
 
 plugin_types = st.sampled_from(["portmap", "tuning", "firewall", "sbr", "bandwidth"])
@@ -404,11 +404,32 @@ def conflists(draw):
 @settings(max_examples=200, deadline=None)
 @given(conflists())
 def test_unchain_undoes_chain(conflist):
-    plan = inst.chain(conflist, {}, replace_bandwidth=True)
+    plan = chaining.chain(conflist, {}, replace_bandwidth=True)
     types = [p["type"] for p in plan.conflist["plugins"]]
     assert types.count("natra") == 1 and "bandwidth" not in types and types[0] != "natra"
-    assert inst.unchain(plan.conflist, plan.replaced) == conflist
-    assert inst.chain(conflist, {}, replace_bandwidth=True) == plan
+    assert chaining.unchain(plan.conflist, plan.replaced) == conflist
+    assert chaining.chain(conflist, {}, replace_bandwidth=True) == plan
+
+
+@settings(max_examples=100, deadline=None)
+@given(conflists())
+def test_plan_install_then_restore_in_memory(conflist):
+    """The decisions alone, on a config dir held in memory: no file is read or written."""
+    original = chaining.encode(conflist)
+    name = "10-net.conflist"
+    empty = chaining.ConfigDir((name,), {name: original})
+    plan = chaining.plan_install(empty, DEFAULTS, replace_bandwidth=True, bin_dirs=["opt/cni/bin"])
+    assert (plan.source, plan.target, plan.original) == (name, name, original)
+    assert plan.write_backup and plan.write_state and plan.write_target
+    installed = chaining.ConfigDir((name,), {name: plan.written}, {name: original}, plan.state)
+    again = chaining.plan_install(installed, DEFAULTS, replace_bandwidth=True, bin_dirs=["opt/cni/bin"])
+    assert again.written == plan.written and again.state == plan.state
+    assert not (again.write_backup or again.write_state or again.write_target)
+    restore = chaining.plan_restore(plan.state, installed.files, installed.backups)
+    assert restore.writes == (chaining.FileWrite(name, original, name),) and restore.config == name
+    edited = chaining.encode({**json.loads(plan.written), "name": "edited"})
+    restore = chaining.plan_restore(plan.state, {name: edited}, installed.backups)
+    assert json.loads(restore.writes[0].data) == {**json.loads(original), "name": "edited"}
 
 
 def test_is_mounted_reads_mountinfo():

@@ -4,9 +4,10 @@ Owns: the options and their environment fallbacks (the DaemonSet's init
 container passes everything through env from a ConfigMap), reading the
 cluster defaults file, waiting for the main network plugin's config to appear,
 and printing what the installer did.
-Rule: only wiring; every decision is `natra.node.install`'s. The clock is read
-here, at the edge, and only to wait. `natra.cli` finds the subcommands
-through `add_install_arguments` / `install_main` and the uninstall pair.
+Rule: only wiring; every decision about the config is `natra.node.chaining`'s,
+carried out by `natra.node.install`. The clock is read here, at the edge, and
+only to wait. `natra.cli` finds the subcommands through
+`add_install_arguments` / `install_main` and the uninstall pair.
 Must not know: conflists, bin dir layout, bpffs.
 """
 
@@ -19,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from natra.node import chaining
 from natra.node import install as inst
 
 # Environment fallbacks for every option, so one container spec serves both
@@ -158,14 +160,14 @@ def read_defaults(path: str | None, pairs: list[str]) -> dict:
         try:
             loaded = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
-            raise inst.InstallError(f"defaults file {path}: {e}") from e
+            raise chaining.InstallError(f"defaults file {path}: {e}") from e
         if not isinstance(loaded, dict):
-            raise inst.InstallError(f"defaults file {path}: must hold a JSON object")
+            raise chaining.InstallError(f"defaults file {path}: must hold a JSON object")
         defaults.update(loaded)
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise inst.InstallError(f"--default {pair!r}: expected KEY=VALUE")
+            raise chaining.InstallError(f"--default {pair!r}: expected KEY=VALUE")
         try:
             defaults[key] = json.loads(raw)
         except ValueError:
@@ -177,7 +179,7 @@ def wait_for_config(host_root: str, conf_dir: str | None, timeout_s: float) -> b
     """Poll until the config dir holds a CNI config or `timeout_s` passes."""
     host = inst.Host(host_root, conf_dir)
     deadline = time.monotonic() + timeout_s
-    while inst.active_config(host.config_names()) is None:
+    while chaining.active_config(host.config_names()) is None:
         if time.monotonic() >= deadline:
             return False
         time.sleep(POLL_INTERVAL_S)
@@ -211,7 +213,7 @@ def install_main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         defaults = read_defaults(args.defaults_file, args.default)
-        inst.natra_entry(defaults)  # a default the plugin refuses (a typo) stops here, before any wait
+        chaining.natra_entry(defaults)  # a default the plugin refuses (a typo) stops here, before any wait
         if args.wait_for_config > 0 and not wait_for_config(args.host_root, args.conf_dir,
                                                             args.wait_for_config):
             print(f"natra install: no CNI config appeared within {args.wait_for_config:g} s", file=sys.stderr)
@@ -220,7 +222,7 @@ def install_main(args: argparse.Namespace) -> int:
                               defaults=defaults, cni_bin_dirs=args.cni_bin_dirs or args.env_cni_bin_dirs,
                               conf_dir=args.conf_dir,
                               mount_bpffs=args.mount_bpffs)
-    except (inst.InstallError, OSError) as e:
+    except (chaining.InstallError, OSError) as e:
         print(f"natra install: {e}", file=sys.stderr)
         return EXIT_FAILED
     _print_report("install", report)
@@ -233,7 +235,7 @@ def uninstall_main(args: argparse.Namespace) -> int:
     try:
         report = inst.uninstall(args.host_root, cni_bin_dirs=args.cni_bin_dirs or args.env_cni_bin_dirs,
                                 conf_dir=args.conf_dir)
-    except (inst.InstallError, OSError) as e:
+    except (chaining.InstallError, OSError) as e:
         print(f"natra uninstall: {e}", file=sys.stderr)
         return EXIT_FAILED
     _print_report("uninstall", report)

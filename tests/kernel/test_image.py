@@ -51,6 +51,7 @@ import pytest
 import yaml
 
 from natra.lab.cnichain import DEBIAN_CNI_DIR
+from natra.node import chaining
 from natra.node import install as inst
 
 REPO = Path(__file__).resolve().parents[2]
@@ -275,7 +276,8 @@ def test_a_debian_11_node_limits_a_pod(tmp_path, container, image_bundle):
     (bin_dir / "natra").chmod(0o755)
     conf = root / inst.DEFAULT_CONF_DIR / N.CONFLIST
     conflist = json.loads(conf.read_bytes())
-    conflist["plugins"].insert(1, inst.natra_entry({"bpffsRoot": pins, "logFile": str(logdir / "cni.log")}))
+    entry = chaining.natra_entry({"bpffsRoot": pins, "logFile": str(logdir / "cni.log")})
+    conflist["plugins"].insert(1, entry)
     conf.write_text(json.dumps(conflist))
     os.makedirs(pins, exist_ok=True)
     try:
