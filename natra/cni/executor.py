@@ -9,6 +9,10 @@ Rule: after a request is understood, ADD and DEL never fail: every error is
 one log line and the Pod keeps working unlimited. Only CHECK, STATUS and GC
 report kernel problems, as CNI errors. natra.kernel.datapath is imported lazily so
 the pure core never needs it.
+Seam: every effect on the kernel goes through a `Kernel` (the data path, loaded on
+first use, and the veth peer lookup); each command takes one, the real one by
+default, so the decisions here run against a stand-in without root
+(tests/test_cni_executor.py) as well as against the kernel (tests/kernel/).
 Must not know: how limits are read or configs computed (the Plan says it),
 how results are printed.
 """
@@ -17,6 +21,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from natra.cni import failopen
 from natra.cni.errors import CniError, Kind
@@ -36,12 +43,54 @@ class FailOpen(Exception):
         self.kind = kind
 
 
-def _datapath():
+class Datapath(Protocol):
+    """What the executor calls of natra.kernel.datapath (the module itself is the real one)."""
+
+    def install(self, container_id: str, host_ifname: str, configs: Sequence[Any], *,
+                directions: set[int], mode: str, flow_table: int, meta: dict, root: str | None,
+                object_path: str | None, shaping: Mapping[int, Any]) -> Any: ...
+
+    def remove(self, container_id: str, *, root: str | None = None) -> None: ...
+
+    def inspect(self, container_id: str, *, root: str | None = None) -> Any: ...
+
+    def shaping_drift(self, found: Any, shaped: Mapping[int, Any]) -> list[str]: ...
+
+    def list_installed(self, *, root: str | None = None) -> list[str]: ...
+
+    def remove_orphan_ifbs(self, keep: Collection[str], *, root: str | None = None
+                           ) -> tuple[list[str], list[str]]: ...
+
+    def probe(self, *, root: str | None = None) -> list[str]: ...
+
+
+def _import_datapath() -> Datapath:
     try:
         from natra.kernel import datapath
     except Exception as exc:  # noqa: BLE001 - a broken install must not break Pods
         raise FailOpen(f"natra.kernel.datapath cannot be imported: {exc}", "datapath_unavailable") from exc
     return datapath
+
+
+def _veth_peer(netns: str, ifname: str) -> tuple[int, str]:
+    """(ifindex, name) here of the veth peer of `ifname` inside `netns`; OSError if there is none."""
+    from natra.kernel import netlink
+
+    peer = netlink.peer_ifindex(netns, ifname)
+    return peer, socket.if_indextoname(peer)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The executor's only ways to the kernel. `datapath()` gives the data path (the real one
+    imports natra.kernel.datapath on first use, so the pure core and the no-limit ADD never
+    load it; an import failure is a FailOpen); `peer(netns, ifname)` finds the veth peer."""
+
+    datapath: Callable[[], Datapath] = _import_datapath
+    peer: Callable[[str, str], tuple[int, str]] = _veth_peer
+
+
+KERNEL = Kernel()  # the real one: what the plugin uses
 
 
 def _write_marker(plan: Plan, now: int, directions: dict[str, tuple[str, str]]) -> None:
@@ -78,13 +127,10 @@ def _clear_marker(plan: Plan) -> None:
     failopen.clear(plan.settings.state_dir, plan.container_id)
 
 
-def host_interface(attachment: Attachment) -> str:
+def host_interface(attachment: Attachment, kernel: Kernel = KERNEL) -> str:
     """The prevResult host interface that really is the peer of the Pod's interface."""
-    from natra.kernel import netlink
-
     try:
-        peer = netlink.peer_ifindex(attachment.netns, attachment.pod_ifname)
-        name = socket.if_indextoname(peer)
+        peer, name = kernel.peer(attachment.netns, attachment.pod_ifname)
     except OSError as exc:
         raise FailOpen(f"peer check: cannot find the peer of {attachment.pod_ifname} "
                        f"in {attachment.netns}: {exc}", "peer_check") from exc
@@ -128,7 +174,7 @@ def _log_fallbacks(attachment: Attachment, fallback, log: Log, now: int) -> None
             log.warn(now, note)
 
 
-def add(plan: Plan, log: Log, now: int) -> dict:
+def add(plan: Plan, log: Log, now: int, kernel: Kernel = KERNEL) -> dict:
     """Limit the Pod if it has limits; return the result to print. Never raises."""
     for note in plan.notes:
         log.warn(now, note)
@@ -145,8 +191,8 @@ def add(plan: Plan, log: Log, now: int) -> dict:
                 _clear_marker(plan)
                 log.info(now, "ADD: no bandwidth limits; result passed through")
             return plan.result
-        host = host_interface(attachment)
-        datapath = _datapath()
+        host = host_interface(attachment, kernel)
+        datapath = kernel.datapath()
         settings = plan.settings
         try:
             installed = datapath.install(
@@ -157,7 +203,7 @@ def add(plan: Plan, log: Log, now: int) -> dict:
             raise FailOpen(f"data path: {exc}", "datapath") from exc
         _log_fallbacks(attachment, installed.shape_fallback, log, now)
     except FailOpen as exc:
-        _cleanup_after_failure(plan, log, now)
+        _cleanup_after_failure(plan, log, now, kernel)
         record_failed_open(plan, now, exc.kind, str(exc))
         log.error(now, f"ADD failed open, Pod is NOT limited: {exc}")
         return plan.result
@@ -171,35 +217,35 @@ def add(plan: Plan, log: Log, now: int) -> dict:
     return plan.result
 
 
-def _cleanup_after_failure(plan: Plan, log: Log, now: int) -> None:
+def _cleanup_after_failure(plan: Plan, log: Log, now: int, kernel: Kernel) -> None:
     """Leave nothing half-made behind a failed ADD (a previous ADD's state included)."""
     try:
-        _datapath().remove(plan.container_id, root=plan.settings.bpffs_root)
+        kernel.datapath().remove(plan.container_id, root=plan.settings.bpffs_root)
     except Exception as exc:  # noqa: BLE001 - the Pod works without us; say so and go on
         log.warn(now, f"cleanup after failed ADD: {exc}")
 
 
-def delete(plan: Plan, log: Log, now: int) -> None:
+def delete(plan: Plan, log: Log, now: int, kernel: Kernel = KERNEL) -> None:
     """Remove everything of this container. Never raises."""
     for note in plan.notes:
         log.warn(now, note)
     _clear_marker(plan)
     try:
-        _datapath().remove(plan.container_id, root=plan.settings.bpffs_root)
+        kernel.datapath().remove(plan.container_id, root=plan.settings.bpffs_root)
     except Exception as exc:  # noqa: BLE001 - DEL must succeed; GC retries later
         log.error(now, f"DEL: could not remove everything (GC will retry): {exc}")
         return
     log.info(now, "DEL: removed")
 
 
-def check(plan: Plan, log: Log, now: int) -> None:
+def check(plan: Plan, log: Log, now: int, kernel: Kernel = KERNEL) -> None:
     """Compare the kernel with the plan; CniError(100-102) on drift."""
     attachment = plan.attachment
     if attachment is None:
         return
     earlier = plan.cause or _read_marker(plan)
     try:
-        inspection = _datapath().inspect(plan.container_id, root=plan.settings.bpffs_root)
+        inspection = kernel.datapath().inspect(plan.container_id, root=plan.settings.bpffs_root)
     except Exception as exc:  # noqa: BLE001
         if earlier:
             log.warn(now, f"CHECK passes: ADD failed open ({earlier}); state unreadable: {exc}")
@@ -220,7 +266,7 @@ def check(plan: Plan, log: Log, now: int) -> None:
     if not inspection.problems:
         shaped = {d: p for d, p in attachment.shaped().items() if modes.get(d) != MODE_POLICE}
         try:
-            problems += _datapath().shaping_drift(inspection, shaped)
+            problems += kernel.datapath().shaping_drift(inspection, shaped)
         except Exception as exc:  # noqa: BLE001
             raise CniError.of(Kind.STATE_UNREADABLE, "cannot read Natra's qdiscs", str(exc)) from exc
     if attachment.host_candidates and inspection.host_ifname not in attachment.host_candidates:
@@ -241,10 +287,10 @@ def _in_force(record: dict) -> tuple[dict[int, str], dict[int, int]]:
     return modes, redirects
 
 
-def status(plan: Plan, log: Log, now: int) -> None:
+def status(plan: Plan, log: Log, now: int, kernel: Kernel = KERNEL) -> None:
     """Silent when ready (containerd polls it every few seconds); CniError(50) otherwise."""
     try:
-        problems = _datapath().probe(root=plan.settings.bpffs_root)
+        problems = kernel.datapath().probe(root=plan.settings.bpffs_root)
     except FailOpen as exc:
         problems = [str(exc)]
     except Exception as exc:  # noqa: BLE001
@@ -255,10 +301,10 @@ def status(plan: Plan, log: Log, now: int) -> None:
         raise CniError.of(Kind.NOT_AVAILABLE, "Natra cannot limit Pods on this node", "; ".join(problems))
 
 
-def gc(plan: Plan, log: Log, now: int) -> None:
+def gc(plan: Plan, log: Log, now: int, kernel: Kernel = KERNEL) -> None:
     """Remove every installed container GC's valid list does not name, and every IFB of this
     pin root whose name derives from no valid container."""
-    datapath = _datapath()
+    datapath = kernel.datapath()
     root = plan.settings.bpffs_root
     failed = []
     try:

@@ -7,7 +7,7 @@ is understood fails open for ADD/DEL.
 Rule: stdout carries exactly one JSON document (or nothing, where the spec
 says so); logs go to the Log, never to stdout. Time comes in as `now` (ns).
 Must not know: argv, sys.stdin/sys.stdout (natra.cli wires those), the kernel
-(natra.cni.executor does that).
+(natra.cni.executor does that; `run` only hands it the executor's Kernel).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from natra.cni import executor, versions
 from natra.cni.errors import CniError, Kind
+from natra.cni.executor import KERNEL, Kernel
 from natra.cni.log import Log
 from natra.cni.plan import Plan, make_plan
 from natra.cni.request import Request, parse_command, parse_request
@@ -31,27 +32,27 @@ def _json(document: dict) -> bytes:
     return json.dumps(document).encode() + b"\n"
 
 
-def cmd_add(plan: Plan, log: Log, now: int) -> bytes:
-    return _json(executor.add(plan, log, now))
+def cmd_add(plan: Plan, log: Log, now: int, kernel: Kernel = KERNEL) -> bytes:
+    return _json(executor.add(plan, log, now, kernel))
 
 
-def cmd_del(plan: Plan, log: Log, now: int) -> bytes:
-    executor.delete(plan, log, now)
+def cmd_del(plan: Plan, log: Log, now: int, kernel: Kernel = KERNEL) -> bytes:
+    executor.delete(plan, log, now, kernel)
     return b""
 
 
-def cmd_check(plan: Plan, log: Log, now: int) -> bytes:
-    executor.check(plan, log, now)
+def cmd_check(plan: Plan, log: Log, now: int, kernel: Kernel = KERNEL) -> bytes:
+    executor.check(plan, log, now, kernel)
     return b""
 
 
-def cmd_status(plan: Plan, log: Log, now: int) -> bytes:
-    executor.status(plan, log, now)
+def cmd_status(plan: Plan, log: Log, now: int, kernel: Kernel = KERNEL) -> bytes:
+    executor.status(plan, log, now, kernel)
     return b""
 
 
-def cmd_gc(plan: Plan, log: Log, now: int) -> bytes:
-    executor.gc(plan, log, now)
+def cmd_gc(plan: Plan, log: Log, now: int, kernel: Kernel = KERNEL) -> bytes:
+    executor.gc(plan, log, now, kernel)
     return b""
 
 
@@ -81,9 +82,10 @@ def _request_version(stdin: bytes) -> str:
     return version if isinstance(version, str) and versions.is_supported(version) else versions.LATEST
 
 
-def run(env: Mapping[str, str], stdin: bytes, *, now: int, stderr=None, log: Log | None = None
-        ) -> tuple[int, bytes]:
-    """One CNI call: (exit code, stdout). `now` is ns since the epoch, for the log."""
+def run(env: Mapping[str, str], stdin: bytes, *, now: int, stderr=None, log: Log | None = None,
+        kernel: Kernel = KERNEL) -> tuple[int, bytes]:
+    """One CNI call: (exit code, stdout). `now` is ns since the epoch, for the log; `kernel` is
+    what the executor acts on (the real kernel unless a test substitutes a stand-in)."""
     request = plan = None
     try:
         request = parse_request(env, stdin)
@@ -91,7 +93,7 @@ def run(env: Mapping[str, str], stdin: bytes, *, now: int, stderr=None, log: Log
             return EXIT_OK, cmd_version(request)
         plan = make_plan(request, env)
         log = log or _log_for(env, request, plan, stderr)
-        return EXIT_OK, COMMANDS[request.command](plan, log, now)
+        return EXIT_OK, COMMANDS[request.command](plan, log, now, kernel)
     except CniError as err:
         log = log or _log_for(env, request, plan, stderr)
         log.error(now, f"error {err.code}: {err}")
