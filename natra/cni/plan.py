@@ -203,7 +203,9 @@ def _limit_plan(request: Request, settings: Settings) -> tuple[Attachment | None
         container_id=request.container_id, pod_ifname=request.ifname, netns=request.netns,
         host_candidates=candidates, directions=frozenset(limits.directions), configs=configs,
         params=params, fallback=fallback,
-        mode=settings.attach_mode, flow_table=tuning.flow_table, meta=meta)
+        mode=settings.attach_mode, flow_table=tuning.flow_table or P.flow_table_entries(
+            [fb or p for p, fb in zip(params, fallback, strict=True)]),
+        meta=meta)
     cause = None if candidates or request.command != "ADD" else \
         f"{CAUSE_NO_HOST} for {request.ifname}"
     return attachment, cause, notes

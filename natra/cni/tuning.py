@@ -58,7 +58,7 @@ class Tuning:
     max_burst_time_ns: int = P.DEFAULT_BURST_TIME_NS  # ns of rate a burst may hold at most
     reserve_bits: int | None = None  # bits; None: 5 % of the burst, >= two GSO packets
     ecn: bool = True
-    flow_table: int = P.DEFAULT_FLOW_TABLE  # heavy-flow entries per Pod
+    flow_table: int | None = None  # heavy-flow entries per Pod; None: sized from the limits
     # "shape" (HTB queues, the default: docs/cni.md says why) or "police" (drops in the program).
     mode: str = P.MODE_SHAPE
     classes: int = P.DEFAULT_CLASSES  # shaping: heavy classes (per-flow queues) per direction
@@ -90,7 +90,7 @@ class Tuning:
              f"maxBurstTime {self.max_burst_time_ns} ns outside 1ms..10s"),
             (self.reserve_bits is None or 0 <= self.reserve_bits <= L.MAX_BURST_BITS,
              f"reserve {self.reserve_bits} bits outside 0..2^34"),
-            (1 <= self.flow_table <= P.MAX_FLOW_TABLE,
+            (self.flow_table is None or 1 <= self.flow_table <= P.MAX_FLOW_TABLE,
              f"flowTable {self.flow_table} outside 1..{P.MAX_FLOW_TABLE}"),
             (self.mode in P.MODES, f"mode {self.mode!r} must be one of {', '.join(P.MODES)}"),
             (1 <= self.classes <= L.MAX_CLASSES, f"classes {self.classes} outside 1..{L.MAX_CLASSES}"),
@@ -180,7 +180,7 @@ TUNING_KNOBS = {
     "maxBurstTime": ("max_burst_time_ns", read_duration),
     "reserve": ("reserve_bits", read_auto_count),
     "ecn": ("ecn", read_bool),
-    "flowTable": ("flow_table", read_count),
+    "flowTable": ("flow_table", read_auto_count),
     "mode": ("mode", read_mode),
     "classes": ("classes", read_count),
     "queue": ("queue_ns", read_duration),

@@ -20,7 +20,7 @@ DEFAULT_WIDTH = 1024  # columns; 4 x 1024 cells keep recall 1.0 at 1 % threshold
 DEFAULT_DEPTH = 4
 DEFAULT_WINDOW_NS = 100_000_000  # 100 ms: ages a stopped flow out within 200 ms
 DEFAULT_EARLY_PERCENT = 50  # yellow zone starts half-way up the heavy part
-DEFAULT_FLOW_TABLE = 4096  # heavy-flow entries per Pod (LRU)
+DEFAULT_FLOW_TABLE = 4096  # heavy-flow entries per Pod (LRU) when nothing else decides
 # A drop policer needs hundreds of ms of rate for TCP to reach the limit
 # (a bulk TCP flow through a drop policer reached 0.97 of the limit with 500 ms
 # of burst and 0.50 with 100 ms; docs/cni.md says why the default clamps there).
@@ -42,6 +42,14 @@ MIN_THRESHOLD_BYTES = 64 * 1024
 MIN_WINDOW_NS = 1_000_000  # 1 ms
 MAX_WINDOW_NS = 60 * L.NS_PER_SEC
 MAX_FLOW_TABLE = 1 << 20
+# The flow table sized from what it must hold (flow_table_entries): only heavy
+# flows get an entry, and a direction has at most ceil(rate * window / threshold)
+# of them per window while its senders keep to the rate; entries of the current
+# and the previous window are live, and LRU_HASH may evict before it is full,
+# hence twice that again. Never below 256 entries, never above 65,536 when derived.
+FLOW_TABLE_HEADROOM = 4
+MIN_AUTO_FLOW_TABLE = 256
+MAX_AUTO_FLOW_TABLE = 1 << 16
 # Shaping: how frames over the limit are handled.  "police" drops them in the
 # program (no queue); "shape" classifies them into HTB queues that pace.
 MODE_POLICE = "police"
@@ -158,6 +166,27 @@ def shape_window_ns(rate_bps: int, threshold_bytes: int | None = None) -> int:
     threshold = threshold_bytes or default_threshold_bytes(rate_bps, DEFAULT_WINDOW_NS)
     needed = SHAPE_WINDOW_THRESHOLDS * threshold * 8 * L.NS_PER_SEC // max(rate_bps, 1)
     return min(max(DEFAULT_WINDOW_NS, needed), MAX_WINDOW_NS)
+
+
+def flow_table_entries(params) -> int:
+    """Heavy-flow entries a Pod needs, from its directions' parameters (None: unlimited).
+
+    Per policing direction: ceil(rate * window / (8e9 * threshold)) heavy flows per
+    window, times FLOW_TABLE_HEADROOM; summed (both directions share the table),
+    rounded up to a power of two, clamped to MIN/MAX_AUTO_FLOW_TABLE. Shaping does
+    not use the table. More heavy flows than this (senders far over the rate, a
+    threshold set low) evict live entries; the program counts that (FLOW_OVERFLOW).
+    """
+    need = 0
+    for p in params:
+        if p is None or p.mode != MODE_POLICE:
+            continue
+        per_window_bytes = p.rate_bps * p.window_ns // (8 * L.NS_PER_SEC)
+        need += FLOW_TABLE_HEADROOM * (-(-per_window_bytes // p.threshold_bytes))
+    size = MIN_AUTO_FLOW_TABLE
+    while size < need and size < MAX_AUTO_FLOW_TABLE:
+        size *= 2
+    return size
 
 
 def params_for(rate_bps: int, burst_bits: int | None = None, **tuning) -> DataPathParams:
