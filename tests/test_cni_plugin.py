@@ -1,7 +1,9 @@
 """The plugin end to end through run(env, stdin), without root or a kernel.
 
 What needs the kernel (a real attach, CHECK of real state, STATUS on bpffs)
-is in tests/kernel/test_cni_chain.py. Here every path that does not: every
+is in tests/kernel/test_cni_chain.py; the executor's decisions on those paths
+are also in tests/test_cni_executor.py, against a fake data path. Here every
+path that needs neither: every
 command and version, protocol errors with their codes, fail-open on causes
 that need no privilege (a Pod netns that does not exist), logging rules.
 """
