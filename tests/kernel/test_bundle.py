@@ -110,9 +110,14 @@ def test_chain_through_the_bundle_limits_a_pod_both_ways(node):
 def test_add_latency_bundle_next_to_python(node, tmp_path):
     """Reports ADD latency of both entry points, interleaved so load on the
     shared machine hits both alike, with the CPU time each call used (less
-    sensitive to that load). Not a pass/fail on speed: it fails only if an ADD
-    fails."""
-    root, tag, _ = node
+    sensitive to that load). Not a pass/fail on speed: it fails if an ADD does
+    not limit the Pod (a failed-open ADD also exits 0, so each call's log line
+    is checked, and after the last one the Pod's program is hooked with its
+    rate), since the time of an ADD that did nothing is no ADD latency."""
+    from natra.kernel import datapath
+    from natra.kernel import layout as L
+
+    root, tag, pins = node
     chain = N.chain_of(root)
     (tmp_path / "pybin").mkdir()
     python_chain = Chain(chain.conflist, make_bin_dir(str(tmp_path / "pybin"), python=sys.executable))
@@ -128,11 +133,18 @@ def test_add_latency_bundle_next_to_python(node, tmp_path):
                 for label, runner in (("bundle", chain), ("python -m natra", python_chain)):
                     before = resource.getrusage(resource.RUSAGE_CHILDREN)
                     start = time.perf_counter()
-                    runner._exec(natra, "ADD", pod.att, prev)  # a repeated ADD replaces
+                    call = runner.run(natra, "ADD", pod.att, prev)  # a repeated ADD replaces
                     times[label].append((time.perf_counter() - start) * 1000)
                     after = resource.getrusage(resource.RUSAGE_CHILDREN)
                     cpu[label].append((after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
                                       * 1000)
+                    assert call.ok and call.output == prev, (label, call.code, call.stderr)
+                    assert "ADD: limited to_pod" in call.stderr and "failed open" not in call.stderr, \
+                        (label, call.stderr)
+            found = datapath.inspect(pod.att.container_id, root=pins)
+            assert found is not None and found.ok, found and found.problems
+            assert {d for d, h in found.hooks.items() if h.attached} == {L.DIR_TO_POD}
+            assert found.configs[L.DIR_TO_POD].rate_bps == N.LIMIT_BPS
         finally:
             chain._exec(natra, "DEL", pod.att, prev)
             chain._exec(ptp, "DEL", pod.att, prev)
