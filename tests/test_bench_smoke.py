@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,9 @@ from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "kernel"))
+
+import netns as N  # noqa: E402 - tests/kernel/netns.py: the kernel tests' skip rule
 
 from bench import stats  # noqa: E402 - the repository root is not on sys.path under plain `pytest`
 
@@ -116,19 +118,8 @@ def test_after_burst_share_starts_once_the_burst_is_delivered():
 # ---- the smoke run -------------------------------------------------------------------------------
 
 def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (namespaces, veths, BPF)"
-    for tool in ("iperf3", "bpftool", "tc", "ip"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    for plugin in ("ptp", "host-local", "bandwidth"):
-        if not os.access(f"/usr/lib/cni/{plugin}", os.X_OK):
-            return f"/usr/lib/cni/{plugin} missing (apt-get install containernetworking-plugins)"
-    if not (REPO / "natra" / "bpf" / "natra.bpf.o").exists():
-        return "BPF objects not built (make bpf)"
-    if not os.path.ismount("/sys/fs/bpf"):
-        return "bpffs not mounted at /sys/fs/bpf"
-    return None
+    return N.kernel_skip_reason(node_bpffs=True, tools=("iperf3", "bpftool"),
+                                cni_plugins=("ptp", "host-local", "bandwidth"))
 
 
 def _leftovers(record_path: Path | None = None) -> list[str]:

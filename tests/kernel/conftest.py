@@ -1,8 +1,8 @@
 """Shared fixtures of the kernel tests: skip without the kernel, private loaded objects.
 
-Owns: the decision whether kernel tests can run here (root, bpf(2), bpffs,
-the built objects) and `load_natra`, a factory of freshly loaded private
-objects that are always closed again, also when a test fails.
+Owns: the `kernel` fixture, which skips a test that cannot run here (the rule
+is netns.kernel_skip_reason's), and `load_natra`, a factory of freshly loaded
+private objects that are always closed again, also when a test fails.
 Rule: a kernel test never shares maps with another test (test runs change the
 program's real maps), and every object loaded here is closed in a finally.
 Must not know: attach modes, netns topologies (tests/kernel/netns.py has those).
@@ -10,54 +10,22 @@ Must not know: attach modes, netns topologies (tests/kernel/netns.py has those).
 
 from __future__ import annotations
 
-import os
-
+import netns
 import pytest
 
 from natra.kernel import layout as L
 from natra.kernel.params import ConfigValues, params_for, to_config
 
-BPFFS = "/sys/fs/bpf"
-BPF_FS_MAGIC = 0xCAFE4A11
 # A small sketch keeps snapshots fast and makes column sharing likely.
 TEST_WIDTH = 64
 TEST_DEPTH = 4
 TEST_RATE_BPS = 10_000_000
 
 
-def _is_bpffs(path: str) -> bool:
-    import ctypes
-
-    class _StatFs(ctypes.Structure):
-        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 120)]
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = _StatFs()
-    if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
-        return False
-    return buf.f_type & 0xFFFFFFFF == BPF_FS_MAGIC
-
-
-def kernel_unavailable() -> str | None:
-    """Why kernel tests cannot run here, or None when they can."""
-    if os.geteuid() != 0:
-        return "needs root for bpf(2)"
-    if not os.path.isdir(BPFFS) or not _is_bpffs(BPFFS):
-        return f"bpffs is not mounted at {BPFFS} (mount -t bpf bpf {BPFFS})"
-    from natra.kernel.loader import LoadError, object_path
-
-    try:
-        for variant in ("natra", "natra_trace", "natra_parse"):
-            object_path(variant)
-    except LoadError as e:
-        return str(e)
-    return None
-
-
 @pytest.fixture(scope="session")
 def kernel():
-    """Skip the test unless root, bpffs and the built objects are present."""
-    reason = kernel_unavailable()
+    """Skip the test unless root, bpffs (at /sys/fs/bpf too) and the built objects are present."""
+    reason = netns.kernel_skip_reason(node_bpffs=True, objects=netns.ALL_OBJECTS)
     if reason:
         pytest.skip(reason)
 

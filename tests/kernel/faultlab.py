@@ -23,7 +23,7 @@ import tempfile
 import time
 
 import chain as C
-from conftest import kernel_unavailable
+import netns
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -41,11 +41,7 @@ LEAK_SETTLE_S = 5.0  # RCU grace periods and deferred frees take milliseconds; s
 
 
 def unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    if not os.path.exists(os.path.join(C.DEBIAN_CNI_DIR, "ptp")):
-        return "containernetworking-plugins not installed (/usr/lib/cni/ptp)"
-    return kernel_unavailable()
+    return netns.kernel_skip_reason(node_bpffs=True, objects=netns.ALL_OBJECTS, cni_plugins=("ptp",))
 
 
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -13,8 +13,14 @@ The host side forwards between the two veths with per-interface forwarding
 comes from another namespace, as on a node: a sender in the host's own
 namespace would hide how a limiter treats TCP.
 
+Also: the one rule by which a kernel test skips (`kernel_skip_reason`: root,
+iproute2, BTF, bpffs, the built objects, and whatever tools, plugins, files,
+modules and libraries a module names); every kernel test module and fixture
+asks it.
+
 Rule: every name starts with NAME_PREFIX so parallel test suites never collide
-and a leak is easy to attribute. Must not know: Natra's programs or maps.
+and a leak is easy to attribute. Must not know: Natra's programs or maps
+(beyond the names of the built objects a test needs).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ NAME_PREFIX = "nt3-"
 NETNS_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
 BPF_FS_MAGIC = 0xCAFE4A11
+NODE_BPFFS = "/sys/fs/bpf"  # where a node (and Natra's default pin root) has bpffs
+IPROUTE2 = ("ip", "tc")
+ALL_OBJECTS = ("natra", "natra_trace", "natra_parse")  # `make bpf` builds all three
 # Subnets are drawn from 10.200.0.0/13 in /30 steps and checked against the
 # host's routes, so two parallel topologies do not share a prefix.
 SUBNET_POOL = ipaddress.ip_network("10.200.0.0/13")
@@ -52,32 +61,42 @@ def run(*cmd: str, ns: str | None = None, check: bool = True, timeout: float = 3
     return done.stdout
 
 
-def have_root_kernel() -> str | None:
-    """None when kernel tests can run here, else the reason they cannot."""
+def kernel_skip_reason(*, bpf: bool = True, objects: tuple[str, ...] = ("natra",), node_bpffs: bool = False,
+                       tools: tuple[str, ...] = (), cni_plugins: tuple[str, ...] = (),
+                       files: dict[str, str] | None = None, modules: tuple[str, ...] = (),
+                       libraries: tuple[str, ...] = ()) -> str | None:
+    """None when a kernel test module can run here, else why not: the one skip rule of the kernel tests.
+
+    Always root and iproute2 (`ip`, `tc`). With `bpf` (the default) a kernel
+    with BTF, a private bpffs mount and the built BPF `objects` (variants of
+    natra/bpf/<variant>.bpf.o); with `node_bpffs` bpffs mounted at
+    /sys/fs/bpf, for tests that drive Natra as a node would. Besides: `tools`
+    on PATH, Debian's `cni_plugins` (containernetworking-plugins), `files`
+    (path -> the Debian package that brings it), importable `modules`,
+    loadable shared `libraries`. No reason starts with ci_tally.NOT_APPLICABLE:
+    under NATRA_REQUIRE_KERNEL=1 every one of these skips is a failure.
+    """
     if os.geteuid() != 0:
         return "needs root"
-    for tool in ("ip", "tc"):
+    for tool in IPROUTE2:
         if shutil.which(tool) is None:
             return f"needs {tool} (iproute2)"
-    if not os.path.exists("/sys/kernel/btf/vmlinux"):
-        return "kernel without BTF"
-    return _bpffs_mount_problem()
-
-
-def kernel_skip_reason(*, tools: tuple[str, ...] = (), files: dict[str, str] | None = None,
-                       modules: tuple[str, ...] = ()) -> str | None:
-    """None when a kernel test module can run here, else why not.
-
-    Root and the kernel features (have_root_kernel), the built BPF object, and
-    what the module needs besides: `tools` on PATH, `files` (path -> the Debian
-    package that brings it), importable `modules`.
-    """
-    reason = have_root_kernel()
-    if reason:
-        return reason
+    if bpf:
+        if not os.path.exists("/sys/kernel/btf/vmlinux"):
+            return "kernel without BTF"
+        problem = _bpffs_mount_problem()
+        if problem:
+            return problem
+    if node_bpffs and not is_bpffs(NODE_BPFFS):
+        return f"bpffs is not mounted at {NODE_BPFFS} (mount -t bpf bpf {NODE_BPFFS})"
     for tool in tools:
         if shutil.which(tool) is None:
             return f"needs {tool}"
+    if cni_plugins:
+        from natra.lab.cnichain import DEBIAN_CNI_DIR
+
+        files = {**{os.path.join(DEBIAN_CNI_DIR, p): "containernetworking-plugins" for p in cni_plugins},
+                 **(files or {})}
     for path, package in (files or {}).items():
         if not os.path.exists(path):
             return f"needs {path} (apt-get install {package})"
@@ -86,12 +105,19 @@ def kernel_skip_reason(*, tools: tuple[str, ...] = (), files: dict[str, str] | N
             __import__(module)
         except ImportError:
             return f"needs the Python module {module}"
-    from natra.kernel.loader import LoadError, object_path
+    for library in libraries:
+        try:
+            ctypes.CDLL(library)
+        except OSError as e:
+            return f"needs {library}: {e}"
+    if bpf:
+        from natra.kernel.loader import LoadError, object_path
 
-    try:
-        object_path()
-    except LoadError as e:
-        return str(e)
+        try:
+            for variant in objects:
+                object_path(variant)
+        except LoadError as e:
+            return str(e)
     return None
 
 

@@ -19,17 +19,17 @@ import json
 import os
 import resource
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import netns
 import nodelab as N
 import pytest
 
-from natra.lab.cnichain import DEBIAN_CNI_DIR, Chain, make_bin_dir
+from natra.lab.cnichain import Chain, make_bin_dir
 from natra.node import install as inst
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,16 +42,9 @@ ADD_RUNS = 12
 def _missing() -> str | None:
     if not (BUNDLE / "natra").is_file():
         return "node bundle not built (make node-bundle)"
-    if os.geteuid() != 0:
-        return "needs root (netns, bpf)"
-    if not os.path.exists(os.path.join(DEBIAN_CNI_DIR, "ptp")):
-        return "needs containernetworking-plugins (ptp, host-local)"
-    if shutil.which("iperf3") is None:
-        return "needs iperf3"
-    out = subprocess.run(["stat", "-f", "-c", "%T", BPFFS], capture_output=True, text=True).stdout
-    if "bpf" not in out:
-        return f"bpffs not mounted at {BPFFS}"
-    return None
+    # the bundle carries its own BPF objects
+    return netns.kernel_skip_reason(objects=(), node_bpffs=True, tools=("iperf3",),
+                                    cni_plugins=("ptp", "host-local"))
 
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]

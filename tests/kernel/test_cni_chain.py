@@ -25,8 +25,8 @@ from dataclasses import replace
 
 import chain as C
 import ci_tally
+import netns
 import pytest
-from conftest import kernel_unavailable
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -46,15 +46,8 @@ VERSION_CAPS = {"ptp": "1.0.0", "bridge": "1.0.0"}  # Debian's plugins 1.1.1 sto
 BUNDLE = os.path.join(C.REPO, "dist", "natra", "natra")
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    if not os.path.exists(os.path.join(C.DEBIAN_CNI_DIR, "ptp")):
-        return "containernetworking-plugins not installed (/usr/lib/cni/ptp)"
-    return kernel_unavailable()
-
-
-pytestmark = [pytest.mark.root, pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))]
+SKIP_REASON = netns.kernel_skip_reason(node_bpffs=True, objects=netns.ALL_OBJECTS, cni_plugins=("ptp",))
+pytestmark = [pytest.mark.root, pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))]
 
 
 class Lab:

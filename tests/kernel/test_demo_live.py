@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import netns
 import pytest
-from conftest import kernel_unavailable
 
 from natra.kernel import pins
 from natra.lab import demo as D
@@ -37,19 +36,10 @@ IPERF_ACCOUNTING = 1.03  # iperf3's receiver counts a little after the sender's 
 MIN_SHARE = 0.8  # TCP through a 100 Mbit/s Natra Pod reaches at least this share of the limit
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    missing = [t for t in ("iperf3", "nsenter", "tc") if shutil.which(t) is None]
-    if missing:
-        return f"missing {', '.join(missing)}"
-    if not os.path.exists("/usr/lib/cni/ptp"):
-        return "containernetworking-plugins not installed (/usr/lib/cni/ptp)"
-    return kernel_unavailable()
-
-
+SKIP_REASON = netns.kernel_skip_reason(node_bpffs=True, objects=netns.ALL_OBJECTS,
+                                       tools=("iperf3", "nsenter"), cni_plugins=("ptp",))
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("default_pin_root"),
-              pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))]
+              pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))]
 
 
 def demo(*args: str) -> list[str]:

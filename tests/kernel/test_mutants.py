@@ -23,7 +23,6 @@ summary line (tests/ci_tally.py).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ci_tally
+import netns
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
@@ -68,20 +68,12 @@ MUTANTS = [
 ]
 
 
-def _unavailable() -> str | None:
-    from conftest import kernel_unavailable
-
-    reason = kernel_unavailable()
-    if reason:
-        return reason
-    for tool in ("make", "clang"):
-        if shutil.which(tool) is None:
-            return f"{tool} is needed to build the mutants"
-    return None
+# make and clang build the mutants
+SKIP_REASON = netns.kernel_skip_reason(node_bpffs=True, objects=netns.ALL_OBJECTS, tools=("make", "clang"))
 
 
 def needs_kernel(test):
-    return pytest.mark.root(pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))(test))
+    return pytest.mark.root(pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))(test))
 
 
 def mutate(text: str, mutant: Mutant) -> str:

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import secrets
-import shutil
 import socket
 import subprocess
 import threading
@@ -29,17 +27,7 @@ import pytest
 
 from natra.kernel import qdisc as Q
 
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (rtnetlink changes need CAP_NET_ADMIN)"
-    for tool in ("ip", "tc"):
-        if shutil.which(tool) is None:
-            return f"needs {tool} (iproute2) to cross-check"
-    return None
-
-
-SKIP_REASON = _skip_reason()
+SKIP_REASON = netns.kernel_skip_reason(bpf=False)  # root for rtnetlink, iproute2 to cross-check
 
 
 def needs_root(test):

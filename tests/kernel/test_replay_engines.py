@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 import uuid
 
+import netns
 import pytest
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to load BPF programs"),
-]
+SKIP_REASON = netns.kernel_skip_reason()  # the kernel engine loads the built object
+pytestmark = [pytest.mark.root, pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))]
 
 
 def natra_sim(*args: str) -> dict:

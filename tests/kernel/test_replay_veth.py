@@ -46,23 +46,6 @@ from natra.kernel import layout as L
 from natra.kernel.params import params_for, to_config
 
 
-def _skip_reason() -> str | None:
-    reason = netns.have_root_kernel()
-    if reason:
-        return reason
-    from natra.kernel.loader import LoadError, object_path
-
-    try:
-        object_path("natra_trace")
-    except LoadError as e:
-        return str(e)
-    try:
-        ctypes.CDLL(LIBBPF)
-    except OSError as e:
-        return f"needs {LIBBPF} for ring buffer reading: {e}"
-    return None
-
-
 def _model_class():
     try:
         from natra.reference.engine import Model
@@ -71,8 +54,9 @@ def _model_class():
     return Model
 
 
-LIBBPF = "libbpf.so.1"
-pytestmark = [pytest.mark.root, pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))]
+LIBBPF = "libbpf.so.1"  # reads the ring buffer
+SKIP_REASON = netns.kernel_skip_reason(objects=("natra_trace",), libraries=(LIBBPF,))
+pytestmark = [pytest.mark.root, pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))]
 
 FRAMES = 10_000
 BATCH = 50  # frames sent back to back (~38 kB), then a pause

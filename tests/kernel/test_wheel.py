@@ -25,10 +25,11 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+import netns
 import nodelab as N
 import pytest
 
-from natra.lab.cnichain import DEBIAN_CNI_DIR, natra_entry
+from natra.lab.cnichain import natra_entry
 from natra.node import install as inst
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,15 +50,11 @@ def _pypi_reachable() -> bool:
 
 
 def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (netns, bpf)"
-    if "bpf" not in subprocess.run(["stat", "-f", "-c", "%T", BPFFS], capture_output=True, text=True).stdout:
-        return f"bpffs not mounted at {BPFFS}"
-    if not os.path.exists(os.path.join(DEBIAN_CNI_DIR, "ptp")):
-        return "needs containernetworking-plugins (ptp, host-local)"
-    for tool in ("clang", "make", "iperf3", "git"):
-        if shutil.which(tool) is None:
-            return f"needs {tool}"
+    # the wheel builds its own BPF objects
+    reason = netns.kernel_skip_reason(objects=(), node_bpffs=True, tools=("clang", "make", "iperf3", "git"),
+                                      cni_plugins=("ptp", "host-local"))
+    if reason:
+        return reason
     if not (REPO / ".git").exists():
         return "not a git checkout: the clean copy is made from git's file list"
     if not _pypi_reachable():

@@ -31,15 +31,8 @@ PEER_DIR = Path(__file__).resolve().parent
 DEBIAN_PLUGINS = ("ptp", "bridge", "host-local", "bandwidth")
 
 
-def skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "the peer scenarios need root (namespaces, tc, bpf)"
-    files = {os.path.join(C.DEBIAN_CNI_DIR, p): "containernetworking-plugins" for p in DEBIAN_PLUGINS}
-    return N.kernel_skip_reason(tools=("ip", "tc"), files=files)
-
-
 def pytest_collection_modifyitems(config, items):
-    reason = skip_reason()
+    reason = N.kernel_skip_reason(cni_plugins=DEBIAN_PLUGINS)
     for item in items:
         if PEER_DIR not in Path(str(item.fspath)).parents:
             continue
