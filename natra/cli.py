@@ -7,7 +7,12 @@ entry names a module and the functions in it that add the arguments and run
 the command, so other modules own their subcommands; only the chosen one is
 imported.
 Rule: in CNI mode nothing but the plugin's JSON reaches stdout, and nothing
-heavy is imported. A subcommand whose module needs an extra that is not
+heavy is imported: the call goes first to the node agent when one listens
+(natra.cni.agentclient, which imports only what Python loaded at start-up), and
+only when none answers does this process import the plugin and run the call
+itself, under the container's lock (natra.cni.serial). Module level imports
+stay at os, sys and time for that reason; argparse and importlib are imported
+by the tool half only. A subcommand whose module needs an extra that is not
 installed says which one (`missing_extra`), never a traceback; `natra-sim`
 uses the same table.
 Must not know: what the subcommands do.
@@ -15,23 +20,27 @@ Must not know: what the subcommands do.
 
 from __future__ import annotations
 
-import argparse
-import errno
-import importlib
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 import natra
 
 
-@dataclass(frozen=True)
 class Subcommand:
-    module: str
-    help: str
-    main: str = "main"  # function(args: argparse.Namespace) -> int
-    add_arguments: str | None = "add_arguments"  # function(parser) -> None, optional
+    """Where a subcommand lives: its module, help line, and the functions in the module."""
+
+    __slots__ = ("module", "help", "main", "add_arguments")
+
+    def __init__(self, module: str, help: str, main: str = "main",  # noqa: A002 - argparse's word
+                 add_arguments: str | None = "add_arguments"):
+        self.module = module
+        self.help = help
+        self.main = main  # function(args: argparse.Namespace) -> int
+        self.add_arguments = add_arguments  # function(parser) -> None, optional
+
+    def __repr__(self) -> str:
+        return f"Subcommand({self.module!r}, {self.help!r}, main={self.main!r})"
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
@@ -48,6 +57,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                           main="install_main", add_arguments="add_install_arguments"),
     "uninstall": Subcommand("natra.node.install_cli", "remove Natra from this node",
                             main="uninstall_main", add_arguments="add_uninstall_arguments"),
+    "agent": Subcommand("natra.node.agent", "run CNI calls warm for the plugin (the DaemonSet's process)",
+                        main="agent_main", add_arguments="add_agent_arguments"),
 }
 
 
@@ -66,32 +77,56 @@ def missing_extra(exc: BaseException) -> str | None:
     return f"needs the {extra!r} extra ({exc.name} is not installed): pip install 'natra[{extra}]'"
 
 
-def version_main(args: argparse.Namespace) -> int:
+def version_main(args) -> int:
     from natra.cni import versions
 
     print(f"natra {natra.__version__} (CNI {', '.join(versions.SUPPORTED_VERSIONS)})")
     return 0
 
 
-def run_plugin() -> int:
-    from natra.cni.plugin import run
-    from natra.cni.request import MAX_STDIN_BYTES
+MAX_STDIN_BYTES = 4 * 1024 * 1024  # natra.cni.request's limit; one byte more tells "too large"
 
-    stdin = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)  # one byte more tells "too large"
-    code, out = run(os.environ, stdin, now=time.time_ns(), stderr=sys.stderr)
+
+def run_plugin() -> int:
+    from natra.cni import agentclient
+
+    stdin = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
+    answered = agentclient.forward(os.environ, stdin)
+    if answered is not None:
+        code, out, err = answered
+        if err:
+            sys.stderr.buffer.write(err)
+            sys.stderr.buffer.flush()
+    else:
+        code, out = run_here(os.environ, stdin)
     sys.stdout.buffer.write(out)
     sys.stdout.buffer.flush()
     return code
 
 
+def run_here(env, stdin: bytes) -> tuple[int, bytes]:
+    """The call in this process, under the container's lock (no agent answered)."""
+    from natra.cni import serial
+    from natra.cni.plugin import run
+
+    with serial.hold(env) as held:
+        if not held and env.get("CNI_CONTAINERID"):
+            sys.stderr.write(f"natra WARN: container {env['CNI_CONTAINERID']} lock not held; going ahead\n")
+        return run(env, stdin, now=time.time_ns(), stderr=sys.stderr)
+
+
 def _resolve(entry: Subcommand, attribute: str | None):
+    import importlib
+
     if attribute is None:
         return None
     module = importlib.import_module(entry.module)
     return getattr(module, attribute, None)
 
 
-def build_parser(chosen: str | None) -> argparse.ArgumentParser:
+def build_parser(chosen: str | None):
+    import argparse
+
     parser = argparse.ArgumentParser(prog="natra", description=natra.__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, entry in SUBCOMMANDS.items():
@@ -142,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _privilege_hint(exc: OSError) -> str:
+    import errno
+
     if exc.errno in (errno.EPERM, errno.EACCES):
         return " (run as root, or with CAP_BPF and CAP_SYS_ADMIN to read Natra's pins)"
     return ""

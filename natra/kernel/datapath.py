@@ -58,6 +58,26 @@ META_VERSION = 1
 # must not overflow.
 REASON_MAX_CHARS = 300
 MODE_PENDING = "pending"  # meta written, attach not finished (a crash leaves this)
+# Where install gets a loaded object: BpfObject.load, or a long-lived process's
+# pool of objects loaded ahead (natra.kernel.pool, set by the node agent).
+_object_source = None
+
+
+# Where remove hands the steps that wait for RCU grace periods: None runs them in
+# line; the node agent runs them after it has answered (see remove).
+_deferred_teardown = None
+
+
+def use_deferred_teardown(later) -> None:
+    """Make remove hand its slow last steps to `later(step)`; None: run them in line."""
+    global _deferred_teardown
+    _deferred_teardown = later
+
+
+def use_object_source(take) -> None:
+    """Make install take loaded objects from `take(configs, flow_table=, path=)`; None: load."""
+    global _object_source
+    _object_source = take
 
 
 class DatapathError(Exception):
@@ -166,7 +186,7 @@ def install(container_id: str, host_ifname: str, configs: Sequence[ConfigValues]
         step = "write meta"
         _write_meta(pd, record)
         step = "load object"
-        obj = loader.BpfObject.load(configs, flow_table=flow_table, path=object_path)
+        obj = (_object_source or loader.BpfObject.load)(configs, flow_table=flow_table, path=object_path)
         step = "pin maps"
         obj.pin_maps(pd.path)
         step = "pin programs"
@@ -299,23 +319,73 @@ def _take_down_trees(container_id: str, record: dict) -> None:
             raise DatapathError("remove shaping", e) from e
 
 
-def remove(container_id: str, *, root: str | None = None) -> None:
+def remove(container_id: str, *, root: str | None = None, later=None) -> None:
     """Detach, take the trees down and unpin everything of this container; fine if it is already gone.
 
     Programs go first (so nothing redirects to an IFB being deleted), then the
     trees, then the pins: a failure before the unpin leaves the pins for GC to retry.
+
+    `later(step)`, given by a long-lived process (the node agent), splits the
+    removal: the pins go now, holding an fd of each tcx link, and `step` (run by
+    the caller after it has answered) detaches those links and takes the trees
+    and the IFB down. Detaching a tcx link and deleting a device each wait for an
+    RCU grace period (~10 ms here), which a Pod's DEL need not wait for: once the
+    pins are gone nothing of the container is left to find, and if the process
+    dies before `step` runs, closing its fds detaches the links and GC deletes
+    the IFB (an IFB of no pinned container is an orphan).
     """
+    later = later or _deferred_teardown
     try:
         pd = pins.pin_dir(container_id, root)
     except pins.PinError as e:
         raise DatapathError("container id", e) from e
     if not pd.exists():
-        _take_down_trees(container_id, {})  # an IFB outliving its pins (only its name is known)
+        if later is None:
+            _take_down_trees(container_id, {})  # an IFB outliving its pins (only its name is known)
+        else:
+            later(lambda: _take_down_trees(container_id, {}))
         return
     record = meta_record(pd)
-    _detach(pd, record)
-    _take_down_trees(container_id, record)
-    _unpin(pd)
+    if later is None:
+        _detach(pd, record)
+        _take_down_trees(container_id, record)
+        _unpin(pd)
+        return
+    links = _hold_links(pd)
+    try:
+        if record.get("mode") != attach.MODE_TCX:
+            _detach(pd, record)  # clsact filters: netlink, no grace period to wait for
+        _unpin(pd)
+    except BaseException:
+        _release_links(links, detach=False)
+        raise
+
+    def finish() -> None:
+        _release_links(links, detach=True)
+        _take_down_trees(container_id, record)
+
+    later(finish)
+
+
+def _hold_links(pd: pins.PinDir) -> list[int]:
+    fds = []
+    for direction in L.DIRECTION_NAMES:
+        try:
+            fds.append(bpfsys.obj_get(pd.link(direction)))
+        except OSError:
+            pass  # not pinned (clsact, or one direction): nothing to hold
+    return fds
+
+
+def _release_links(fds: list[int], *, detach: bool) -> None:
+    for fd in fds:
+        try:
+            if detach:
+                bpfsys.link_detach(fd)
+        except OSError:
+            pass  # already detached, or its device is gone: closing releases it either way
+        finally:
+            os.close(fd)
 
 
 def remove_orphan_ifbs(keep: Collection[str], *, root: str | None = None) -> tuple[list[str], list[str]]:

@@ -89,6 +89,7 @@ class BpfObject:
         self._prog_fds = prog_fds
         self._map_fds = map_fds
         self._log_bufs = log_bufs  # libbpf holds pointers into these until close
+        self._shape: tuple[str, int, int, int] = (path, 0, 0, 0)
 
     @classmethod
     def load(cls, configs: Sequence[ConfigValues], *, flow_table: int = DEFAULT_FLOW_TABLE,
@@ -135,16 +136,33 @@ class BpfObject:
                     if name != "natra_trace":  # only the trace build has it
                         raise
             self = cls(obj, path, prog_fds, map_fds, log_bufs)
+            self._shape = (path, width, depth, flow_table)
         except BaseException:
             libbpf.object_close(obj)
             raise
         try:
+            self.configure(full)
+        except LoadError:
+            self.close()
+            raise
+        return self
+
+    def configure(self, configs: Sequence[ConfigValues]) -> None:
+        """Write both directions' config (a Pod's; a pooled object gets its Pod's here)."""
+        full = _checked_configs(configs)
+        if self._shape[1] and (full[0].width, full[0].depth) != self._shape[1:3]:
+            raise LoadError("config", f"sketch {full[0].width}x{full[0].depth} asked of an object "
+                            f"loaded for {self._shape[1]}x{self._shape[2]}")
+        try:
             for direction, cfg in enumerate(full):
                 write_config(self.map_fd("natra_config"), direction, cfg)
         except OSError as e:
-            self.close()
             raise LoadError("write config", str(e)) from e
-        return self
+
+    @property
+    def shape(self) -> tuple[str, int, int, int]:
+        """What a Pod must ask for to be given this object: (path, width, depth, flow table)."""
+        return self._shape
 
     def prog_fd(self, direction: int) -> int:
         self._check_open()

@@ -1,0 +1,169 @@
+"""Loaded, verified BPF objects kept ready, so that a Pod's ADD does not wait for the verifier.
+
+Owns: a few `BpfObject`s per shape (object file, sketch width x depth, flow-table
+size), loaded ahead of need by a background thread, and `take`, which hands one
+out with the Pod's configs written, or loads one in line when none is ready.
+Loading and verifying both programs costs ~100-150 ms of CPU per Pod; taking a
+ready object costs a config write. A taken object is exactly what a fresh load
+gives: the same ELF, maps created empty, the config written by the same code
+(`BpfObject.configure`).
+Rule: only the node agent (a long-lived process) keeps a pool; the plugin's own
+process loads in line. An object never leaves the pool half-made: a load that
+fails is not kept, and the next take loads in line and reports the error as a
+fresh load would. A pooled object holds fds only (nothing pinned), so a killed
+agent leaves nothing behind. All libbpf loads run one at a time (libbpf's
+message capture is process-wide).
+Must not know: Pods, CNI, pins, attach.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from natra.kernel import loader
+from natra.kernel.params import ConfigValues
+
+Shape = tuple[str, int, int, int, int]  # path, file mtime (ns), width, depth, flow table
+
+
+def _file_version(path: str) -> int:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1
+    return st.st_mtime_ns ^ st.st_size ^ st.st_ino
+
+
+def shape_of(configs: Sequence[ConfigValues], flow_table: int, path: str | None) -> Shape:
+    path = path or loader.object_path()
+    return (path, _file_version(path), configs[0].width, configs[0].depth, flow_table)
+
+
+class ObjectPool:
+    """`per_shape` ready objects for each of the `shapes` most recently asked shapes."""
+
+    def __init__(self, per_shape: int = 2, shapes: int = 4,
+                 load: Callable[..., loader.BpfObject] = loader.BpfObject.load):
+        self.per_shape = max(per_shape, 0)
+        self.shapes = max(shapes, 1)
+        self._load = load
+        self._ready: OrderedDict[Shape, list[loader.BpfObject]] = OrderedDict()
+        self._templates: dict[Shape, tuple[list[ConfigValues], int, str | None]] = {}
+        self._lock = threading.Lock()  # guards _ready and _templates
+        self._load_lock = threading.Lock()  # one libbpf load at a time
+        self._wake = threading.Condition(self._lock)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.hits = 0
+        self.misses = 0
+        self.failures: list[str] = []  # the last refill errors, newest last
+
+    # ---- the caller's side ---------------------------------------------------------------
+
+    def take(self, configs: Sequence[ConfigValues], *, flow_table: int = loader.DEFAULT_FLOW_TABLE,
+             path: str | None = None) -> loader.BpfObject:
+        """A loaded object for these configs: a ready one if any, else loaded now."""
+        shape = shape_of(configs, flow_table, path)
+        with self._lock:
+            ready = self._ready.get(shape)
+            obj = ready.pop() if ready else None
+            self._remember(shape, configs, flow_table, path)
+            self._wake.notify()
+        if obj is not None:
+            try:
+                obj.configure(configs)
+            except loader.LoadError:
+                obj.close()
+                raise
+            self.hits += 1
+            return obj
+        self.misses += 1
+        with self._load_lock:
+            return self._load(configs, flow_table=flow_table, path=path)
+
+    def prime(self, configs: Sequence[ConfigValues], *, flow_table: int = loader.DEFAULT_FLOW_TABLE,
+              path: str | None = None) -> None:
+        """Ask for ready objects of this shape without taking one (the defaults, at start)."""
+        with self._lock:
+            self._remember(shape_of(configs, flow_table, path), configs, flow_table, path)
+            self._wake.notify()
+
+    def ready_count(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._ready.values())
+
+    # ---- the refill thread ---------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None and self.per_shape:
+            self._thread = threading.Thread(target=self._refill_forever, name="natra-pool", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            objects = [o for v in self._ready.values() for o in v]
+            self._ready.clear()
+        for obj in objects:
+            obj.close()
+
+    def fill_once(self) -> bool:
+        """Load one object for the neediest shape; False when every shape is full."""
+        with self._lock:
+            shape = self._neediest()
+            if shape is None:
+                return False
+            configs, flow_table, path = self._templates[shape]
+        try:
+            with self._load_lock:
+                obj = self._load(configs, flow_table=flow_table, path=path)
+        except Exception as exc:  # noqa: BLE001 - the next take loads in line and reports it
+            self.failures = (self.failures + [f"{shape[2]}x{shape[3]}/{shape[4]}: {exc}"])[-5:]
+            with self._lock:
+                self._templates.pop(shape, None)  # do not retry a shape that cannot load
+                self._ready.pop(shape, None)
+            return True
+        with self._lock:
+            if shape in self._ready and not self._stopping:
+                self._ready[shape].append(obj)
+                return True
+        obj.close()  # the shape was forgotten meanwhile
+        return True
+
+    def _refill_forever(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and self._neediest() is None:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+            self.fill_once()
+
+    # ---- bookkeeping (under _lock) -------------------------------------------------------
+
+    def _remember(self, shape: Shape, configs: Sequence[ConfigValues], flow_table: int,
+                  path: str | None) -> None:
+        if shape not in self._ready:
+            self._ready[shape] = []
+        self._ready.move_to_end(shape)
+        self._templates[shape] = (list(configs), flow_table, path)
+        while len(self._ready) > self.shapes:
+            old, objects = self._ready.popitem(last=False)
+            self._templates.pop(old, None)
+            for obj in objects:
+                obj.close()
+
+    def _neediest(self) -> Shape | None:
+        if self._stopping:
+            return None
+        for shape in reversed(self._ready):  # the most recently asked first
+            if shape in self._templates and len(self._ready[shape]) < self.per_shape:
+                return shape
+        return None

@@ -1,0 +1,292 @@
+"""The node agent: runs the plugin's CNI calls warm, with verified programs at hand.
+
+Owns: `natra agent`, a long-lived process (the DaemonSet's container) that
+listens on a unix socket for the plugin's thin client (natra.cni.agentclient
+speaks the other half of the protocol), runs each call through the same
+`natra.cni.plugin.run` the plugin's own process runs, and keeps a pool of
+loaded programs (natra.kernel.pool), so that a Pod's ADD skips Python's start
+and imports and the verifier.
+Rules kept:
+- Who may call: the socket is made mode 0600 in a directory of mode 0700, both
+  owned by the agent's user (root); each connection's peer credentials
+  (SO_PEERCRED) must be uid 0 as well, or the call is refused and logged. An
+  unprivileged process on the node cannot change a Pod's limits through it.
+- The agent holds nothing a Pod needs: every Pod's state is pinned in bpffs
+  and attached in the kernel, as when the plugin ran alone. Killing or
+  restarting the agent changes no limit; a client that finds no agent, a
+  refused socket or no reply in time runs the call itself.
+- A call whose client has given up (its deadline passed before the agent got
+  to it) is not started. Each call holds its container's lock
+  (natra.cni.serial), as the plugin's own process does, so a late agent and a
+  client that went ahead never interleave.
+- One call at a time, in arrival order (the kernel serialises the expensive
+  parts under rtnl anyway); reading a request is bounded in time and size.
+Must not know: what a call does (natra.cni.plugin does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+
+from natra.cni import agentclient as proto
+from natra.cni import serial
+from natra.cni.request import MAX_STDIN_BYTES
+
+SOCKET_DIR_MODE = 0o700
+SOCKET_MODE = 0o600
+READ_TIMEOUT_S = 2.0
+MAX_REQUEST_BYTES = MAX_STDIN_BYTES + 1  # the client forwards one byte more, so the plugin says "too large"
+BACKLOG = 128
+ROOT_UID = 0
+
+
+def peer_uid(conn: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a unix socket."""
+    pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                         struct.calcsize("3i")))
+    return pid, uid
+
+
+def parse_request(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """(deadline ns, env, stdin) of one request; ValueError when malformed."""
+    magic, at = proto.read_netstring(data, 0, 64)
+    if magic != proto.MAGIC:
+        raise ValueError(f"protocol {magic[:32]!r}, expected {proto.MAGIC!r}")
+    deadline, at = proto.read_netstring(data, at, 24)
+    env_block, at = proto.read_netstring(data, at, MAX_REQUEST_BYTES)
+    stdin, at = proto.read_netstring(data, at, MAX_REQUEST_BYTES)
+    env = {}
+    for item in env_block.split(b"\0") if env_block else []:
+        key, eq, value = item.decode("utf-8", "surrogateescape").partition("=")
+        if not eq or not key.startswith(proto.FORWARDED_PREFIXES):
+            raise ValueError(f"environment entry {key[:40]!r} is not a forwarded variable")
+        env[key] = value
+    return int(deadline), env, stdin
+
+
+def encode_reply(code: int, out: bytes, err: bytes) -> bytes:
+    return proto.netstring(str(code).encode()) + proto.netstring(out) + proto.netstring(err)
+
+
+def make_socket(path: str, *, uid: int | None = None) -> socket.socket:
+    """Bind `path` (replacing a stale socket file, never another kind of file) with the
+    modes of the rule above."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=SOCKET_DIR_MODE, exist_ok=True)
+    os.chmod(directory, SOCKET_DIR_MODE)
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+        else:
+            raise FileExistsError(f"{path} exists and is not a socket; not replacing it")
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)  # the socket is born 0600: no window in which others may connect
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, SOCKET_MODE)
+    if uid is not None:
+        os.chown(path, uid, -1)
+    sock.listen(BACKLOG)
+    return sock
+
+
+class Agent:
+    """The accept loop and the call runner; `serve` returns when `stop()` is called."""
+
+    def __init__(self, path: str, *, pool=None, log=None, clock=time.monotonic_ns, wall=time.time_ns,
+                 allowed_uid: int = ROOT_UID):
+        self.path = path
+        self.pool = pool
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.clock, self.wall = clock, wall
+        self.allowed_uid = allowed_uid
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self.served = self.refused = self.expired = 0
+        self._deferred: list = []  # teardown steps of the current call, run after its reply
+
+    def start(self) -> None:
+        from natra.cni import plugin  # noqa: F401 - warm every import before the first call
+        from natra.kernel import datapath
+
+        datapath.use_deferred_teardown(self._deferred.append)
+        if self.pool is not None:
+            datapath.use_object_source(self.pool.take)
+            self.pool.start()
+        self._sock = make_socket(self.path)
+        self.log(f"natra agent: listening on {self.path}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def serve(self) -> None:
+        assert self._sock is not None, "start() first"
+        try:
+            while not self._stop.is_set():
+                try:
+                    conn, _ = self._sock.accept()
+                except OSError:
+                    if self._stop.is_set():
+                        break
+                    raise
+                with conn:
+                    self.handle(conn)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            try:
+                if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                    os.unlink(self.path)
+            except OSError:
+                pass
+        from natra.kernel import datapath
+
+        datapath.use_deferred_teardown(None)
+        if self.pool is not None:
+            datapath.use_object_source(None)
+            self.pool.stop()
+
+    def handle(self, conn: socket.socket) -> None:
+        try:
+            pid, uid = peer_uid(conn)
+        except OSError as exc:
+            self.log(f"natra agent: refused a call: cannot read peer credentials: {exc}")
+            self.refused += 1
+            return
+        if uid != self.allowed_uid:
+            self.log(f"natra agent: refused a call from pid {pid} uid {uid}: only uid {self.allowed_uid} "
+                     "may run CNI calls")
+            self.refused += 1
+            return
+        try:
+            deadline, env, stdin = parse_request(self._read(conn))
+        except (OSError, ValueError) as exc:
+            self.log(f"natra agent: unreadable call from pid {pid}: {exc}")
+            return
+        if self.clock() >= deadline:
+            self.expired += 1
+            self.log(f"natra agent: skipped {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} "
+                     f"from pid {pid}: its client stopped waiting (it runs the call itself)")
+            return
+        started = self.clock()
+        replied = [started]
+
+        def reply(code: int, out: bytes, err: bytes) -> None:
+            replied[0] = self.clock()
+            try:
+                conn.sendall(encode_reply(code, out, err))
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the client gave up; the call is done and its state is in the kernel
+
+        code = self.run(env, stdin, reply)
+        self.served += 1
+        self.log(f"natra agent: {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} "
+                 f"exit {code}, answered in {(replied[0] - started) / 1e6:.1f} ms, "
+                 f"done in {(self.clock() - started) / 1e6:.1f} ms"
+                 + (f" (programs ready: {self.pool.ready_count()})" if self.pool is not None else ""))
+
+    def run(self, env: dict[str, str], stdin: bytes, reply) -> int:
+        """Run one call under its container's lock, `reply(code, stdout, stderr)`, then the
+        teardown steps the call deferred (natra.kernel.datapath.remove); its exit code."""
+        from natra.cni import plugin
+
+        stderr = io.StringIO()
+        with serial.hold(env) as held:
+            if not held and env.get("CNI_CONTAINERID"):
+                stderr.write(f"natra WARN: container {env['CNI_CONTAINERID']} lock not held; going ahead\n")
+            try:
+                code, out = plugin.run(env, stdin, now=self.wall(), stderr=stderr)
+            except Exception as exc:  # noqa: BLE001 - plugin.run fails open itself; this is a last line
+                code, out = 1, b""
+                stderr.write(f"natra agent: {exc!r}\n")
+            reply(code, out, stderr.getvalue().encode("utf-8", "replace"))
+            self.finish_deferred(env)
+        return code
+
+    def finish_deferred(self, env: dict[str, str]) -> None:
+        steps, self._deferred[:] = list(self._deferred), []
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - GC removes what is left (an orphan IFB)
+                self.log(f"natra agent: {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')}: "
+                         f"teardown after the reply failed (GC will retry): {exc}")
+
+    def _read(self, conn: socket.socket) -> bytes:
+        conn.settimeout(READ_TIMEOUT_S)
+        chunks, size = [], 0
+        while True:
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > 2 * MAX_REQUEST_BYTES + 4096:  # stdin and the environment
+                raise ValueError(f"request larger than {2 * MAX_REQUEST_BYTES} bytes")
+
+
+def default_pool(per_shape: int):
+    """A pool primed with the shape every Pod with default tuning asks for."""
+    from natra.kernel import loader, pool
+    from natra.kernel.params import DataPathParams, to_config
+
+    objects = pool.ObjectPool(per_shape=per_shape)
+    default = to_config(DataPathParams(rate_bps=1_000_000, burst_bits=1_000_000, reserve_bits=0))
+    try:
+        objects.prime([default, default], flow_table=loader.DEFAULT_FLOW_TABLE)
+    except loader.LoadError:
+        pass  # no object built: every take loads in line and reports it as the plugin would
+    return objects
+
+
+def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", default=proto.DEFAULT_SOCKET,
+                        help=f"unix socket to listen on (default {proto.DEFAULT_SOCKET}; the plugin "
+                             f"looks there unless ${proto.SOCKET_ENV} names another)")
+    parser.add_argument("--pool", type=int, default=2, metavar="N",
+                        help="loaded programs kept ready per shape (0: load at each ADD; default 2)")
+
+
+def agent_main(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        print("natra agent: must run as root (it loads programs and owns a root-only socket)",
+              file=sys.stderr)
+        return 1
+    if args.pool < 0:
+        print("natra agent: --pool must be >= 0", file=sys.stderr)
+        return 2
+    agent = Agent(args.socket, pool=default_pool(args.pool) if args.pool else None)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: agent.stop())
+    try:
+        agent.start()
+    except OSError as exc:
+        print(f"natra agent: cannot listen on {args.socket}: {exc}", file=sys.stderr)
+        return 1
+    agent.serve()
+    print(f"natra agent: stopped after {agent.served} calls ({agent.refused} refused, "
+          f"{agent.expired} given up by their client)", file=sys.stderr)
+    return 0

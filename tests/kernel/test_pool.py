@@ -1,0 +1,77 @@
+"""natra.kernel.pool against the real loader: a pooled object is what a fresh load gives."""
+
+from __future__ import annotations
+
+import netns
+import pytest
+
+from natra.kernel import loader, maps, pool
+from natra.kernel.params import params_for, to_config
+
+SKIP_REASON = netns.kernel_skip_reason(objects=("natra",))
+pytestmark = [pytest.mark.root, pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))]
+
+
+def configs(rate: int) -> list:
+    return [to_config(params_for(rate, mode="police")), to_config(params_for(rate // 2, mode="police"))]
+
+
+def test_a_pooled_object_is_indistinguishable_from_a_fresh_load():
+    objects = pool.ObjectPool(per_shape=1)
+    try:
+        objects.prime(configs(1_000_000), flow_table=512)
+        assert objects.fill_once() and not objects.fill_once()  # one object, then full
+        assert objects.ready_count() == 1
+        wanted = configs(40_000_000)
+        pooled = objects.take(wanted, flow_table=512)
+        assert (objects.hits, objects.misses, objects.ready_count()) == (1, 0, 0)
+        with pooled, loader.BpfObject.load(wanted, flow_table=512) as fresh:
+            assert maps.snapshot(pooled) == maps.snapshot(fresh)
+            assert [maps.read_config(pooled.map_fd("natra_config"), d) for d in (0, 1)] == wanted
+    finally:
+        objects.stop()
+
+
+def test_another_shape_misses_and_loads_in_line_then_is_kept_ready():
+    objects = pool.ObjectPool(per_shape=1)
+    try:
+        objects.prime(configs(1_000_000), flow_table=512)
+        objects.fill_once()
+        other = objects.take(configs(1_000_000), flow_table=1024)  # another flow-table size
+        other.close()
+        assert (objects.hits, objects.misses) == (0, 1)
+        assert objects.fill_once()  # now that shape is wanted too
+        assert objects.ready_count() == 2
+        objects.take(configs(1_000_000), flow_table=1024).close()
+        assert objects.hits == 1
+    finally:
+        objects.stop()
+    assert objects.ready_count() == 0  # stop closes what it kept
+
+
+def test_a_shape_that_cannot_load_is_reported_by_the_take_not_kept():
+    objects = pool.ObjectPool(per_shape=1)
+    try:
+        with pytest.raises(loader.LoadError):
+            objects.take(configs(1_000_000), flow_table=1 << 30)
+        assert objects.fill_once()  # tries once in the background, records why, forgets the shape
+        assert objects.failures and "outside" in objects.failures[-1]
+        assert not objects.fill_once()
+    finally:
+        objects.stop()
+
+
+def test_the_refill_thread_fills_and_stops():
+    objects = pool.ObjectPool(per_shape=2)
+    objects.prime(configs(1_000_000), flow_table=256)
+    objects.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 20
+        while objects.ready_count() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert objects.ready_count() == 2
+    finally:
+        objects.stop()
+    assert objects.ready_count() == 0
