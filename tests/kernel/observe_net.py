@@ -188,10 +188,17 @@ def finish(proc: subprocess.Popen, timeout: float) -> dict:
 
 # ---- the tools as an operator runs them ----------------------------------------------------------
 
-def tool(*args: str, root: str, timeout: float = 30) -> str:
+def tool_env(root: str, state: str | None = None) -> dict[str, str]:
+    """The environment of `natra status/top/exporter` over pin root `root` (fail-open records: `state`)."""
     env = {**os.environ, "NATRA_BPFFS_ROOT": root}
+    if state is not None:
+        env["NATRA_STATE_DIR"] = state
+    return env
+
+
+def tool(*args: str, root: str, state: str | None = None, timeout: float = 30) -> str:
     done = subprocess.run([sys.executable, "-m", "natra", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+                          env=tool_env(root, state), timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"natra {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()[:500]}")
     return done.stdout
@@ -204,13 +211,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def exporter(root: str) -> Iterator[str]:
+def exporter(root: str, state: str | None = None) -> Iterator[str]:
     """`natra exporter` on a free loopback port; yields its base URL."""
     port = free_port()
-    env = {**os.environ, "NATRA_BPFFS_ROOT": root}
     proc = subprocess.Popen([sys.executable, "-m", "natra", "exporter", "--listen",
-                             f"127.0.0.1:{port}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                             f"127.0.0.1:{port}"], env=tool_env(root, state), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         end = time.monotonic() + EXPORTER_START_S

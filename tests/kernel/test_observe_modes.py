@@ -22,8 +22,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import netns
 import observe_net as N
@@ -47,40 +45,6 @@ def ifb(name: str):
         yield qdisc.link_index(name)
     finally:
         subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=10)
-
-
-def tool(*args: str, root: str, state: str) -> str:
-    env = {**os.environ, "NATRA_BPFFS_ROOT": root, "NATRA_STATE_DIR": state}
-    done = subprocess.run([sys.executable, "-m", "natra", *args], capture_output=True, text=True, env=env,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-@contextlib.contextmanager
-def exporter(root: str, state: str):
-    port = N.free_port()
-    env = {**os.environ, "NATRA_BPFFS_ROOT": root, "NATRA_STATE_DIR": state}
-    proc = subprocess.Popen([sys.executable, "-m", "natra", "exporter", "--listen", f"127.0.0.1:{port}"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        end = time.monotonic() + N.EXPORTER_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < end, proc.stderr.read()
-                time.sleep(0.1)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        proc.communicate()
 
 
 def metric(text: str, name: str, **labels) -> float:
@@ -110,7 +74,7 @@ def test_shaped_classes_in_status_top_and_exporter(tmp_path):
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # into the Pod, via the veth
                     for _ in range(200):
                         s.sendto(b"x" * 1000, (pod.ip, 9))
-                doc = json.loads(tool("status", "--json", root=node.root, state=state))
+                doc = json.loads(N.tool("status", "--json", root=node.root, state=state))
                 [p] = doc["pods"]
                 to_pod, from_pod = p["directions"]
                 assert (to_pod["mode"], to_pod["device"], from_pod["mode"], from_pod["device"]) == \
@@ -124,11 +88,11 @@ def test_shaped_classes_in_status_top_and_exporter(tmp_path):
                 assert sent > 0 and sum(c["sent_bytes"] for c in leaves) == sent
                 assert all(set(c) >= {"backlog_bytes", "backlog_delay_ns", "drops_packets"}
                            for c in classes.values())
-                text = tool("status", root=node.root, state=state)
+                text = N.tool("status", root=node.root, state=state)
                 assert f"mode shape on {pod.host_if}" in text and f"mode shape on {name}" in text
-                top = tool("top", "--once", "--interval", "0.2", "--no-clear", root=node.root, state=state)
+                top = N.tool("top", "--once", "--interval", "0.2", "--no-clear", root=node.root, state=state)
                 assert f"mode shape on {pod.host_if}" in top and "heavy0" in top
-                with exporter(node.root, state) as base:
+                with N.exporter(node.root, state) as base:
                     metrics = N.get(base + "/metrics").decode()
                 lab = {"pod": pod.name, "direction": "to_pod"}
                 assert metric(metrics, "natra_direction_mode", mode="shape", **lab) == 1
@@ -139,7 +103,7 @@ def test_shaped_classes_in_status_top_and_exporter(tmp_path):
                 record.update({"direction_modes": {"to_pod": "shape", "from_pod": "police"},
                                "shape_fallback": {"from_pod": "another root qdisc on the IFB"}})
                 meta_record.write(where.meta, record)
-                text = tool("status", root=node.root, state=state)
+                text = N.tool("status", root=node.root, state=state)
                 assert "mode police (shaping fell back: another root qdisc on the IFB)" in text
             finally:
                 shaping.remove(veth)
@@ -159,8 +123,8 @@ def _chain_module():
 @pytest.fixture
 def lab():
     chain = _chain_module()
-    if chain._unavailable():
-        pytest.skip(chain._unavailable())
+    if chain.SKIP_REASON:
+        pytest.skip(chain.SKIP_REASON)
     made = chain.Lab(None)  # this checkout's natra: the bundle may predate the record
     try:
         yield made
@@ -197,14 +161,14 @@ def test_every_fail_open_cause_is_seen_in_every_view(lab, cause):
     os.makedirs(lab.root, exist_ok=True)  # the bpffs-not-mounted case made no root at all
     try:
         name = pod.k8s["K8S_POD_NAME"]
-        text = tool("status", root=lab.root, state=state)
+        text = N.tool("status", root=lab.root, state=state)
         assert "NOT LIMITED" in text and f"default/{name}  {direction}  cause {label}  since " in text
-        doc = json.loads(tool("status", "--json", root=lab.root, state=state))
+        doc = json.loads(N.tool("status", "--json", root=lab.root, state=state))
         entry = next(n for n in doc["not_limited"] if n["pod"] == name and n["direction"] == direction)
         assert entry["cause"] == label and 0 < doc["wall_ns"] - entry["since_ns"] < 600 * 10**9
-        top = tool("top", "--once", "--interval", "0.1", "--no-clear", root=lab.root, state=state)
+        top = N.tool("top", "--once", "--interval", "0.1", "--no-clear", root=lab.root, state=state)
         assert f"NOT LIMITED  default/{name}  {direction}  cause {label}" in top
-        with exporter(lab.root, state) as base:
+        with N.exporter(lab.root, state) as base:
             metrics = N.get(base + "/metrics").decode()
             api = json.loads(N.get(base + "/api/pods"))
         assert metric(metrics, "natra_pod_enforced", pod=name, direction=direction) == 0
@@ -212,7 +176,7 @@ def test_every_fail_open_cause_is_seen_in_every_view(lab, cause):
         assert metric(metrics, "natra_fail_open_total", cause=label) >= 1
         assert api["not_limited"] == doc["not_limited"]
         assert [c.code for c in ch.delete(pod)] == [0, 0]
-        doc = json.loads(tool("status", "--json", root=lab.root, state=state))
+        doc = json.loads(N.tool("status", "--json", root=lab.root, state=state))
         assert not [n for n in doc["not_limited"] if n["pod"] == name]
     finally:
         if cause == "bpffs-not-mounted":
