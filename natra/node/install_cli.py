@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from natra.node import chaining
@@ -211,34 +212,35 @@ def install_main(args: argparse.Namespace) -> int:
         print("natra install: no bundle: pass --bundle dist/natra (build it with `make node-bundle`), "
               "or --no-bundle when `natra` is already in the bin dirs", file=sys.stderr)
         return EXIT_USAGE
-    try:
+
+    def run() -> inst.Report:
         defaults = read_defaults(args.defaults_file, args.default)
         chaining.natra_entry(defaults)  # a default the plugin refuses (a typo) stops here, before any wait
         if args.wait_for_config > 0 and not wait_for_config(args.host_root, args.conf_dir,
                                                             args.wait_for_config):
-            print(f"natra install: no CNI config appeared within {args.wait_for_config:g} s", file=sys.stderr)
-            return EXIT_FAILED
-        report = inst.install(args.host_root, bundle, replace_bandwidth=args.replace_bandwidth,
-                              defaults=defaults, cni_bin_dirs=args.cni_bin_dirs or args.env_cni_bin_dirs,
-                              conf_dir=args.conf_dir,
-                              mount_bpffs=args.mount_bpffs)
-    except (chaining.InstallError, OSError) as e:
-        print(f"natra install: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    _print_report("install", report)
-    return EXIT_OK
+            raise chaining.InstallError(f"no CNI config appeared within {args.wait_for_config:g} s")
+        return inst.install(args.host_root, bundle, replace_bandwidth=args.replace_bandwidth,
+                            defaults=defaults, cni_bin_dirs=args.cni_bin_dirs or args.env_cni_bin_dirs,
+                            conf_dir=args.conf_dir, mount_bpffs=args.mount_bpffs)
+
+    return _carry_out("install", run)
 
 
 def uninstall_main(args: argparse.Namespace) -> int:
     if _missing_host_root("uninstall", args.host_root):
         return EXIT_USAGE
+    return _carry_out("uninstall", lambda: inst.uninstall(
+        args.host_root, cni_bin_dirs=args.cni_bin_dirs or args.env_cni_bin_dirs, conf_dir=args.conf_dir))
+
+
+def _carry_out(verb: str, run: Callable[[], inst.Report]) -> int:
+    """Run the installer's `verb`; print its report, or the one line that says why it failed."""
     try:
-        report = inst.uninstall(args.host_root, cni_bin_dirs=args.cni_bin_dirs or args.env_cni_bin_dirs,
-                                conf_dir=args.conf_dir)
+        report = run()
     except (chaining.InstallError, OSError) as e:
-        print(f"natra uninstall: {e}", file=sys.stderr)
+        print(f"natra {verb}: {e}", file=sys.stderr)
         return EXIT_FAILED
-    _print_report("uninstall", report)
+    _print_report(verb, report)
     return EXIT_OK
 
 
