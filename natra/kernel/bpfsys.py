@@ -91,17 +91,24 @@ def _addr(buf) -> int:
 
 # ---- map elements ---------------------------------------------------------------------
 
+def _call_unless_absent(cmd: int, attr: ctypes.Array, what: str) -> bool:
+    """`_call`; False instead of an error when the kernel answers ENOENT (no such key)."""
+    try:
+        _call(cmd, attr, what)
+    except BpfError as e:
+        if e.errno == _errno.ENOENT:
+            return False
+        raise
+    return True
+
+
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
     """The value of `key`, or None when absent (ENOENT). Per-CPU maps: pass the full size."""
     kbuf = ctypes.create_string_buffer(bytes(key), len(key))
     vbuf = ctypes.create_string_buffer(value_size)
-    try:
-        _call(BPF_MAP_LOOKUP_ELEM, _attr("IIQQQ", fd, 0, _addr(kbuf), _addr(vbuf), 0), "map lookup")
-    except BpfError as e:
-        if e.errno == _errno.ENOENT:
-            return None
-        raise
-    return vbuf.raw
+    found = _call_unless_absent(BPF_MAP_LOOKUP_ELEM, _attr("IIQQQ", fd, 0, _addr(kbuf), _addr(vbuf), 0),
+                                "map lookup")
+    return vbuf.raw if found else None
 
 
 def map_update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
@@ -113,26 +120,16 @@ def map_update(fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
 def map_delete(fd: int, key: bytes) -> bool:
     """Delete `key`; False if it was not there."""
     kbuf = ctypes.create_string_buffer(bytes(key), len(key))
-    try:
-        _call(BPF_MAP_DELETE_ELEM, _attr("IIQQQ", fd, 0, _addr(kbuf), 0, 0), "map delete")
-    except BpfError as e:
-        if e.errno == _errno.ENOENT:
-            return False
-        raise
-    return True
+    return _call_unless_absent(BPF_MAP_DELETE_ELEM, _attr("IIQQQ", fd, 0, _addr(kbuf), 0, 0), "map delete")
 
 
 def map_get_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
     """The key after `key` (the first key when None); None at the end."""
     kbuf = ctypes.create_string_buffer(bytes(key), len(key)) if key is not None else None
     nbuf = ctypes.create_string_buffer(key_size)
-    try:
-        _call(BPF_MAP_GET_NEXT_KEY, _attr("IIQQQ", fd, 0, _addr(kbuf), _addr(nbuf), 0), "map get_next_key")
-    except BpfError as e:
-        if e.errno == _errno.ENOENT:
-            return None
-        raise
-    return nbuf.raw
+    found = _call_unless_absent(BPF_MAP_GET_NEXT_KEY, _attr("IIQQQ", fd, 0, _addr(kbuf), _addr(nbuf), 0),
+                                "map get_next_key")
+    return nbuf.raw if found else None
 
 
 def map_keys(fd: int, key_size: int) -> list[bytes]:
