@@ -60,3 +60,29 @@ def test_closed_loop_workload_replayed_from_pcap_gets_the_same_verdicts(tmp_path
     result = process_batch(sweep._model(point.params(), point.flow_table), batch)
     assert np.array_equal(result.verdicts, wl.verdicts)
     assert np.count_nonzero(np.isin(wl.verdicts, sorted(L.DROPPING_VERDICTS))) > 0
+
+
+@pytest.mark.parametrize("snaplen", [FULL_FRAMES, 60])
+def test_numpy_frames_are_scapys_frames_byte_for_byte(tmp_path, snaplen):
+    """The fast writer against scapy (frame_bytes): IPv4 and IPv6, TCP and UDP, ECT(0) and not,
+    every frame length the workloads make; the snapshot cuts inside the headers too (60)."""
+    from natra.simulations.pcapwrite import frame_bytes
+
+    def marking(now, wire, keys, ect):
+        return np.where(ect, L.V_MARK, L.V_PASS_MOUSE).astype(np.uint8)
+
+    flood = W.flood_mix(marking, seed=3, duration_ns=20_000_000, n_aimd=2, mice_load=0.5, ipv6_fraction=0.5)
+    assert (flood.flows.proto == 17).any() and (flood.flows.proto == 6).any() and flood.ect.any()
+    for wl in (flood,
+               W.elephants_mice(seed=4, duration_ns=5_000_000, ipv6_fraction=0.5,
+                                mouse_frame_bytes=W.GSO_FRAME_BYTES)):
+        assert wl.flows.ipv6.any() and not wl.flows.ipv6.all()
+        path = tmp_path / f"{wl.name}.pcap"
+        write_pcap(wl, path, snaplen=snaplen, base_ns=5 * L.NS_PER_SEC + 7)
+        records = list(read_capture(path))
+        assert len(records) == len(wl)
+        cache: dict = {}
+        for i, r in enumerate(records):
+            frame = frame_bytes(wl, i, cache)
+            assert r.frame == (frame if snaplen == FULL_FRAMES else frame[:snaplen]), i
+            assert r.orig_len == len(frame) and r.time_ns == 5 * L.NS_PER_SEC + 7 + int(wl.now_ns[i])
