@@ -493,6 +493,7 @@ struct step {
 	__u64 cost;     /* nano-bits: len * NATRA_NBIT_PER_BYTE */
 	__u64 new_cur;  /* sketch estimate of the key in this window, this frame included */
 	int heavy;
+	int was_heavy;  /* the sketch held the key heavy before this frame (this window or the last) */
 	__u32 cls;      /* shaping: HTB class minor of the frame; 0 = not classified */
 };
 
@@ -523,6 +524,7 @@ static __always_inline void sketch_step(struct natra_cell **cells, __u32 depth,
 			cells[r]->cur = s->new_cur;
 	}
 	s->heavy = s->new_cur >= cfg->threshold_bytes || prev_min >= cfg->threshold_bytes;
+	s->was_heavy = cur_min >= cfg->threshold_bytes || prev_min >= cfg->threshold_bytes;
 
 	if (s->epoch > st->epoch) {
 		st->heavy_prev = s->epoch == st->epoch + 1 ? st->heavy_now : 0;
@@ -531,29 +533,36 @@ static __always_inline void sketch_step(struct natra_cell **cells, __u32 depth,
 	}
 }
 
-/* A guess, without the lock, whether the sketch step will call this frame
- * heavy: the same minima read racily and without rolling (a cell of an older
- * window still shows its bytes, which errs towards "heavy"). */
-static __always_inline int looks_heavy(struct natra_cell **cells, __u32 depth,
-				       const struct natra_config *cfg, const struct step *s)
+/* The sketch step's verdict computed without the lock and without writing:
+ * each cell read as roll() would leave it.  In one CPU's order this is exactly
+ * what sketch_step() will find (heavy, and was_heavy into *was_heavy); a frame of
+ * another CPU in between may change it, which the caller tolerates. */
+static __always_inline int sketch_guess(struct natra_cell **cells, __u32 depth,
+					const struct natra_config *cfg, const struct step *s,
+					int *was_heavy)
 {
 	__u64 cur_min = ~0ULL, prev_min = ~0ULL;
+	__u64 thr = cfg->threshold_bytes;
 	int r;
 
 	/* Bound: NATRA_MAX_DEPTH rows, unrolled. */
 #pragma unroll
 	for (r = 0; r < NATRA_MAX_DEPTH; r++) {
 		if (r < depth) {
-			__u64 cur = cells[r]->cur, prev = cells[r]->prev;
+			__u64 e = cells[r]->epoch, cur = cells[r]->cur, prev = cells[r]->prev;
 
+			if (e < s->epoch) {
+				prev = e + 1 == s->epoch ? cur : 0;
+				cur = 0;
+			}
 			if (cur < cur_min)
 				cur_min = cur;
 			if (prev < prev_min)
 				prev_min = prev;
 		}
 	}
-	return s->len >= cfg->threshold_bytes || cur_min >= cfg->threshold_bytes - s->len ||
-	       prev_min >= cfg->threshold_bytes;
+	*was_heavy = cur_min >= thr || prev_min >= thr;
+	return s->len >= thr || cur_min >= thr - s->len || prev_min >= thr;
 }
 
 /* A mouse pays from the whole bucket (reserve included). */
@@ -633,19 +642,21 @@ static __always_inline int decide_heavy(const struct natra_config *cfg, struct n
 	return verdict;
 }
 
-/* The flow-table entry of a heavy key, created zeroed if missing.  Called
- * without the lock (it calls helpers). */
-static __always_inline struct natra_flow *heavy_flow(const struct natra_flow_key *key,
-						     struct natra_counters *ctr)
+/* Create the zeroed flow-table entry of a heavy key that a lookup just missed,
+ * and return it.  Called without the lock (it calls helpers).  A flow the
+ * sketch already held heavy had an entry before: the table lost it. */
+static __always_inline struct natra_flow *new_flow(const struct natra_flow_key *key,
+						   struct natra_counters *ctr, int was_heavy)
 {
-	struct natra_flow *flow = bpf_map_lookup_elem(&natra_flows, key);
 	struct natra_flow zero = {};
+	struct natra_flow *flow;
 
-	if (flow)
-		return flow;
 	/* NOEXIST: if another CPU created it meanwhile, use theirs. */
-	if (bpf_map_update_elem(&natra_flows, key, &zero, BPF_NOEXIST) == 0)
+	if (bpf_map_update_elem(&natra_flows, key, &zero, BPF_NOEXIST) == 0) {
 		ctr->c[NATRA_C_FLOW_NEW] += 1;
+		if (was_heavy)
+			ctr->c[NATRA_C_FLOW_OVERFLOW] += 1;
+	}
 	flow = bpf_map_lookup_elem(&natra_flows, key);
 	if (!flow)
 		ctr->c[NATRA_C_FLOW_MISSING] += 1;
@@ -710,7 +721,7 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 	struct natra_flow *flow;
 	__u32 width = cfg->width, depth = cfg->depth;
 	__u32 h1, h2, base;
-	int r, verdict;
+	int r, verdict, guessed, was_heavy;
 
 	if (depth < 1 || depth > NATRA_MAX_DEPTH || width == 0)
 		return NATRA_V_PASS_ERROR;
@@ -752,7 +763,19 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 		return s->heavy ? NATRA_V_PASS_HEAVY : NATRA_V_PASS_MOUSE;
 	}
 
-	flow = looks_heavy(cells, depth, cfg, s) ? bpf_map_lookup_elem(&natra_flows, &p->key) : NULL;
+	/* A frame the sketch will call heavy gets its flow entry before the lock
+	 * (found, or created as the model creates it), so it is decided in one
+	 * locked section.  Only when another CPU's frame turned the key heavy in
+	 * between does it drop the lock to create the entry and relock; when it
+	 * turned a guessed heavy frame into a mouse, an entry exists that the
+	 * model's order would not have made yet (harmless: zeroed, aged by LRU). */
+	flow = NULL;
+	guessed = sketch_guess(cells, depth, cfg, s, &was_heavy);
+	if (guessed) {
+		flow = bpf_map_lookup_elem(&natra_flows, &p->key);
+		if (!flow)
+			flow = new_flow(&p->key, ctr, was_heavy);
+	}
 
 	bpf_spin_lock(&st->lock);
 	sketch_step(cells, depth, cfg, st, s);
@@ -761,10 +784,12 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 		bpf_spin_unlock(&st->lock);
 		return verdict;
 	}
-	if (!flow) {
+	if (!flow && !guessed) {
 		/* Helpers may not run under the lock: drop it to find or create the entry. */
 		bpf_spin_unlock(&st->lock);
-		flow = heavy_flow(&p->key, ctr);
+		flow = bpf_map_lookup_elem(&natra_flows, &p->key);
+		if (!flow)
+			flow = new_flow(&p->key, ctr, s->was_heavy);
 		bpf_spin_lock(&st->lock);
 	}
 	verdict = decide_heavy(cfg, st, flow, s, p->ecn);

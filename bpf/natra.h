@@ -178,6 +178,11 @@ struct natra_flow {
 #define NATRA_C_FLOW_NEW 23     /* heavy-flow entries created */
 #define NATRA_C_FLOW_MISSING 24 /* heavy frame decided without its flow entry */
 #define NATRA_C_MARK_FAILED 25  /* CE rewrite failed; the frame still passed */
+/* A heavy-flow entry created for a flow the sketch already held heavy before
+ * this frame (in this window or the last): its entry was evicted, so the table
+ * holds fewer entries than there are heavy flows (or, rarely, a new flow's
+ * cells were all shared with heavy flows). */
+#define NATRA_C_FLOW_OVERFLOW 26
 #define NATRA_NCOUNTERS 32
 
 struct natra_counters {

@@ -175,8 +175,11 @@ static int step(struct natra_model *m, const __u8 *key, __u32 h1, __u32 h2, __u6
 			int over_share = 0;
 			int64_t slot = flow_slot(m, key, *slot_io, created);
 
-			if (*created)
+			if (*created) {
 				c[NATRA_C_FLOW_NEW] += 1;
+				if (cur_min >= cfg->threshold_bytes || prev_min >= cfg->threshold_bytes)
+					c[NATRA_C_FLOW_OVERFLOW] += 1;
+			}
 			if (slot < 0) {
 				c[NATRA_C_FLOW_MISSING] += 1;
 			} else {

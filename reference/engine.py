@@ -217,7 +217,7 @@ class Model:
             heavy_line, early_line = int(cfg["heavy_line_nbit"]), int(cfg["early_line_nbit"])
             epoch = _div(now, int(cfg["window_ns"]))
             # -- lock: sketch step --
-            heavy, new_cur = self._sketch_step(d, cols, epoch, length, int(cfg["threshold_bytes"]))
+            heavy, new_cur, was_heavy = self._sketch_step(d, cols, epoch, length, int(cfg["threshold_bytes"]))
             st = t.state[d]
             st_epoch = int(st["epoch"])
             if epoch > st_epoch:  # heavy-flow census, rolled by window
@@ -249,6 +249,8 @@ class Model:
                 slot, created = self._flow_slot(key)
                 if created:
                     counters[L.C_FLOW_NEW] += 1
+                    if was_heavy:  # heavy before this frame: its entry had been evicted
+                        counters[L.C_FLOW_OVERFLOW] += 1
                 f = backlog + cost
                 if slot < 0:
                     counters[L.C_FLOW_MISSING] += 1
@@ -298,8 +300,9 @@ class Model:
         return verdict, heavy, new_cur, cls
 
     def _sketch_step(self, d: int, cols: Sequence[int], epoch: int, length: int,
-                     threshold: int) -> tuple[bool, int]:
-        """Roll the key's D cells, conservative update; (heavy, new_cur)."""
+                     threshold: int) -> tuple[bool, int, bool]:
+        """Roll the key's D cells, conservative update; (heavy, new_cur, was_heavy:
+        the sketch held the key heavy before this frame)."""
         cells = self._cells
         base = d * self.depth * self.width
         idxs = [base + row * self.width + int(c) for row, c in enumerate(cols)]
@@ -317,7 +320,7 @@ class Model:
             if cur < new_cur:
                 cells[i, 1] = new_cur
         heavy = new_cur >= threshold or min(prevs) >= threshold
-        return heavy, new_cur
+        return heavy, new_cur, min(curs) >= threshold or min(prevs) >= threshold
 
 
 @dataclass

@@ -61,6 +61,8 @@ def test_metrics_parse_and_carry_the_counters(counters):
         assert sample(m["natra_verdict_bytes"], pod="web", verdict=name) == c["bytes"]
     assert sample(m["natra_parsed_frames"], pod="web", kind="ipv4") == counters[L.C_IPV4]
     assert sample(m["natra_flow_table_events"], pod="web", event="flow_new") == counters[L.C_FLOW_NEW]
+    overflow = sample(m["natra_flow_table_events"], pod="web", event="flow_overflow")
+    assert overflow == counters[L.C_FLOW_OVERFLOW]
 
 
 def test_pod_level_gauges():

@@ -59,6 +59,7 @@ def test_other_counters_are_named_from_the_layout():
     assert view.counters["frames"] == L.C_FRAMES
     assert view.counters["truncated"] == L.C_TRUNCATED
     assert view.counters["mark_failed"] == L.C_MARK_FAILED
+    assert view.counters["flow_overflow"] == L.C_FLOW_OVERFLOW
     assert not any(name.endswith("_packets") for name in view.counters)
 
 

@@ -73,3 +73,18 @@ def test_a_missing_root_is_named(tmp_path, capsys):
         assert S.main(argv) == 2
         err = capsys.readouterr().err
         assert missing in err and "does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+def test_status_says_when_the_heavy_flow_table_overflows():
+    quiet = S.render_status([busy_view("a" * 20, "cart", 3_000_000)])
+    assert "OVERFLOW" not in quiet
+    c = [0] * L.NCOUNTERS
+    c[L.C_FRAMES] = 10
+    c[L.C_FLOW_NEW] = 9
+    c[L.C_FLOW_OVERFLOW] = 7
+    v = O.build_view(pod({L.DIR_TO_POD: raw_dir(counters=c)}, {}, cid="b" * 20,
+                         meta={"pod": "shop/flood", "host_ifname": "vethflood", "mode": "clsact"}), NOW)
+    text = S.render_status([v])
+    assert "TABLE OVERFLOW: 7 entries of still-heavy flows re-created" in text
+    assert f"the {v.flow_table_size}-entry table" in text
+    assert O.to_json([v], NOW)["pods"][0]["directions"][0]["counters"]["flow_overflow"] == 7

@@ -76,6 +76,7 @@ C_TRUNCATED = 22
 C_FLOW_NEW = 23
 C_FLOW_MISSING = 24
 C_MARK_FAILED = 25
+C_FLOW_OVERFLOW = 26
 NCOUNTERS = 32
 COUNTER_NAMES = {
     C_FRAMES: "frames",
@@ -88,6 +89,7 @@ COUNTER_NAMES = {
     C_FLOW_NEW: "flow_new",
     C_FLOW_MISSING: "flow_missing",
     C_MARK_FAILED: "mark_failed",
+    C_FLOW_OVERFLOW: "flow_overflow",
 }
 for _v, _name in VERDICT_NAMES.items():
     COUNTER_NAMES[C_VERDICT_BASE + 2 * _v] = f"{_name}_packets"

@@ -37,7 +37,7 @@ POD_LABELS = ("namespace", "pod")
 DIR_LABELS = (*POD_LABELS, "direction")
 ATTACH_MODES = ("tcx", "clsact")  # every mode gets a 0/1 sample, the conventional enum gauge
 PARSE_KINDS = ("ipv4", "ipv6", "non_ip", "fragment", "truncated")
-FLOW_EVENTS = ("flow_new", "flow_missing", "mark_failed")
+FLOW_EVENTS = ("flow_new", "flow_missing", "flow_overflow", "mark_failed")
 PAGE = "index.html"
 
 Source = Callable[[], tuple[list[observe.PodView], int]]  # (views, now ns)

@@ -125,6 +125,14 @@ def render_classes(d: observe.DirectionView) -> list[str]:
 
 # ---- status ------------------------------------------------------------------------------
 
+def _overflow_text(overflows: int, size: int) -> str:
+    """What `natra status` says when the heavy-flow table lost live heavy flows."""
+    if not overflows:
+        return ""
+    return (f"  TABLE OVERFLOW: {overflows:,} entries of still-heavy flows re-created"
+            f" (the {size}-entry table holds fewer than the Pod's heavy flows; raise flowTable)")
+
+
 def render_status(views: list[observe.PodView], missing: list[observe.NotLimited] | None = None,
                   wall_ns: int = 0, root_note: str = "") -> str:
     """The human form of `natra status`: the NOT LIMITED section first, then every Pod."""
@@ -153,7 +161,8 @@ def render_status(views: list[observe.PodView], missing: list[observe.NotLimited
                        f"  fragments {c.get('fragment', 0):,}  truncated {c.get('truncated', 0):,}")
             out.append(f"    bucket {human_bytes(d.backlog_bytes)} owed  heavy flows now {d.heavy_active}"
                        f" (counted in this and the last {d.limit.window_ns // 1_000_000 if d.limit else 0} ms"
-                       f" window)  new heavy entries {c.get('flow_new', 0):,}")
+                       f" window)  new heavy entries {c.get('flow_new', 0):,}"
+                       f"{_overflow_text(c.get('flow_overflow', 0), v.flow_table_size)}")
             out.extend(render_classes(d))
             if d.heavy_hitters:
                 out.append(f"    {'heavy hitter':<52}{'estimate':>12}{'passed':>12}{'dropped':>12}  state")

@@ -341,3 +341,25 @@ def test_gso_super_packets_are_charged_their_headers_once_per_segment(load_natra
     assert state["backlog_nbit"] == 3 * charged * L.NBIT_PER_BYTE - 2 * RATE_BPS  # 2 ns drained
     assert maps.snapshot(obj) == model.snapshot()
     assert _counter(obj, L.C_BYTES) == 3 * len(frame)  # counters stay in skb->len, as the veth counts
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("flow_table,overflows", [(4096, False), (16, True)])
+def test_a_heavy_flow_table_too_small_for_the_heavy_flows_is_counted(load_natra, flow_table, overflows):
+    """64 heavy flows (one frame each makes a flow heavy), twice round: with room
+    for all, no entry is re-created; in 16 entries the second round re-creates
+    evicted entries of flows the sketch still holds heavy, and says so."""
+    p = _params().with_(width=4096, threshold_bytes=FRAME_LEN, burst_bits=L.MAX_BURST_BITS,
+                        reserve_bits=RESERVE_BYTES * 8, rate_bps=L.MAX_RATE_BPS)
+    cfgs = [to_config(p, test_clock=True, width=4096, depth=TEST_DEPTH),
+            to_config(None, test_clock=True, width=4096, depth=TEST_DEPTH)]
+    obj = load_natra(cfgs, flow_table=flow_table)
+    for _ in range(2):
+        for sport in range(64):
+            _send(obj, tcp4(1000 + sport), T0)
+    new, lost = _counter(obj, L.C_FLOW_NEW), _counter(obj, L.C_FLOW_OVERFLOW)
+    assert _counter(obj, L.C_FLOW_MISSING) == 0
+    if overflows:
+        assert new > 64 and lost == new - 64 > 0
+    else:
+        assert (new, lost) == (64, 0)
