@@ -15,14 +15,16 @@ import argparse
 import csv
 import importlib
 import json
+import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from natra.reference.engine import Batch, BatchResult, Model, process_batch
 from natra.reference.key import KEY_LEN, format_key, parse_frame
 from natra.simulations.pcapio import Record, read_capture
+from natra.simulations.progress import Progress
 
 from natra.kernel import layout as L
 from natra.kernel.params import (
@@ -41,6 +43,7 @@ from natra.kernel.params import (
 PARSE_BYTES = 512  # a frame's first bytes the key is read from (the program pulls as many)
 CHUNK_FRAMES = 65536  # frames per batch: bounds memory and paces the progress bar
 PROGRESS_MIN_FRAMES = 200_000  # captures at least this large show a progress bar
+PROGRESS_MIN_BYTES = 16 << 20  # capture files at least this large show a bar while they are read
 TABLE_FLOWS = 20  # flows listed in the table output (largest first)
 DIRECTIONS = {"ingress": L.DIR_TO_POD, "egress": L.DIR_FROM_POD}
 VERDICT_CLASS = {v: ("mark" if v == L.V_MARK else "pass" if v in L.PASSING_VERDICTS else "drop")
@@ -141,6 +144,24 @@ def select_records(records: Iterable[Record], pods: Sequence[bytes], direction: 
         else:
             left_out += 1
     return kept, left_out
+
+
+def large_file(path) -> bool:
+    """Whether reading `path` takes long enough to show a bar (unreadable: let the reader say why)."""
+    try:
+        return os.path.getsize(path) >= PROGRESS_MIN_BYTES
+    except OSError:
+        return False
+
+
+def counted(records: Iterable[Record], bar, every: int = CHUNK_FRAMES) -> Iterator[Record]:
+    """`records`, telling `bar` how many were read every `every` of them."""
+    n = 0
+    for n, rec in enumerate(records, 1):
+        if n % every == 0:
+            bar.update(every)
+        yield rec
+    bar.update(n % every)
 
 
 def replay_records(records: Iterable[Record], engine, direction: int,
@@ -337,8 +358,9 @@ def run(args) -> int:
     try:
         configs, settings = build_configs(args)
         warnings: list[str] = []
-        records, left_out = select_records(read_capture(args.pcap, warn=warnings.append), args.pod,
-                                           DIRECTIONS[args.direction])
+        with Progress("read", unit="frame", enabled=large_file(args.pcap)) as reading:
+            captured = counted(read_capture(args.pcap, warn=warnings.append), reading)
+            records, left_out = select_records(captured, args.pod, DIRECTIONS[args.direction])
     except (ParamError, CaptureError, ValueError) as e:
         print(f"natra-sim replay: {e}", file=sys.stderr)
         return 2
@@ -362,19 +384,15 @@ def run(args) -> int:
             engine.close()
         print(f"natra-sim replay: engine {args.engine}: {refusal}", file=sys.stderr)
         return 2
-    bar = None
-    if len(records) >= PROGRESS_MIN_FRAMES:
-        from tqdm import tqdm
-        bar = tqdm(total=len(records), unit="frame", file=sys.stderr)
     try:
-        result = replay_records(records, engine, DIRECTIONS[args.direction], bar.update if bar else None)
+        with Progress(f"replay ({args.engine})", total=len(records), unit="frame",
+                      enabled=len(records) >= PROGRESS_MIN_FRAMES) as bar:
+            result = replay_records(records, engine, DIRECTIONS[args.direction], bar.update)
         extra = engine.summary_extra() if hasattr(engine, "summary_extra") else {}
     except (ValueError, OSError) as e:  # a frame the kernel's test path refuses
         print(f"natra-sim replay: engine {args.engine}: {e}", file=sys.stderr)
         return 2
     finally:
-        if bar:
-            bar.close()
         if hasattr(engine, "close"):
             engine.close()
     if args.verdicts:

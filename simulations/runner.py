@@ -23,7 +23,6 @@ import functools
 import hashlib
 import itertools
 import json
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from natra.simulations import metrics, units
 from natra.simulations import workloads as W
+from natra.simulations.progress import Progress, listening, stage
 
 from natra.kernel import layout as L
 from natra.kernel.params import DEFAULT_FLOW_TABLE, params_for, to_config
@@ -125,6 +125,7 @@ def decide_all(workload: W.Workload, params, flow_table: int = DEFAULT_FLOW_TABL
     heavy = np.empty(n, dtype=bool)
     estimates = np.empty(n, dtype=np.uint64)
     for part in workload.chunks(CHUNK_PACKETS):
+        stage(f"{workload.name}: model, frame {part.start:,} of {n:,}")
         fid = workload.flow_id[part]
         result = process_batch(model, _batch(workload.now_ns[part], workload.wire_len[part],
                                              workload.flows.keys[fid], workload.ect[part]))
@@ -232,18 +233,24 @@ def _describe(point: Point) -> str:
 
 
 def run_point(point: Point) -> dict:
-    """Every metric of one grid point, with the point's settings, as a flat dict."""
+    """Every metric of one grid point, with the point's settings, as a flat dict.
+
+    Says which step it is in through progress.stage (the sweep's bar, or the
+    Dask client's, shows it while the point runs)."""
     started = time.perf_counter()
     params = point.params()
     text = _describe(point)
     if point.workload in W.CLOSED_LOOP:
+        stage(f"{point.workload}: closed loop with the model")
         workload, heavy, estimates = _generated(lambda: closed_loop(point, params), text)
         verdicts = workload.verdicts
     else:
+        stage(f"{point.workload}: generating")
         workload = _generated(lambda: open_loop_workload(point.workload, point.seed, point.rate_bps,
                                                          point.duration_s, point.options), text)
         verdicts, heavy, estimates = decide_all(workload, params, point.flow_table)
     model_s = time.perf_counter() - started
+    stage(f"{point.workload}: metrics over {len(workload):,} frames")
     config = to_config(params)
     row = asdict(point)
     row["options"] = ",".join(f"{k}={v}" for k, v in point.options)
@@ -318,45 +325,105 @@ def run_grid(points: list[Point], jobs: int = 0, progress: bool = True, *, sched
     scheduler, else on Dask: the scheduler at `scheduler` ('tcp://host:8786'),
     or an embedded LocalCluster of `jobs` worker processes (0: one per core).
     `on_row(key, row)` hears of each point as it finishes (the result store).
+    The bar on stderr counts points and shows the step each running point is
+    in (generating, model, metrics), redrawn every few seconds.
     """
     finished = dict(done or {})
     keys = [point_key(p) for p in points]
     todo = list({k: p for k, p in zip(keys, points, strict=True) if k not in finished}.items())
-    bar = _progress(len(keys), progress)
-    bar.update(len(keys) - len(todo))
-    try:
+    with Progress("sweep", total=len(keys), unit="point", enabled=progress) as bar:
+        bar.update(len(keys) - len(todo))
         if not todo or (scheduler is None and (jobs == 1 or len(todo) == 1)):
-            results: Iterable = ((k, run_point(p)) for k, p in todo)
+            results: Iterable = _in_process(todo, bar)
         else:
-            results = run_on_dask(todo, jobs, scheduler)
+            results = run_on_dask(todo, jobs, scheduler, bar)
         for key, row in results:
             finished[key] = row
             if on_row:
                 on_row(key, row)
             bar.update(1)
-    finally:
-        bar.close()
     return [finished[k] for k in keys]
+
+
+def _in_process(todo: list[tuple[str, Point]], bar: Progress) -> Iterable[tuple[str, dict]]:
+    """Points one scene after the other, so each workload is generated once (WORKLOAD_CACHE)."""
+    for key, point, _ in placement(todo, ["here"]):
+        label = _short(point)
+        with listening(lambda text, label=label: bar.stage(f"{label}: {text}")):
+            row = run_point(point)
+        yield key, row
+
+
+def _short(point: Point) -> str:
+    return f"{point.workload} {point.width}x{point.depth} seed {point.seed}"
 
 
 class ClusterError(RuntimeError):
     """The Dask scheduler cannot be reached, or the cluster cannot start."""
 
 
-def run_on_dask(todo: list[tuple[str, Point]], jobs: int = 0,
-                scheduler: str | None = None) -> Iterable[tuple[str, dict]]:
+PROGRESS_TOPIC = "natra-sim-progress"
+# Dask's nanny starts worker processes with MALLOC_TRIM_THRESHOLD_=65536. Setting
+# it turns off glibc's adaptive mmap threshold, so every large numpy array is
+# mmapped and unmapped afresh and its pages faulted in again: a point then took
+# about twice as long in a worker as in the calling process (0.52 s against
+# 1.05 s for one 10 Gbit/s, 4 s web-search point), which ate the whole speed-up
+# of a second worker. The embedded cluster starts its workers without it.
+WORKER_ENV_UNSET = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
+def _run_point_on_worker(point: Point, key: str) -> dict:
+    """run_point on a Dask worker, its steps sent to the client as events of PROGRESS_TOPIC."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return run_point(point)
+    label = _short(point)
+
+    def tell(text: str) -> None:
+        worker.log_event(PROGRESS_TOPIC, {"key": key, "stage": f"{label}: {text}"})
+
+    with listening(tell):
+        return run_point(point)
+
+
+def _scene(point: Point) -> tuple:
+    """What a point's workload depends on: points of one scene share one generated workload."""
+    return point.workload, point.seed, point.rate_bps, point.duration_s, point.options
+
+
+def placement(todo: list[tuple[str, Point]], workers: list[str]) -> list[tuple[str, Point, str | None]]:
+    """(key, point, preferred worker): points sorted by scene and cut into len(workers) runs of
+    nearly equal length, so that a worker generates each workload of its run once (its cache
+    keeps it) instead of every worker generating every workload."""
+    if not workers:
+        return [(k, p, None) for k, p in todo]
+    first_seen: dict[tuple, int] = {}
+    for _, p in todo:
+        first_seen.setdefault(_scene(p), len(first_seen))
+    ordered = sorted(todo, key=lambda kp: first_seen[_scene(kp[1])])
+    n = len(workers)
+    return [(k, p, workers[i * n // len(ordered)]) for i, (k, p) in enumerate(ordered)]
+
+
+def run_on_dask(todo: list[tuple[str, Point]], jobs: int = 0, scheduler: str | None = None,
+                bar: Progress | None = None) -> Iterable[tuple[str, dict]]:
     """(key, row) of each point as Dask finishes it, in finishing order."""
     import logging
     import os
 
+    import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
     try:
         if scheduler is None:
             workers = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.ERROR)
+            with dask.config.set(WORKER_ENV_UNSET):
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=logging.ERROR)
             client = Client(cluster)
         else:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
@@ -365,7 +432,14 @@ def run_on_dask(todo: list[tuple[str, Point]], jobs: int = 0,
             cluster.close()
         raise ClusterError(f"Dask scheduler {scheduler or 'LocalCluster'}: {e}") from None
     try:
-        futures = {client.submit(run_point, p, key=f"natra-point-{k}", pure=False): k for k, p in todo}
+        if bar is not None:
+            client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.stage(event[1]["stage"]))
+        addresses = sorted(client.scheduler_info().get("workers", {}))
+        futures = {}
+        for k, p, where in placement(todo, addresses):
+            restrict = {"workers": [where], "allow_other_workers": True} if where else {}
+            futures[client.submit(_run_point_on_worker, p, k, key=f"natra-point-{k}", pure=False,
+                                  **restrict)] = k
         for future in as_completed(futures):
             yield futures[future], future.result()
     finally:
@@ -375,9 +449,3 @@ def run_on_dask(todo: list[tuple[str, Point]], jobs: int = 0,
 
 
 CONNECT_TIMEOUT_S = 10
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="sweep", unit="point", disable=not enabled, file=sys.stderr)

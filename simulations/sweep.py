@@ -22,6 +22,7 @@ from pathlib import Path
 from natra.simulations import knobs, units
 from natra.simulations import workloads as W
 from natra.simulations.plots import PLOTS, THROUGHPUT_PLOT, plot_all, plot_throughput, varying  # noqa: F401
+from natra.simulations.progress import Progress
 from natra.simulations.results import (  # noqa: F401
     GRID_FIELDS,
     ResultStore,
@@ -61,7 +62,7 @@ from natra.kernel.params import (
 
 DEFAULT_OUT = "sim-results"
 DEFAULT = units.DEFAULT  # grid value: Natra's own rule
-PROGRESS_MIN_FRAMES = 200_000  # writes at least this large show a progress bar
+PROGRESS_MIN_FRAMES = 200_000  # writes at least this large show a bar (a chunk is 65,536 frames)
 MIN_DURATION_NS = 1_000_000  # 1 ms of traffic at least
 MAX_DURATION_NS = 3600 * L.NS_PER_SEC
 
@@ -237,6 +238,7 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-ns", default=0,
                         type=units.bounded(units.count, minimum=0, maximum=2**62, what="base-ns"),
                         help="timestamp of the workload's time 0, ns since the epoch")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def run_workload(args) -> int:
@@ -248,20 +250,22 @@ def run_workload(args) -> int:
         options = knobs.parse_options([args.name], args.workload_arg)
         point = Point(args.name, 1024, 4, None, 100.0, None, args.rate, args.duration / L.NS_PER_SEC,
                       args.seed, options=options)
+        check_points([point])  # a workload that cannot exist is refused before anything is generated
         text = _describe(point)
-        if args.name in W.CLOSED_LOOP:
-            workload = _generated(lambda: closed_loop(point, point.params()), text)[0]
-        else:
-            workload = _generated(lambda: open_loop_workload(args.name, args.seed, args.rate,
-                                                             point.duration_s, options), text)
+        with Progress(f"generate {args.name}", unit="", enabled=not args.quiet) as bar:
+            bar.stage("starting")
+            if args.name in W.CLOSED_LOOP:
+                workload = _generated(lambda: closed_loop(point, point.params()), text)[0]
+            else:
+                workload = _generated(lambda: open_loop_workload(args.name, args.seed, args.rate,
+                                                                 point.duration_s, options), text)
+            bar.stage(f"{len(workload):,} frames of {len(workload.flows):,} flows")
         snaplen = DEFAULT_SNAPLEN if args.snaplen is None else args.snaplen
         total = len(workload) if args.limit is None else min(args.limit, len(workload))
         print(f"generated {len(workload)} frames of {len(workload.flows)} flows in "
               f"{time.perf_counter() - started:.1f} s; writing {total}", file=sys.stderr)
-        from tqdm import tqdm
-
-        with tqdm(total=total, unit="frame", desc="write", file=sys.stderr,
-                  disable=total < PROGRESS_MIN_FRAMES) as bar:
+        with Progress("write", total=total, unit="frame",
+                      enabled=not args.quiet and total >= PROGRESS_MIN_FRAMES) as bar:
             count = write_pcap(workload, args.output, base_ns=args.base_ns, snaplen=snaplen, limit=args.limit,
                                progress=bar.update)
     except (ValueError, OSError) as e:

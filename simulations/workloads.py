@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+from natra.simulations.progress import stage
 
 from natra.kernel import layout as L
 
@@ -264,23 +265,102 @@ def merge_packets(*tables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 # ---- generators -------------------------------------------------------------
 
+SIZE_QUANTILES = 4096  # sizes the concurrency model averages over (midpoints of equal-probability slices)
+MIN_SENT_SHARE = 0.8  # a concurrency is refused when the run would send less of its flows' bytes
+
+
+@dataclass(frozen=True)
+class ConcurrencyPlan:
+    """What a concurrency ask means for a flow-size workload (see run_concurrency)."""
+
+    send_bps: int  # each flow's send rate giving the asked mean concurrency over the run
+    most: float  # the largest mean concurrency any send rate gives in this run
+    sent_share: float  # expected share of the run's flows' bytes sent before the run ends
+    in_flight_bytes: float  # asked concurrency x mean flow size (bytes the active flows hold)
+
+
+def _size_quantiles(dist: str) -> np.ndarray:
+    cdf = SIZE_CDFS[dist]
+    sizes = np.array([0.0] + [size for size, _ in cdf])
+    probs = np.array([0.0] + [p for _, p in cdf])
+    mid = (np.arange(SIZE_QUANTILES) + 0.5) / SIZE_QUANTILES
+    return np.maximum(np.rint(np.interp(mid, probs, sizes)), MIN_FRAME_BYTES)
+
+
+def run_concurrency(sizes: np.ndarray, per_second: float, seconds: float, send_bps: float,
+                    frame_bytes: int = MTU_FRAME_BYTES) -> tuple[float, float]:
+    """(expected mean concurrency, expected share of the flows' bytes sent) of a run of `seconds`.
+
+    Flows start as a Poisson process of `per_second` from time 0 and are sent
+    at `send_bps` in frames of `frame_bytes`; frames after the end are not
+    sent. A flow of k frames is active from its first to its last frame,
+    (k - 1) gaps (as metrics.flow_counts measures it), so a flow starting at
+    u is active for min(life, D - u); averaged over u the run's mean
+    concurrency is per_second / D x E[life D - life^2 / 2] (life <= D, else
+    D^2 / 2). The same integral over the bytes sent gives the share sent.
+    """
+    d = seconds
+    frames = np.maximum(np.ceil(sizes / frame_bytes), 1)
+    life = (frames - 1) * frame_bytes * 8 / send_bps
+    active = np.where(life <= d, life * d - life ** 2 / 2, d * d / 2)
+    whole = sizes * 8 / send_bps  # time to send all of a flow
+    sent = np.where(whole <= d, sizes * (d - whole / 2), send_bps * d * d / 16)
+    return float(per_second * active.mean() / d), float(sent.mean() / (sizes.mean() * d))
+
+
+def plan_concurrency(dist: str, per_second: float, seconds: float, concurrency: float,
+                     frame_bytes: int = MTU_FRAME_BYTES) -> ConcurrencyPlan:
+    """The send rate at which the run's expected mean concurrency is `concurrency` (bisection on
+    run_concurrency, which falls as the send rate rises), and what the run then is."""
+    sizes = _size_quantiles(dist)
+    most = per_second * seconds / 2 * float(np.mean(np.ceil(sizes / frame_bytes) > 1))
+    low, high = 1.0, 1e15  # bit/s; concurrency at `low` is ~most, at `high` ~0
+    for _ in range(200):
+        mid = (low * high) ** 0.5
+        if run_concurrency(sizes, per_second, seconds, mid, frame_bytes)[0] > concurrency:
+            low = mid
+        else:
+            high = mid
+        if high / low < 1 + 1e-9:
+            break
+    send = max(int(round(high)), 1)
+    _, sent_share = run_concurrency(sizes, per_second, seconds, send, frame_bytes)
+    return ConcurrencyPlan(send, most, sent_share, concurrency * float(sizes.mean()))
+
+
 def flow_size_rates(dist: str, rate_bps: int, load: float, duration_ns: int, send_bps: int | None,
-                    flows: int | None, concurrency: float | None) -> tuple[float, float, int | None]:
-    """(flow arrivals per second, offered load, send rate) of flow_size_workload, checked: a
-    concurrency the run cannot reach is a ValueError naming the bytes it would hold in flight."""
+                    flows: int | None, concurrency: float | None,
+                    frame_bytes: int = MTU_FRAME_BYTES) -> tuple[float, float, int | None]:
+    """(flow arrivals per second, offered load, send rate) of flow_size_workload, checked.
+
+    With `concurrency`, the send rate is the one at which the run's mean
+    concurrency is the one asked (plan_concurrency). The ask is refused with a
+    ValueError (naming the bytes those flows hold in flight) when no send rate
+    gives it (it is above half the flows that start in the run: a flow is
+    active at most from its start to the end), or when the rate that gives it
+    is so slow that less than MIN_SENT_SHARE of the flows' bytes would be sent
+    before the run ends: the run would then not offer the load it was asked for.
+    """
     mean_bytes = cdf_mean_bytes(SIZE_CDFS[dist])
     seconds = duration_ns / L.NS_PER_SEC
     per_second = flows / seconds if flows is not None else load * rate_bps / 8 / mean_bytes
     offered_load = per_second * mean_bytes * 8 / rate_bps
     if concurrency is not None:
-        send_bps = max(int(per_second * mean_bytes * 8 / concurrency), 1)
-        lifetime_s = mean_bytes * 8 / send_bps
-        if lifetime_s > seconds / 2:
-            raise ValueError(
-                f"{dist} cannot have {concurrency:g} concurrent flows at {rate_bps:g} bit/s and load "
-                f"{offered_load:.3g} in {seconds:g} s: each flow would be sent at {send_bps:g} bit/s and "
-                f"last {lifetime_s:.3g} s on average ({concurrency * mean_bytes / 1e9:.3g} GB in flight); "
-                f"lower the concurrency, raise the load or the duration")
+        plan = plan_concurrency(dist, per_second, seconds, concurrency, frame_bytes)
+        in_flight = plan.in_flight_bytes
+        ask = (f"{dist} cannot have {concurrency:g} concurrent flows at {rate_bps:g} bit/s and load "
+               f"{offered_load:.3g} in {seconds:g} s: {concurrency:g} flows of this mix hold "
+               f"{in_flight / 1e9:.3g} GB in flight ({in_flight * 8 / rate_bps:.3g} s of the rate)")
+        fix = "lower the concurrency, or raise the load, the flows or the duration"
+        if concurrency >= plan.most * (1 - 1e-6):
+            raise ValueError(f"{ask}, but only {per_second * seconds:.3g} flows start in the run and at most "
+                             f"{plan.most:.3g} can be active at once on average at any send rate; {fix}")
+        if plan.sent_share < MIN_SENT_SHARE:
+            raise ValueError(f"{ask}: each flow would be sent at {plan.send_bps:.3g} bit/s and the run would "
+                             f"offer load {offered_load * plan.sent_share:.2g}, {plan.sent_share:.0%} of the "
+                             f"load asked (the rest still in flight when it ends; at least "
+                             f"{MIN_SENT_SHARE:.0%} needed); {fix}")
+        send_bps = plan.send_bps
     return per_second, offered_load, send_bps
 
 
@@ -288,7 +368,8 @@ def check_feasible(name: str, rate_bps: int, duration_ns: int, **options) -> Non
     """Raise the ValueError a generator would, for what can be checked without generating."""
     if name in SIZE_CDFS:
         flow_size_rates(name, rate_bps, options.get("load", DEFAULT_LOAD), duration_ns,
-                        options.get("send_bps"), options.get("flows"), options.get("concurrency"))
+                        options.get("send_bps"), options.get("flows"), options.get("concurrency"),
+                        options.get("frame_bytes", MTU_FRAME_BYTES))
 
 
 def flow_size_workload(dist: str = "websearch", *, seed: int = 1, rate_bps: int = DEFAULT_RATE_BPS,
@@ -301,19 +382,21 @@ def flow_size_workload(dist: str = "websearch", *, seed: int = 1, rate_bps: int 
     Arrivals per second = load * rate / (8 * mean size), or `flows` / duration
     when `flows` (flows in the run) is given: the load then follows from it.
     Flows are sent at `send_bps` (default: the Pod's rate), or, when
-    `concurrency` (mean flows active at once) is given, at the rate that gives
-    that concurrency by Little's law: concurrency = arrivals/s * mean size * 8
-    / send_bps. A concurrency the run cannot reach (a mean flow lasting more
-    than half the run: that many flows of this mix hold more bytes in flight
-    than the rate carries in the run) is a ValueError saying so.
+    `concurrency` (mean flows active at once over the run) is given, at the
+    rate that gives that mean in this run (plan_concurrency: Little's law with
+    the run's start and end counted). A concurrency the run cannot have (see
+    flow_size_rates) is a ValueError saying so.
     """
     cdf = SIZE_CDFS[dist]
     per_second, offered_load, send_bps = flow_size_rates(dist, rate_bps, load, duration_ns, send_bps, flows,
-                                                         concurrency)
+                                                         concurrency, frame_bytes)
     rng = np.random.default_rng(seed)
+    stage(f"{dist}: flow arrivals and sizes")
     starts = poisson_starts(rng, per_second, duration_ns)
     sizes = sample_sizes(rng, cdf, starts.shape[0])
+    stage(f"{dist}: {starts.shape[0]:,} flow keys")
     flows_table = make_flows(rng, np.full(starts.shape[0], ROLE_BACKGROUND), ipv6_fraction=ipv6_fraction)
+    stage(f"{dist}: frames of {starts.shape[0]:,} flows")
     packets = packetize(rng, sizes, starts, send_bps or rate_bps, duration_ns, frame_bytes)
     settings = {"dist": dist, "load": load if flows is None else offered_load,
                 "send_bps": send_bps or rate_bps, "ipv6_fraction": ipv6_fraction,
@@ -335,7 +418,9 @@ def zipf_workload(*, seed: int = 1, rate_bps: int = DEFAULT_RATE_BPS, load: floa
     sizes_b = np.array([s for s, _ in ZIPF_FRAME_MIX])
     shares = np.array([p for _, p in ZIPF_FRAME_MIX])
     mean_frame = float((sizes_b * shares).sum())
+    stage("zipf: packet arrivals")
     starts = poisson_starts(rng, load * rate_bps / 8 / mean_frame, duration_ns)
+    stage(f"zipf: flows of {starts.shape[0]:,} packets")
     popularity = 1.0 / np.arange(1, n_flows + 1) ** exponent
     cum = np.cumsum(popularity / popularity.sum())
     fid = np.minimum(np.searchsorted(cum, rng.random(starts.shape[0]), side="right"), n_flows - 1)
@@ -372,7 +457,9 @@ def elephants_mice(*, seed: int = 1, rate_bps: int = DEFAULT_RATE_BPS, n_elephan
     m_starts = poisson_starts(rng, mice_load * rate_bps / 8 / cdf_mean_bytes(mouse_cdf), duration_ns)
     m_sizes = sample_sizes(rng, mouse_cdf, m_starts.shape[0])
     roles = np.concatenate([np.full(n_elephants, ROLE_ELEPHANT), np.full(m_starts.shape[0], ROLE_MOUSE)])
+    stage(f"mix: {roles.shape[0]:,} flow keys")
     flows = make_flows(rng, roles, ipv6_fraction=ipv6_fraction)
+    stage("mix: frames")
     e_now, e_wire, e_fid = packetize(rng, e_sizes, e_starts, elephant_bps, duration_ns, elephant_frame_bytes)
     m_now, m_wire, m_fid = packetize(rng, m_sizes, m_starts, mouse_send_bps, duration_ns, mouse_frame_bytes)
     packets = merge_packets((e_now, e_wire, e_fid), (m_now, m_wire, m_fid + n_elephants))
@@ -424,9 +511,13 @@ def many_flows(*, seed: int = 1, rate_bps: int = DEFAULT_RATE_BPS, flows_per_win
     e_sizes = _bytes_at(e_bps, duration_ns) + 1
     e_starts = rng.integers(0, window_ns, n_elephants).astype(np.uint64)
     roles = np.concatenate([np.full(n_elephants, ROLE_ELEPHANT), np.full(n_small, ROLE_MOUSE)])
+    stage(f"manyflows: {roles.shape[0]:,} flow keys")
     flows = make_flows(rng, roles, ipv6_fraction=ipv6_fraction)
+    stage("manyflows: elephants' frames")
     e_pk = packetize(rng, e_sizes, e_starts, e_bps, duration_ns)
+    stage(f"manyflows: frames of {n_small:,} small flows")
     s_now, s_wire, s_fid = packetize(rng, small_sizes, small_start, small_send, duration_ns, MIN_FRAME_BYTES)
+    stage("manyflows: merging in time order")
     packets = merge_packets(e_pk, (s_now, s_wire, s_fid + n_elephants))
     settings = {"flows_per_window": flows_per_window, "window_ns": window_ns, "load": load,
                 "n_elephants": n_elephants, "elephant_share": elephant_share, "ipv6_fraction": ipv6_fraction}
@@ -475,7 +566,10 @@ def flood_mix(decide: Decide, *, seed: int = 1, rate_bps: int = DEFAULT_RATE_BPS
     offsets = rng.integers(0, rtt_ns, n_aimd)  # de-synchronise the senders
     flood_phase = int(offsets[0]) % flood_gap if n_aimd else 0
     out_now, out_wire, out_fid, out_verdict = [], [], [], []
-    for round_start in range(0, duration_ns, rtt_ns):
+    rounds = -(-duration_ns // rtt_ns)
+    for number, round_start in enumerate(range(0, duration_ns, rtt_ns)):
+        if number % 50 == 0:
+            stage(f"flood: round trip {number:,} of {rounds:,}")
         round_end = min(round_start + rtt_ns, duration_ns)
         a_fid = np.repeat(np.arange(n_aimd, dtype=np.int32), cwnd)
         seq = np.arange(a_fid.shape[0]) - np.repeat(np.cumsum(cwnd) - cwnd, cwnd)
