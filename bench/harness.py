@@ -40,6 +40,7 @@ DEFAULT_NET = 208
 REMOTE_SUBNET = "10.{remote}.0"
 POD_SUBNET = "10.{net}.{block}.0/24"
 IPAM_DIR = "/run/natra-ipam"
+AGENT_WARM_S = 2.0  # a started agent's pool loads two objects of the default shape
 LIMITERS = ("natra", "bandwidth", "none")
 # What containerd sends as the burst when a Pod asks for none (bits).
 CONTAINERD_BURST_BITS = 2**32 - 1
@@ -104,6 +105,7 @@ class Bench:
         self.chains: dict[tuple[str, str], TimedChain] = {}
         self.pods: list[Pod] = []
         self.procs: list[subprocess.Popen] = []
+        self.agents: dict[str, tuple[subprocess.Popen, str]] = {}  # runner -> (natra agent, its socket)
         self.remote = None
         self._count = 0
         self._container_ids: set[str] = set()  # every container ADDed, for stray IFB devices
@@ -118,9 +120,20 @@ class Bench:
     # ---- chains and Pods -------------------------------------------------------------
 
     def bundle_available(self) -> bool:
-        return os.access(BUNDLE, os.X_OK)
+        """The node bundle is built, and not older than this checkout's natra/ sources."""
+        if not os.access(BUNDLE, os.X_OK):
+            return False
+        built = os.stat(BUNDLE).st_mtime
+        source = os.path.join(os.path.dirname(os.path.dirname(BUNDLE)), os.pardir, "natra")
+        for directory, _, files in os.walk(os.path.normpath(source)):
+            if any(f.endswith(".py") and os.stat(os.path.join(directory, f)).st_mtime > built for f in files):
+                print(f"bench: {BUNDLE} is older than natra/ (make node-bundle); its rows are left out",
+                      file=sys.stderr)
+                return False
+        return True
 
     def _bin_dir(self, natra_runner: str) -> str:
+        natra_runner = natra_runner.removesuffix("-agent")  # the same executable, talking to an agent
         if natra_runner not in self.bin_dirs:
             directory = cnichain.make_bin_dir(prefix_dir(self.prefix, "cnibin-bundle"))
             launcher = os.path.join(directory, "natra")
@@ -142,7 +155,41 @@ class Bench:
             conflist = cnichain.ptp_conflist(name, POD_SUBNET.format(net=self.net_base, block=block),
                                              then=then)
             self.chains[key] = TimedChain(conflist, self._bin_dir(natra_runner))
+            if natra_runner.endswith("-agent"):
+                self.chains[key].extra_env["NATRA_AGENT_SOCKET"] = self.agent_socket(natra_runner)
         return self.chains[key]
+
+    def agent_socket(self, natra_runner: str) -> str:
+        """The socket of a `natra agent` for this runner (started once, from the node bundle
+        for "bundle-agent" as the DaemonSet's image runs it, else from this checkout)."""
+        if natra_runner in self.agents and self.agents[natra_runner][0].poll() is None:
+            return self.agents[natra_runner][1]
+        path = os.path.join(prefix_dir(self.prefix, f"agent-{natra_runner}"), "agent", "agent.sock")
+        cmd = [BUNDLE] if natra_runner.startswith("bundle") else [sys.executable, "-m", "natra"]
+        proc = subprocess.Popen([*cmd, "agent", "--socket", path], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"natra agent ({natra_runner}) did not start: exit {proc.poll()}")
+            time.sleep(0.05)
+        time.sleep(AGENT_WARM_S)  # its pool loads the default shape's programs
+        self.agents[natra_runner] = (proc, path)
+        return path
+
+    def stop_agents(self) -> list[str]:
+        problems = []
+        for runner, (proc, path) in list(self.agents.items()):
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                problems.append(f"natra agent ({runner}) did not stop on SIGTERM")
+            shutil.rmtree(os.path.dirname(os.path.dirname(path)), ignore_errors=True)
+            del self.agents[runner]
+        return problems
 
     def add_pod(self, limiter: str, rate_bps: int | None, natra_runner: str = "python",
                 burst_bits: int = CONTAINERD_BURST_BITS, options: dict | None = None) -> Pod:
@@ -331,6 +378,7 @@ class Bench:
     def close(self) -> list[str]:
         """Remove everything; returns the problems met (never raises)."""
         problems = self.reset()
+        problems += self.stop_agents()
         problems += _remove_stray_pins(self.prefix)
         problems += self._remove_stray_ifbs()
         problems += self._restore_allowed_congestion()

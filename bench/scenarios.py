@@ -76,10 +76,9 @@ class Settings:
     latency_rates_bps: tuple[int, ...] = (10_000_000, 100_000_000, 1_000_000_000)
     load_s: float = 8.0  # the saturating download of scenario 2
     overhead_s: float = 5.0
-    control_pods: int = 30
-    # the node bundle in scenario 5 when it is built (off: dist/ is built by hand and may be
-    # older than the checkout; `--only control` with bundle=True measures it)
-    bundle: bool = False
+    control_pods: int = 50
+    # the node bundle in scenario 5 when it is built and not older than natra/ (make node-bundle)
+    bundle: bool = True
     scale_pods: int = 100
     scale_rate_bps: int = 1_000_000_000
     scale_repeats: int = 2
@@ -659,18 +658,25 @@ def _standard_tbf_of(pod: Pod) -> dict:
 
 
 CONTROL_RATE_BPS = 100_000_000
+# Natra's conflist keys per control-plane variant ("shape" is the default entry).
+CONTROL_OPTIONS = {"police": {"mode": "police"}, "shape-clsact": {"attachMode": "clsact"}}
 
 
 def control_plane(bench: Bench, s: Settings) -> dict:
-    variants = [("natra", "python", "shape"), ("natra", "python", "police"), ("natra", "bundle", "shape"),
+    # The node bundle alone and as the thin client of a node agent (the DaemonSet's way);
+    # the checkout's python3 -m natra the same two ways; then the peers.
+    variants = [("natra", "bundle-agent", "shape"), ("natra", "bundle-agent", "police"),
+                ("natra", "bundle-agent", "shape-clsact"),
+                ("natra", "bundle", "shape"), ("natra", "python-agent", "shape"),
+                ("natra", "python", "shape"), ("natra", "python", "police"),
                 ("bandwidth", "python", ""), ("none", "python", "")]
     if not (s.bundle and bench.bundle_available()):
-        variants.remove(("natra", "bundle", "shape"))
+        variants = [v for v in variants if not v[1].startswith("bundle")]
     rate = CONTROL_RATE_BPS
     results = {}
     for limiter, runner, mode in variants:
         name = limiter if limiter != "natra" else f"natra-{mode}-{runner}"
-        options = {"mode": "police"} if mode == "police" else {}
+        options = CONTROL_OPTIONS.get(mode, {})
         plugin = {"none": "ptp"}.get(limiter, limiter)
         log(f"control plane: {s.control_pods} Pods with {name}")
         before_mem, before_tc = kernel_memory_kb(), tc_objects()
@@ -702,10 +708,10 @@ def control_plane(bench: Bench, s: Settings) -> dict:
         entry["del_s"] = del_s
         results[name] = entry
     floors = {}
-    for limiter, runner, _ in variants:
+    for limiter, runner, mode in variants:
         if limiter == "natra" and f"natra-{runner}" not in floors:
-            launcher = os.path.join(bench.chain(limiter, runner).bin_dir, "natra")
-            floors[f"natra-{runner}"] = process_floor(launcher)
+            chain = bench.chain(limiter, runner, CONTROL_OPTIONS.get(mode, {}))
+            floors[f"natra-{runner}"] = process_floor(os.path.join(chain.bin_dir, "natra"), chain.extra_env)
     floors["python3 -c pass"] = _timed_runs([sys.executable, "-c", "pass"], {}, b"")
     floors["bandwidth"] = process_floor(os.path.join(bench.chain("bandwidth").bin_dir, "bandwidth"))
     return {"rate_bps": rate, "variants": results, "process_floor_s": floors}
@@ -725,9 +731,11 @@ def _timed_runs(cmd: list[str], env: dict, stdin: bytes) -> list[float]:
     return took
 
 
-def process_floor(executable: str) -> list[float]:
-    """Seconds of a plugin's CNI VERSION call: process start and imports, no kernel work."""
-    return _timed_runs([executable], {"CNI_COMMAND": "VERSION"}, VERSION_STDIN)
+def process_floor(executable: str, env: dict | None = None) -> list[float]:
+    """Seconds of a plugin's CNI VERSION call: process start and imports, no kernel work (with
+    NATRA_AGENT_SOCKET in `env`, the thin client's start and one round trip to the agent)."""
+    return _timed_runs([executable], {"NATRA_AGENT_SOCKET": "off", **(env or {}), "CNI_COMMAND": "VERSION"},
+                       VERSION_STDIN)
 
 
 # ---- 6. scale ------------------------------------------------------------------------------------

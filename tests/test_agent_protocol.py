@@ -164,3 +164,14 @@ def test_cli_and_plugin_agree_on_the_largest_stdin():
 
     assert cli.MAX_STDIN_BYTES == request.MAX_STDIN_BYTES
     assert server.MAX_REQUEST_BYTES == request.MAX_STDIN_BYTES + 1
+
+
+def test_a_namespace_the_agent_cannot_see_is_left_to_the_plugin(running_agent, tmp_path):
+    agent, lines = running_agent
+    env = {client.SOCKET_ENV: agent.path, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1",
+           "CNI_NETNS": str(tmp_path / "no-such-netns"), "CNI_IFNAME": "eth0"}
+    started = time.monotonic()
+    assert client.forward(env, b"{}") is None
+    assert time.monotonic() - started < 1
+    assert agent.served == 0
+    assert any("is left to the plugin" in line for line in lines)

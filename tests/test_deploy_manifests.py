@@ -61,10 +61,11 @@ def test_manifest_validates_strictly(path, version):
 def test_a_broken_manifest_is_caught():
     """The validator used above does reject what the API server would."""
     ds = json.loads(json.dumps(the("DaemonSet")))
-    ds["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "metrics"
+    exporter = next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "exporter")
+    exporter["ports"][0]["containerPort"] = "metrics"
     with pytest.raises(kv_utils.ValidationError, match="is not of type"):
         kv_utils.validate(ds, minor_versions()[-1], strict=True)
-    ds["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = 9695
+    exporter["ports"][0]["containerPort"] = 9695
     ds["spec"]["template"]["spec"]["hostNetwrok"] = True
     with pytest.raises(kv_utils.ValidationError):
         kv_utils.validate(ds, minor_versions()[-1], strict=True)
@@ -156,3 +157,24 @@ def test_init_container_env_installs_and_uninstalls_on_a_fake_node(tmp_path):
     assert [p["type"] for p in plugins] == ["calico", "portmap", "natra"]
     assert install_cli.COMMANDS["uninstall"]([], env) == 0
     assert (conf / "10-calico.conflist").read_bytes() == (FIXTURES / "10-calico.conflist").read_bytes()
+
+
+def test_the_agent_container_sees_what_the_plugin_sees():
+    """The agent runs the plugin's calls: it needs the runtime's netns mounts as they come
+    (HostToContainer), bpffs, and the socket, state, lock and log directories of the host."""
+    import os
+
+    from natra.cni import agentclient, serial
+
+    spec = the("DaemonSet")["spec"]["template"]["spec"]
+    agent = next(c for c in spec["containers"] if c["name"] == "agent")
+    assert agent["command"][:2] == ["natra", "agent"]
+    socket_path = agent["command"][agent["command"].index("--socket") + 1]
+    assert socket_path == agentclient.DEFAULT_SOCKET
+    mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert mounts["/run/netns"].get("mountPropagation") == "HostToContainer"
+    for path in ("/sys/fs/bpf", "/run/netns", os.path.dirname(socket_path), serial.DEFAULT_LOCK_DIR,
+                 "/run/natra/cni", "/var/log/natra"):
+        assert volumes[mounts[path]["name"]]["hostPath"]["path"] == path
+    assert agent["securityContext"]["privileged"] is True

@@ -25,7 +25,7 @@ import time
 MAGIC = b"natra-cni/1"
 SOCKET_ENV = "NATRA_AGENT_SOCKET"
 TIMEOUT_ENV = "NATRA_AGENT_TIMEOUT_MS"
-DEFAULT_SOCKET = "/run/natra/agent.sock"
+DEFAULT_SOCKET = "/run/natra/agent/agent.sock"  # its own 0700 directory
 DEFAULT_TIMEOUT_MS = 3000  # a healthy agent answers in tens of ms; this bounds a wedged one
 FORWARDED_PREFIXES = ("CNI_", "NATRA_")
 MAX_REPLY_BYTES = 16 << 20

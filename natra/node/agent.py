@@ -185,6 +185,13 @@ class Agent:
         except (OSError, ValueError) as exc:
             self.log(f"natra agent: unreadable call from pid {pid}: {exc}")
             return
+        netns = env.get("CNI_NETNS", "")
+        if netns and env.get("CNI_COMMAND") in ("ADD", "CHECK") and not os.path.exists(netns):
+            # This process does not see the runtime's namespace mounts (a container without the
+            # host's /run/netns): the plugin, which does, runs the call itself.
+            self.log(f"natra agent: cannot see {netns}; {env['CNI_COMMAND']} "
+                     f"{env.get('CNI_CONTAINERID', '-')} is left to the plugin")
+            return
         if self.clock() >= deadline:
             self.expired += 1
             self.log(f"natra agent: skipped {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} "
@@ -249,14 +256,17 @@ class Agent:
 
 
 def default_pool(per_shape: int):
-    """A pool primed with the shape every Pod with default tuning asks for."""
+    """A pool primed with the shape a Pod with default tuning limited to 100 Mbit/s asks
+    for (the flow table follows the rate of the policing fallback, natra.cni.plan). Other
+    shapes join the pool when a Pod first asks for them; it keeps the last eight."""
     from natra.kernel import loader, pool
-    from natra.kernel.params import DataPathParams, to_config
+    from natra.kernel import params as P
 
-    objects = pool.ObjectPool(per_shape=per_shape)
-    default = to_config(DataPathParams(rate_bps=1_000_000, burst_bits=1_000_000, reserve_bits=0))
+    objects = pool.ObjectPool(per_shape=per_shape, shapes=8)
+    police = P.params_for(100_000_000, mode=P.MODE_POLICE)
     try:
-        objects.prime([default, default], flow_table=loader.DEFAULT_FLOW_TABLE)
+        objects.prime([P.to_config(P.params_for(100_000_000, mode=P.MODE_SHAPE))] * 2,
+                      flow_table=P.flow_table_entries([police, police]))
     except loader.LoadError:
         pass  # no object built: every take loads in line and reports it as the plugin would
     return objects

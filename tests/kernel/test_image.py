@@ -390,7 +390,7 @@ def test_daemonset_containers_from_the_image_install_limit_export_uninstall(tmp_
         assert (bin_dir / "natra").is_symlink()
         with N.limited_pod(node.root, f"{PREFIX}{tag}") as pod:
             port = _free_port()
-            spec = node.pod["containers"][0]
+            spec = next(c for c in node.pod["containers"] if c["name"] == "exporter")
             exporter = node.run(spec, env_extra={"NATRA_METRICS_PORT": str(port),
                                                  "NATRA_BPFFS_ROOT": node.pins}, popen=True)
             try:
