@@ -23,8 +23,9 @@ from pathlib import Path
 
 from natra.simulations import knobs, units
 from natra.simulations import workloads as W
+from natra.simulations.captured import CAPTURE
 from natra.simulations.results import ResultStore, results_document, write_csv
-from natra.simulations.runner import ClusterError, WorkloadError, check_points, grid, point_key, run_grid
+from natra.simulations.runner import ClusterError, check_points, grid, point_key, run_grid
 from natra.simulations.sweep import (
     DEPTH,
     DURATION,
@@ -43,6 +44,10 @@ from natra.kernel.params import DEFAULT_FLOW_TABLE
 
 CONFIG_FIELDS = ("width", "depth", "threshold_pct", "threshold_fixed_bytes", "window_ms")
 CONFIDENCE = 0.95
+CAPTURE_CONFIDENCE = (
+    "met on this capture, one run of real traffic: no seeds, so no confidence beyond it is claimed "
+    "(capture more, or longer, to judge other traffic)"
+)
 
 
 def judge(rows: list[dict], targets: dict) -> list[dict]:
@@ -172,7 +177,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rate", type=units.rate, default=W.DEFAULT_RATE_BPS, help="the Pod's limit (1G, 100M)"
     )
     parser.add_argument(
-        "--workload", type=workload_name, default="websearch", help=", ".join(W.WORKLOAD_NAMES)
+        "--workload",
+        type=workload_name,
+        default=None,
+        help=", ".join(W.WORKLOAD_NAMES) + " (default websearch)",
+    )
+    parser.add_argument(
+        "--pcap",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a capture instead of a generated workload: pcap or pcapng; Ethernet, Linux cooked (SLL, SLL2: "
+        "tcpdump -i any) or raw IP; headers-only captures are charged their original lengths. One run: "
+        "--seeds does not apply. With --scheduler the path must be readable on every worker",
+    )
+    parser.add_argument(
+        "--pod",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="with --pcap: only frames to (ingress) or from (egress) this Pod address (repeatable)",
+    )
+    parser.add_argument(
+        "--direction",
+        choices=("ingress", "egress"),
+        default="ingress",
+        help="with --pcap and --pod: traffic into the Pod (default) or out of it",
     )
     parser.add_argument(
         "--flows",
@@ -228,6 +258,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true")
 
 
+def _capture(args) -> tuple[tuple, object]:
+    """(options naming the capture, its Workload); ValueError for a bad combination or capture."""
+    from natra.simulations.captured import capture_options, capture_workload
+    from natra.simulations.pcapio import CaptureError
+    from natra.simulations.replay import pod_address
+
+    clash = [
+        name
+        for name, given in (
+            ("--workload", args.workload),
+            ("--flows", args.flows),
+            ("--concurrency", args.concurrency),
+            ("--workload-arg", args.workload_arg),
+        )
+        if given
+    ]
+    if clash:
+        raise ValueError(f"--pcap replaces a generated workload: drop {', '.join(clash)}")
+    for address in args.pod:
+        try:
+            pod_address(address)
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(str(e)) from None
+    try:
+        options = capture_options(args.pcap, args.pod, args.direction)
+        workload = capture_workload(options)
+    except OSError as e:
+        raise ValueError(f"capture {args.pcap}: {e.strerror or e}") from None
+    except CaptureError as e:
+        raise ValueError(str(e)) from None
+    for warning in workload.settings["warnings"]:
+        print(f"natra-sim recommend: warning: {warning}", file=sys.stderr)
+    return options, workload
+
+
 def _options(args) -> tuple:
     items = list(args.workload_arg)
     if args.flows is not None:
@@ -240,9 +305,18 @@ def _options(args) -> tuple:
 def run(args) -> int:
     """The smallest sketch, threshold and window meeting precision, recall and mice-loss targets."""
     targets = {"precision": args.precision, "recall": args.recall, "mice_loss": args.mice_loss}
-    out = args.out or Path("sim-results") / f"recommend-{args.workload}"
+    capture = None
     try:
-        options = _options(args)
+        if args.pcap is not None:
+            options, capture = _capture(args)
+            args.workload, args.seeds, args.seed = CAPTURE, 1, 0
+            args.duration = capture.duration_ns
+        else:
+            if args.pod:
+                raise ValueError("--pod selects frames of a capture: it needs --pcap")
+            args.workload = args.workload or "websearch"
+            options = _options(args)
+        out = args.out or Path("sim-results") / f"recommend-{args.pcap.stem if capture else args.workload}"
         points = grid(
             [args.workload],
             args.width,
@@ -270,8 +344,7 @@ def run(args) -> int:
             on_row=store.add,
         )
     except (ValueError, OSError, ClusterError) as e:
-        message = str(e) if isinstance(e, WorkloadError) else str(e)
-        print(f"natra-sim recommend: {message}", file=sys.stderr)
+        print(f"natra-sim recommend: {e}", file=sys.stderr)
         return 2
     configs = judge(rows, targets)
     meeting = [c for c in configs if c["meets"]]
@@ -292,12 +365,23 @@ def run(args) -> int:
     document["recommended"], document["runner_up"] = best, runner_up
     (out / "results.json").write_text(json.dumps(document, indent=1, default=str))
     seen = configs[0]
-    scene = (
-        f"{args.workload}{''.join(f' {k}={v}' for k, v in options)} at {args.rate:,} bit/s, "
-        f"{args.duration / L.NS_PER_SEC:g} s x {args.seeds} seeds: {seen['flows']:,} flows, "
-        f"{seen['flows_per_window_mean']:.0f} per window, {seen['concurrency_mean']:.1f} active at once "
-        f"(measured, least over the seeds)"
+    measured = (
+        f"{seen['flows']:,} flows, {seen['flows_per_window_mean']:.0f} per window, "
+        f"{seen['concurrency_mean']:.1f} active at once"
     )
+    if capture is not None:
+        picked = dict(options)
+        where = f", {picked['direction']} of {picked['pod']}" if picked["pod"] else ""
+        scene = (
+            f"capture {args.pcap} ({len(capture):,} frames{where}, "
+            f"{capture.duration_ns / L.NS_PER_SEC:.3g} s) at {args.rate:,} bit/s: {measured}"
+        )
+    else:
+        scene = (
+            f"{args.workload}{''.join(f' {k}={v}' for k, v in options)} at {args.rate:,} bit/s, "
+            f"{args.duration / L.NS_PER_SEC:g} s x {args.seeds} seeds: {measured} "
+            f"(measured, least over the seeds)"
+        )
     title = (
         f"natra-sim recommend: {scene}\ntargets: precision >= {targets['precision']:g}, recall >= "
         f"{targets['recall']:g}, mice loss <= {targets['mice_loss']:g}"
@@ -311,9 +395,10 @@ def run(args) -> int:
     if best:
         lines += [
             f"recommended: {describe(best)}",
-            f"  worst seed: precision {best['worst_precision']:.4f}, recall {best['worst_recall']:.4f}, "
+            f"  {'on the capture' if capture is not None else 'worst seed'}: precision "
+            f"{best['worst_precision']:.4f}, recall {best['worst_recall']:.4f}, "
             f"mice loss {best['worst_mice_loss']:.3g}",
-            f"  {confidence_statement(best['seeds'])}",
+            f"  {confidence_statement(best['seeds']) if capture is None else CAPTURE_CONFIDENCE}",
         ]
         if runner_up:
             lines.append(

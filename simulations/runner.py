@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from natra.simulations import metrics, units
 from natra.simulations import workloads as W
+from natra.simulations.captured import CAPTURE, capture_workload
 from natra.simulations.progress import Progress, listening, stage
 
 from natra.kernel import layout as L
@@ -240,7 +241,11 @@ def run_point(point: Point) -> dict:
     started = time.perf_counter()
     params = point.params()
     text = _describe(point)
-    if point.workload in W.CLOSED_LOOP:
+    if point.workload == CAPTURE:
+        stage("reading the capture")
+        workload = capture_workload(point.options)
+        verdicts, heavy, estimates = decide_all(workload, params, point.flow_table)
+    elif point.workload in W.CLOSED_LOOP:
         stage(f"{point.workload}: closed loop with the model")
         workload, heavy, estimates = _generated(lambda: closed_loop(point, params), text)
         verdicts = workload.verdicts
