@@ -175,3 +175,11 @@ def test_a_namespace_the_agent_cannot_see_is_left_to_the_plugin(running_agent, t
     assert time.monotonic() - started < 1
     assert agent.served == 0
     assert any("is left to the plugin" in line for line in lines)
+
+
+def test_the_wait_for_the_agent_is_bounded_and_longer_for_gc():
+    assert client.timeout_s({}) == client.DEFAULT_TIMEOUT_MS / 1000
+    assert client.timeout_s({client.TIMEOUT_ENV: "250"}) == 0.25
+    assert client.timeout_s({client.TIMEOUT_ENV: "nonsense"}) == client.DEFAULT_TIMEOUT_MS / 1000
+    assert client.timeout_s({client.TIMEOUT_ENV: "-5"}) == 0.001
+    assert client.timeout_s({client.TIMEOUT_ENV: "250", "CNI_COMMAND": "GC"}) == 2.5

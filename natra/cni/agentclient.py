@@ -27,6 +27,7 @@ SOCKET_ENV = "NATRA_AGENT_SOCKET"
 TIMEOUT_ENV = "NATRA_AGENT_TIMEOUT_MS"
 DEFAULT_SOCKET = "/run/natra/agent/agent.sock"  # its own 0700 directory
 DEFAULT_TIMEOUT_MS = 3000  # a healthy agent answers in tens of ms; this bounds a wedged one
+GC_TIMEOUT_FACTOR = 10
 FORWARDED_PREFIXES = ("CNI_", "NATRA_")
 MAX_REPLY_BYTES = 16 << 20
 OFF = ("", "off", "none")
@@ -60,11 +61,14 @@ def socket_path(env) -> str | None:
 
 
 def timeout_s(env) -> float:
+    """How long to wait for the agent's answer. GC walks every container of the node and
+    is not on a Pod's start-up path: it gets ten times as long before the plugin runs
+    it again by itself (GC takes no container lock to keep the two apart)."""
     try:
         ms = int(env.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_MS))
     except ValueError:
         ms = DEFAULT_TIMEOUT_MS
-    return max(ms, 1) / 1000
+    return max(ms, 1) / 1000 * (GC_TIMEOUT_FACTOR if env.get("CNI_COMMAND") == "GC" else 1)
 
 
 def forward(env, stdin: bytes) -> tuple[int, bytes, bytes] | None:
