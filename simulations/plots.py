@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from natra.simulations.metrics import CELL_BYTES
 from natra.simulations.results import GRID_FIELDS
 
 from natra.kernel import layout as L
@@ -50,10 +51,11 @@ RAW_JAIN_LABEL = "Jain's index, raw throughput of heavy flows"
 PLOTS = (
     # file, x field, y fields (with axis labels), x label, title, log x?,
     # and the field holding x with 'default' resolved to a number
-    ("f1_vs_memory.png", "state_bytes", (("f1", "heavy-hitter F1 (per window)"),),
-     "state memory per Pod (bytes, log scale)", "Heavy-hitter F1 vs state memory (one line per depth, "
-     "points: widths)", True, None),
-    ("delay_vs_window.png", "window_ms", (("detect_delay_p50_ms", "median detection delay (ms)"),
+    ("f1_vs_memory.png", "sketch_bytes", (("f1_miss", "1 - F1: heavy-hitter decisions missed"),),
+     "sketch memory per Pod (bytes, log scale)",
+     "Heavy-hitter misses (1 - F1, per flow and window) vs sketch memory, both directions' cells (one line "
+     "per depth, points: widths; the flow table adds the same to every point)", True, None),
+    ("delay_vs_window.png", "window_ms", (("detect_delay_p50_ms", "median detection delay (ms, log scale)"),
                                           ("small_flows_hit", SHORT_HIT_LABEL)),
      "sketch window (ms, log scale)", "Detection delay of a new elephant vs window", True, None),
     ("mice_jain_vs_threshold.png", "threshold_pct", (("mice_loss", "mice bytes dropped (fraction)"),
@@ -65,12 +67,11 @@ PLOTS = (
     ("mice_vs_reserve.png", "reserve_pct", (("mice_loss", "mice bytes dropped (fraction)"),
                                             ("small_flows_hit", SHORT_HIT_LABEL),
                                             ("passed_load", "passed bytes / (rate x duration)")),
-     "mice reserve (% of burst)", "Mice loss vs reserve", False, "reserve_pct_resolved"),
+     "mice reserve (% of burst)", "Mice loss vs reserve", "symlog", "reserve_pct_resolved"),
 )
 
 
-UNIT_INTERVAL = ("f1", "mice_loss", "small_flows_hit", "jain_heavy", "jain_heavy_throughput")
-LABEL_BELOW = 0.98  # F1 points under this get their width written beside them (the rest overlap at 1)
+UNIT_INTERVAL = ("f1", "f1_miss", "mice_loss", "small_flows_hit", "jain_heavy", "jain_heavy_throughput")
 FRACTION_FLOOR = 0.05  # a fraction axis shows at least 0..5 %, so an all-zero line sits at the bottom
 
 
@@ -104,9 +105,14 @@ def mean_over_seeds(rows: list[dict]) -> list[dict]:
 
 
 MAX_LINES = 6  # lines per panel; more groups are split into facets (one panel per value)
-SMALL_FRACTIONS = ("mice_loss", "small_flows_hit")  # decisions hang on 1e-7: symlog axes
-SYMLOG_FLOOR = 1e-7
-X_VARIES = {"state_bytes": ("width", "depth"), "window_ms": ("window_ms",),
+SMALL_FRACTIONS = ("mice_loss", "small_flows_hit", "f1_miss")  # decisions hang on 1e-7: symlog axes
+SYMLOG_FLOOR = {"f1_miss": 1e-4}  # others: 1e-7 (one mouse byte in ten million)
+SYMLOG_FLOOR_DEFAULT = 1e-7
+LOG_Y = ("detect_delay_p50_ms",)  # grows in proportion to the window: a straight line on log-log
+TARGETS = {"f1_miss": (0.01, "F1 0.99")}  # dashed line: where the issue's targets sit
+SPREAD = 0.1  # a symlog x axis when the smallest positive value tried is below this share of the largest
+SYMLOG_HEADROOM = 3.0  # the top of a symlog axis: this times the largest value
+X_VARIES = {"sketch_bytes": ("width", "depth"), "window_ms": ("window_ms",),
             "threshold_pct": ("threshold_pct", "threshold_fixed_bytes"),
             "reserve_pct": ("reserve_pct", "reserve_fixed_bytes")}
 
@@ -138,8 +144,12 @@ def plot_all(rows: list[dict], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     for r in rows:
+        r.setdefault("sketch_bytes", L.NDIRS * r["depth"] * r["width"] * CELL_BYTES)
+        if r.get("f1") is not None:
+            r.setdefault("f1_miss", 1.0 - r["f1"])
         r.setdefault("threshold_pct_resolved",
                      100 * 8 * r["threshold_bytes"] * L.NS_PER_SEC / (r["rate_bps"] * r["window_ms"] * 1e6))
         r.setdefault("reserve_pct_resolved", 100 * r["reserve_bytes"] / r["burst_bytes"])
@@ -150,7 +160,7 @@ def plot_all(rows: list[dict], out: Path) -> list[Path]:
         if not any(f in vary for f in X_VARIES[x]):
             continue  # nothing to draw against a parameter that did not vary
         same_x = {x, "workload", x.replace("_pct", "_fixed_bytes")}  # a threshold in % or in bytes
-        group_by = [f for f in vary if f not in same_x and not (x == "state_bytes" and f == "width")]
+        group_by = [f for f in vary if f not in same_x and not (x == "sketch_bytes" and f == "width")]
         facet, line_by = _facets(group_by, rows)
         facet_values = sorted({tuple(r[f] for f in facet) for r in rows}, key=_order)
         panels = [(w, y, v) for y in ys for w in workloads for v in facet_values]
@@ -167,33 +177,57 @@ def plot_all(rows: list[dict], out: Path) -> list[Path]:
                     groups.setdefault(tuple(r[f] for f in line_by), []).append(r)
             colours = plt.get_cmap("viridis" if len(groups) > 10 else "tab10")
             for i, (key, members) in enumerate(sorted(groups.items(), key=lambda kv: _order(kv[0]))):
-                pts = sorted((_xvalue(m, x, resolved), m[y], m["width"]) for m in members
+                pts = sorted((_xvalue(m, x, resolved), m[y], m["width"], m[x] is None) for m in members
                              if m.get(y) is not None)
                 if not pts:
                     continue
                 colour = colours(i / max(len(groups) - 1, 1)) if len(groups) > 10 else colours(i % 10)
                 line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^Dv<>p"[i % 8],
                                 color=colour, label=_label(key, line_by))
-                if x == "state_bytes":  # the memory axis hides which width a point is
-                    for px, py, width in (p for p in pts if p[1] < LABEL_BELOW):
+                if x == "sketch_bytes":  # the memory axis hides which width a point is
+                    for px, py, width, _ in (p for p in pts if p[1] > 0):
                         ax.annotate(f"W={width}", (px, py), textcoords="offset points",
-                                    xytext=(3, -11), fontsize="x-small", color=line.get_color())
+                                    xytext=(4, 3) if i % 2 == 0 else (4, -10), fontsize="x-small",
+                                    color=line.get_color())
+                for px, py, _, is_default in pts:  # a grid value 'default' is drawn where it resolves
+                    if is_default and resolved:
+                        ax.annotate(f"default\n({px:.3g})", (px, py), textcoords="offset points",
+                                    xytext=(0, 8), ha="center", fontsize="x-small", color=line.get_color())
             where = f"workload: {workload}" + (f", {_label(value, facet)}" if facet else "")
             ax.set_title(where, fontsize="medium")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel + (" (symlog)" if y in SMALL_FRACTIONS else ""))
-            if logx:
+            tried = sorted({v for p in ax.lines for v in p.get_xdata()})
+            positive = [v for v in tried if v > 0]
+            if logx == "symlog" and positive and positive[0] < SPREAD * positive[-1]:
+                # 0 and values a hundred times apart (0, 0.25 .. 20 %): linear near 0, log above
+                ax.set_xscale("symlog", linthresh=positive[0])
+                ax.set_xticks(tried, [f"{v:g}" for v in tried], minor=False)
+                ax.minorticks_off()
+                ax.set_xlabel(xlabel.replace(")", ", symlog scale)"))
+            elif logx is True:
                 ax.set_xscale("log")
-                if x != "state_bytes":  # the values tried, written as numbers, not as 6x10^-1
+                if x != "sketch_bytes":  # the values tried, written as numbers, not as 6x10^-1
                     xs = sorted({p.get_xdata()[i] for p in ax.lines for i in range(len(p.get_xdata()))})
                     ax.set_xticks(xs, [f"{v:g}" for v in xs], minor=False)
                     ax.minorticks_off()
             ax.grid(True, alpha=0.3)
             if y in SMALL_FRACTIONS:
-                ax.set_yscale("symlog", linthresh=SYMLOG_FLOOR)
-                ax.set_ylim(bottom=0)
+                ax.set_yscale("symlog", linthresh=SYMLOG_FLOOR.get(y, SYMLOG_FLOOR_DEFAULT))
+                highest = max([max(p.get_ydata(), default=0) for p in ax.lines] + [0])
+                ax.set_ylim(bottom=0, top=max(FRACTION_FLOOR, highest * SYMLOG_HEADROOM))
+            elif y in LOG_Y and all(v > 0 for p in ax.lines for v in p.get_ydata()):
+                ax.set_yscale("log")
+                ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(NullFormatter())
             else:
                 _y_range(ax, y)
+            if y in TARGETS:
+                level, text = TARGETS[y]
+                ax.axhline(level, color="tab:red", linestyle="--", linewidth=1)
+                ax.annotate(text, (1.0, level), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                            fontsize="x-small", color="tab:red")
             if ax.lines and line_by:  # one line needs no legend
                 ax.legend(fontsize="x-small", title=", ".join(line_by), title_fontsize="x-small",
                           loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
@@ -208,13 +242,18 @@ def plot_all(rows: list[dict], out: Path) -> list[Path]:
 
 
 THROUGHPUT_PLOT = "throughput_vs_threshold.png"
-THROUGHPUT_LINES = (("flood_mbps_mean", "UDP flood"), ("aimd_mbps_max", "TCP-like (AIMD), best"),
-                    ("aimd_mbps_min", "TCP-like (AIMD), worst"),
-                    ("even_split_mbps", "even split of their total"))
+THROUGHPUT_LINES = (("flood_mbps_mean", "UDP flood", {"marker": "o", "color": "tab:red"}),
+                    ("aimd_mbps_max", "TCP-like (AIMD), best", {"marker": "^", "color": "tab:blue"}),
+                    ("aimd_mbps_min", "TCP-like (AIMD), worst",
+                     {"marker": "v", "color": "tab:blue", "linestyle": ":"}),
+                    ("even_split_mbps", "even split of their total", {"linestyle": "--", "color": "grey"}))
 
 
 def plot_throughput(rows: list[dict], out: Path) -> Path | None:
-    """Per-sender throughput vs threshold for workloads with AIMD senders and a flood; None if none has."""
+    """Per-sender throughput vs threshold for workloads with AIMD senders and a flood; None if none has.
+
+    The TCP-like senders' best and worst are two lines with the band between
+    them shaded (they often coincide); the legend sits beside the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,24 +266,27 @@ def plot_throughput(rows: list[dict], out: Path) -> Path | None:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[f] for f in vary), []).append(r)
-    fig, axes = plt.subplots(1, len(groups), figsize=(6.4 * len(groups) + 0.5, 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.4 * len(groups) + 2.6, 4.6), squeeze=False)
     for ax, (key, members) in zip(axes.flat, groups.items(), strict=True):
         members = sorted(members, key=lambda m: m["threshold_pct_resolved"])
         xs = [m["threshold_pct_resolved"] for m in members]
-        for field, label in THROUGHPUT_LINES:
-            style = {"linestyle": "--", "color": "grey"} if field == "even_split_mbps" else {"marker": "o"}
+        for field, label, style in THROUGHPUT_LINES:
             ax.plot(xs, [m[field] for m in members], label=label, **style)
+        ax.fill_between(xs, [m["aimd_mbps_min"] for m in members], [m["aimd_mbps_max"] for m in members],
+                        color="tab:blue", alpha=0.15, linewidth=0)
         ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{v:g}" for v in xs], minor=False)
+        ax.minorticks_off()
         ax.set_ylim(bottom=0)
         ax.set_xlabel("heavy-hitter threshold (% of rate x window, log scale)")
         ax.set_ylabel("throughput over the run (Mbit/s)")
         ax.set_title(_label(key, vary) if vary else f"workload: {members[0]['workload']}", fontsize="medium")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle(f"What each sender got vs threshold\n{_context(rows)}")
+    axes.flat[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.suptitle(f"What each sender got vs threshold\n{_context(rows)}", fontsize="medium")
     fig.tight_layout()
     path = out / THROUGHPUT_PLOT
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -252,7 +294,7 @@ def plot_throughput(rows: list[dict], out: Path) -> Path | None:
 def _context(rows: list[dict]) -> str:
     r = rows[0]
     names = sorted({row["workload"] for row in rows})
-    options = sorted({row.get("options") or "" for row in rows} - {""})
+    options = sorted({(row.get("options") or "").replace(",", ", ") for row in rows} - {""})
     extra = f", {'; '.join(options)}" if options else ""
     return (f"{'+'.join(names)}{extra}: rate {_fmt_rate(r['rate_bps'])}, {r['duration_s']:g} s of traffic, "
             f"seed {r['seed']}")
