@@ -166,10 +166,16 @@ def test_cli_and_plugin_agree_on_the_largest_stdin():
     assert server.MAX_REQUEST_BYTES == request.MAX_STDIN_BYTES + 1
 
 
-def test_a_namespace_the_agent_cannot_see_is_left_to_the_plugin(running_agent, tmp_path):
+@pytest.mark.parametrize("what", ["missing", "plain file"])
+def test_a_namespace_the_agent_cannot_see_is_left_to_the_plugin(running_agent, tmp_path, what):
+    """Missing, or an empty file where the runtime's mount did not reach the agent's mount
+    namespace (setns would fail there and the agent would fail the Pod open)."""
     agent, lines = running_agent
+    netns = tmp_path / "cni-1234"
+    if what == "plain file":
+        netns.write_bytes(b"")
     env = {client.SOCKET_ENV: agent.path, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1",
-           "CNI_NETNS": str(tmp_path / "no-such-netns"), "CNI_IFNAME": "eth0"}
+           "CNI_NETNS": str(netns), "CNI_IFNAME": "eth0"}
     started = time.monotonic()
     assert client.forward(env, b"{}") is None
     assert time.monotonic() - started < 1

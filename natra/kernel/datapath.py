@@ -514,6 +514,15 @@ def _fs_type(path: str) -> int | None:
     return buf.f_type & 0xFFFFFFFF
 
 
+NSFS_MAGIC = 0x6E736673
+
+
+def is_netns(path: str) -> bool:
+    """`path` is a namespace file here (a bind mount of nsfs, or /proc/<pid>/ns/net): what
+    setns(2) can enter. An empty file where another mount namespace has the mount is not."""
+    return _fs_type(path) == NSFS_MAGIC
+
+
 def probe(*, root: str | None = None) -> list[str]:
     """Problems that make an install impossible here; [] means ready. A few ms."""
     problems = []

@@ -186,9 +186,10 @@ class Agent:
             self.log(f"natra agent: unreadable call from pid {pid}: {exc}")
             return
         netns = env.get("CNI_NETNS", "")
-        if netns and env.get("CNI_COMMAND") in ("ADD", "CHECK") and not os.path.exists(netns):
+        if netns and env.get("CNI_COMMAND") in ("ADD", "CHECK") and not self.sees_netns(netns):
             # This process does not see the runtime's namespace mounts (a container without the
-            # host's /run/netns): the plugin, which does, runs the call itself.
+            # host's /run/netns, or one whose mount does not receive new namespaces): the
+            # plugin, which does, runs the call itself instead of failing it open here.
             self.log(f"natra agent: cannot see {netns}; {env['CNI_COMMAND']} "
                      f"{env.get('CNI_CONTAINERID', '-')} is left to the plugin")
             return
@@ -214,6 +215,12 @@ class Agent:
                  f"exit {code}, answered in {(replied[0] - started) / 1e6:.1f} ms, "
                  f"done in {(self.clock() - started) / 1e6:.1f} ms"
                  + (f" (programs ready: {self.pool.ready_count()})" if self.pool is not None else ""))
+
+    @staticmethod
+    def sees_netns(path: str) -> bool:
+        from natra.kernel import datapath
+
+        return datapath.is_netns(path)
 
     def run(self, env: dict[str, str], stdin: bytes, reply) -> int:
         """Run one call under its container's lock, `reply(code, stdout, stderr)`, then the

@@ -16,7 +16,11 @@ here): `make image-local`. These tests take the built image and check:
   chain limits a namespace Pod both ways; the exporter container, run from the
   image with the manifest's command and capabilities, serves that Pod's
   limits; the ConfigMap's `uninstall` action gives the conflist back byte for
-  byte.
+  byte;
+- the agent container, run from the image with the manifest's command,
+  privileges and mounts, runs the node's plugin calls: a Pod's ADD, CHECK
+  and DEL through the installed bundle are answered by it (its log says so),
+  and the Pod is limited exactly as without it.
 
 Without the image (or buildah) the tests skip on a workstation and fail under
 CI, where set-up must have built it.
@@ -24,7 +28,9 @@ CI, where set-up must have built it.
 Deviations from a kubelet, all for isolation on a shared test machine: the
 fake node's bin and conf dirs stand in for /opt/cni/bin and /etc/cni/net.d;
 the ConfigMap's defaults get a private pin root and log file (and the
-exporter NATRA_BPFFS_ROOT to match); the exporter listens on a free port.
+exporter NATRA_BPFFS_ROOT to match); the exporter listens on a free port; the
+plugin finds the agent's socket under the fake node's /run
+(NATRA_AGENT_SOCKET), and the real /run/netns is mounted into the agent.
 
 Names: netns, pins and containers start with ni7-; everything is removed in
 a finally, also when a test fails.
@@ -58,6 +64,7 @@ from natra.node import install as inst
 REPO = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 IMAGE = f"localhost/natra:{VERSION}"
+NETNS_DIR = "/run/netns"
 DEBIAN_11 = ("localhost/natra-base:bullseye", "docker.io/library/debian:bullseye-slim")
 HOST_BUNDLE = REPO / "dist" / "natra"
 PREFIX = "ni7-"
@@ -301,10 +308,10 @@ def _free_port() -> int:
 class FakeNode:
     """Runs the DaemonSet's containers from the image against a fake node."""
 
-    def __init__(self, tmp_path: Path, container, tag: str):
+    def __init__(self, tmp_path: Path, container, tag: str, pins: str | None = None):
         self.root = tmp_path / "host"
         self.original = N.fake_host(self.root, f"{PREFIX}{tag}", tmp_path / "ipam")
-        self.pins = f"{BPFFS}/{PREFIX}{tag}"
+        self.pins = pins or f"{BPFFS}/{PREFIX}{tag}"
         self.manifest = _manifest()
         self.pod = self.manifest["DaemonSet"]["spec"]["template"]["spec"]
         data = dict(self.manifest["ConfigMap"]["data"])
@@ -323,17 +330,19 @@ class FakeNode:
         if "configMap" in volume:
             return str(self.config_dir)
         path = volume["hostPath"]["path"]
-        if path == BPFFS:
+        if path in (BPFFS, NETNS_DIR):  # the real ones: the Pods' pins and namespaces are real
             return path
         if volume["hostPath"].get("type") == "DirectoryOrCreate":  # as the kubelet does
             (self.root / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
         return str(self.root / path.lstrip("/"))
 
-    def run(self, spec: dict, env_extra: dict | None = None, popen: bool = False):
+    def run(self, spec: dict, env_extra: dict | None = None, popen: bool = False,
+            extra_mounts: tuple[str, ...] = ()):
         volumes = {v["name"]: v for v in self.pod["volumes"]}
         mounts = [f"{self.host_path(volumes[m['name']])}:{m['mountPath']}"
-                  + (":ro" if m.get("readOnly") else (":rbind" if m["mountPath"] == BPFFS else ""))
-                  for m in spec.get("volumeMounts", [])]
+                  + (":ro" if m.get("readOnly") else (":rbind" if m["mountPath"] == BPFFS else
+                     ":rslave" if m.get("mountPropagation") == "HostToContainer" else ""))
+                  for m in spec.get("volumeMounts", [])] + list(extra_mounts)
         env = {}
         for e in spec.get("env", []):
             ref = e.get("valueFrom", {}).get("configMapKeyRef")
@@ -413,3 +422,62 @@ def test_daemonset_containers_from_the_image_install_limit_export_uninstall(tmp_
             os.killpg(exporter.pid, 9)
             exporter.wait(timeout=10)
         subprocess.run(["rm", "-rf", node.pins], capture_output=True)
+
+
+def test_daemonset_agent_from_the_image_runs_the_nodes_plugin_calls(tmp_path, container):
+    """The first Pod's namespace exists when the agent starts, so the agent's /run/netns
+    mount holds it and the agent runs its calls. The second Pod's namespace is made after:
+    buildah's chroot isolation does not pass new mounts into the container (a kubelet's
+    HostToContainer does), so the agent sees an empty file there, leaves the calls to the
+    plugin, and the Pod is limited all the same."""
+    from natra.kernel import datapath
+
+    tag = secrets.token_hex(3)
+    # buildah lays a read-only /sys over the container's /sys/fs/bpf (a kubelet's privileged
+    # container gets it writable), so the pins go to a private bpffs outside /sys, mounted
+    # at the same path in the agent's container.
+    private = f"/run/{PREFIX}bpffs-{tag}"
+    os.makedirs(private)
+    subprocess.run(["mount", "-t", "bpf", "bpf", private], check=True)
+    node = FakeNode(tmp_path, container, tag, pins=f"{private}/pins")
+    os.makedirs(node.pins, exist_ok=True)
+    agent = None
+    limits = {"IngressRate": N.LIMIT_BPS, "IngressBurst": N.MAX_UINT32,
+              "EgressRate": N.LIMIT_BPS, "EgressBurst": N.MAX_UINT32}
+    try:
+        done = node.init("install")
+        assert done.returncode == 0, done.stdout + done.stderr
+        chain = N.chain_of(node.root)
+        hooked, gone = {}, {}
+        with N.Pod(chain, f"{PREFIX}{tag}", limits) as first:
+            spec = next(c for c in node.pod["containers"] if c["name"] == "agent")
+            agent = node.run(spec, popen=True, extra_mounts=(f"{private}:{private}:rbind",))
+            sock_dir = node.host_path(next(v for v in node.pod["volumes"] if v["name"] == "natra-agent"))
+            sock = os.path.join(sock_dir, "agent.sock")
+            deadline = time.monotonic() + 60
+            while not os.path.exists(sock):
+                assert agent.poll() is None and time.monotonic() < deadline, agent.communicate(timeout=10)[0]
+                time.sleep(0.1)
+            chain.extra_env = {"NATRA_AGENT_SOCKET": sock}
+            with N.Pod(chain, f"{PREFIX}{tag}b", limits) as second:
+                for pod in (first, second):
+                    pod.add()
+                    hooked[pod.name] = N.hooked_programs(pod.host_veth)
+                    chain.check(pod.att)
+                    chain.delete(pod.att)
+                    gone[pod.name] = datapath.inspect(pod.att.container_id, root=node.pins) is None
+        os.killpg(agent.pid, 15)
+        said = agent.communicate(timeout=20)[0]
+        agent = None
+        assert hooked == {first.name: 2, second.name: 2}, said[-3000:]
+        assert all(gone.values()), gone
+        for command in ("ADD", "CHECK", "DEL"):
+            assert f"{command} {first.att.container_id} exit 0" in said, said[-3000:]
+        assert f"ADD {second.att.container_id} is left to the plugin" in said, said[-3000:]
+        assert f"CHECK {second.att.container_id} is left to the plugin" in said, said[-3000:]
+    finally:
+        if agent is not None:
+            os.killpg(agent.pid, 9)
+            agent.wait(timeout=10)
+        subprocess.run(["umount", "-l", private], capture_output=True)
+        os.rmdir(private)
