@@ -189,3 +189,21 @@ def test_the_wait_for_the_agent_is_bounded_and_longer_for_gc():
     assert client.timeout_s({client.TIMEOUT_ENV: "nonsense"}) == client.DEFAULT_TIMEOUT_MS / 1000
     assert client.timeout_s({client.TIMEOUT_ENV: "-5"}) == 0.001
     assert client.timeout_s({client.TIMEOUT_ENV: "250", "CNI_COMMAND": "GC"}) == 2.5
+
+
+def test_an_add_that_fails_open_in_the_agent_is_handed_back_to_the_plugin(running_agent, tmp_path):
+    """The agent is never worse than the plugin alone: whatever made the ADD fail open there
+    may be the agent's own view of the node, so the plugin gets to try itself."""
+    agent, lines = running_agent
+    config = {"cniVersion": "1.0.0", "name": "n", "type": "natra", "logFile": "",
+              "stateDir": str(tmp_path / "state"), "bpffsRoot": str(tmp_path / "pins"),
+              "runtimeConfig": {"bandwidth": {"ingressRate": 1_000_000, "ingressBurst": 1_000_000}},
+              "prevResult": {"cniVersion": "1.0.0", "ips": [],
+                             "interfaces": [{"name": "ntzzhost0"},
+                                            {"name": "ntzz0", "sandbox": "/proc/self/ns/net"}]}}
+    env = {client.SOCKET_ENV: agent.path, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c0ffee1",
+           "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": "ntzz0", "CNI_PATH": "/opt/cni/bin",
+           "NATRA_LOCK_DIR": str(tmp_path / "lock")}
+    assert client.forward(env, json.dumps(config).encode()) is None
+    assert (agent.handed_back, agent.served) == (1, 0)
+    assert any("failed open here; left to the plugin to try itself" in line for line in lines)

@@ -47,6 +47,7 @@ READ_TIMEOUT_S = 2.0
 MAX_REQUEST_BYTES = MAX_STDIN_BYTES + 1  # the client forwards one byte more, so the plugin says "too large"
 BACKLOG = 128
 ROOT_UID = 0
+FAILED_OPEN = "ADD failed open"  # natra.cni.executor's log line for an ADD that limits nothing
 
 
 def peer_uid(conn: socket.socket) -> tuple[int, int]:
@@ -115,7 +116,7 @@ class Agent:
         self.allowed_uid = allowed_uid
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
-        self.served = self.refused = self.expired = 0
+        self.served = self.refused = self.expired = self.handed_back = 0
         self._deferred: list = []  # teardown steps of the current call, run after its reply
 
     def start(self) -> None:
@@ -210,6 +211,8 @@ class Agent:
                 pass  # the client gave up; the call is done and its state is in the kernel
 
         code = self.run(env, stdin, reply)
+        if code is None:
+            return
         self.served += 1
         self.log(f"natra agent: {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} "
                  f"exit {code}, answered in {(replied[0] - started) / 1e6:.1f} ms, "
@@ -222,9 +225,10 @@ class Agent:
 
         return datapath.is_netns(path)
 
-    def run(self, env: dict[str, str], stdin: bytes, reply) -> int:
+    def run(self, env: dict[str, str], stdin: bytes, reply) -> int | None:
         """Run one call under its container's lock, `reply(code, stdout, stderr)`, then the
-        teardown steps the call deferred (natra.kernel.datapath.remove); its exit code."""
+        teardown steps the call deferred (natra.kernel.datapath.remove); its exit code, or
+        None when the call is handed back to the plugin unanswered."""
         from natra.cni import plugin
 
         stderr = io.StringIO()
@@ -236,7 +240,16 @@ class Agent:
             except Exception as exc:  # noqa: BLE001 - plugin.run fails open itself; this is a last line
                 code, out = 1, b""
                 stderr.write(f"natra agent: {exc!r}\n")
-            reply(code, out, stderr.getvalue().encode("utf-8", "replace"))
+            said = stderr.getvalue()
+            if env.get("CNI_COMMAND") == "ADD" and FAILED_OPEN in said:
+                # Never worse than the plugin alone: what failed here may be this process's
+                # view of the node (a mount it lacks), so the plugin tries once more itself.
+                self.finish_deferred(env)
+                self.handed_back += 1
+                self.log(f"natra agent: ADD {env.get('CNI_CONTAINERID', '-')} failed open here; "
+                         "left to the plugin to try itself")
+                return None
+            reply(code, out, said.encode("utf-8", "replace"))
             self.finish_deferred(env)
         return code
 
