@@ -16,7 +16,6 @@ Must not know: the model, metrics, the grid.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from natra.kernel import layout as L
 
 CAPTURE = "pcap"  # the workload name of a capture in points and rows
 DIGEST_CHARS = 16
-READ_CHUNK = 1 << 20
+READ_CHUNK = 1 << 20  # bytes hashed at a time; frames between progress reports
 
 
 class CaptureWorkloadError(ValueError):
@@ -50,31 +49,56 @@ def capture_options(path: str | Path, pods: list[str], direction: str) -> tuple:
                          "pod": ",".join(pods), "direction": direction}.items()))
 
 
-@functools.lru_cache(maxsize=2)
+LOADED: dict[tuple, W.Workload] = {}  # this process's captures, by their options (at most LOADED_MAX)
+LOADED_MAX = 2
+
+
+def prime(options: tuple, workload: W.Workload) -> None:
+    """Hand this process a capture already read elsewhere (the Dask client sends it to each worker,
+    so workers neither read nor parse the file, nor need its path)."""
+    while len(LOADED) >= LOADED_MAX:
+        LOADED.pop(next(iter(LOADED)))
+    LOADED[options] = workload
+
+
 def capture_workload(options: tuple) -> W.Workload:
-    """The Workload of a capture named by capture_options (cached: every configuration of a sweep
-    runs on the same frames); a cut-off end's warning is in its settings["warnings"]."""
+    """The Workload of a capture named by capture_options (kept: every configuration of a sweep runs
+    on the same frames); a cut-off end's warning is in its settings["warnings"]."""
+    if options not in LOADED:
+        prime(options, _read(options))
+    return LOADED[options]
+
+
+def _read(options: tuple) -> W.Workload:
     from natra.reference.key import KEY_LEN, parse_frame
     from natra.simulations.pcapio import read_capture
-    from natra.simulations.replay import DIRECTIONS, pod_address, select_records, wire_frame
+    from natra.simulations.progress import stage
+    from natra.simulations.replay import DIRECTIONS, pod_address, wire_frame
 
     opts = dict(options)
     path = opts["capture"]
-    pods = [pod_address(a) for a in opts["pod"].split(",") if a]
+    pods = {pod_address(a) for a in opts["pod"].split(",") if a}
+    at = slice(16, 32) if DIRECTIONS[opts["direction"]] == L.DIR_TO_POD else slice(0, 16)
     warnings: list[str] = []
-    records, _ = select_records(read_capture(path, warn=warnings.append), pods, DIRECTIONS[opts["direction"]])
-    if not records:
+    keys_, ect_, time_, wire_ = [], [], [], []
+    for i, rec in enumerate(read_capture(path, warn=warnings.append)):
+        if i % READ_CHUNK == 0:
+            stage(f"capture: frame {i:,}")
+        parsed = parse_frame(wire_frame(rec))  # each frame parsed once: the key decides --pod too
+        if pods and parsed.key[at] not in pods:
+            continue
+        keys_.append(parsed.key)
+        ect_.append(parsed.ecn != 0)
+        time_.append(rec.time_ns)
+        wire_.append(rec.orig_len)
+    if not keys_:
         raise CaptureWorkloadError(f"{path}: no frame" + (f" to or from {opts['pod']} in direction "
                                                           f"{opts['direction']}" if pods else ""))
-    n = len(records)
-    keys = np.empty((n, KEY_LEN), dtype=np.uint8)
-    ect = np.empty(n, dtype=bool)
-    for i, rec in enumerate(records):
-        parsed = parse_frame(wire_frame(rec))
-        keys[i] = np.frombuffer(parsed.key, dtype=np.uint8)
-        ect[i] = parsed.ecn != 0
-    time_ns = np.fromiter((r.time_ns for r in records), dtype=np.int64, count=n)
-    wire = np.fromiter((r.orig_len for r in records), dtype=np.uint32, count=n)
+    n = len(keys_)
+    keys = np.frombuffer(b"".join(keys_), dtype=np.uint8).reshape(n, KEY_LEN)
+    ect = np.array(ect_, dtype=bool)
+    time_ns = np.array(time_, dtype=np.int64)
+    wire = np.array(wire_, dtype=np.uint32)
     order = np.argsort(time_ns, kind="stable")
     time_ns, wire, keys, ect = time_ns[order], wire[order], keys[order], ect[order]
     unique, flow_id = np.unique(keys.view(f"V{KEY_LEN}").reshape(-1), return_inverse=True)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from natra.simulations import metrics, units
+from natra.simulations import captured, metrics, units
 from natra.simulations import workloads as W
 from natra.simulations.captured import CAPTURE, capture_workload
 from natra.simulations.progress import Progress, listening, stage
@@ -440,6 +440,9 @@ def run_on_dask(todo: list[tuple[str, Point]], jobs: int = 0, scheduler: str | N
         if bar is not None:
             client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.stage(event[1]["stage"]))
         addresses = sorted(client.scheduler_info().get("workers", {}))
+        for options in {p.options for _, p in todo if p.workload == CAPTURE}:
+            if options in captured.LOADED:  # read here already: send it rather than read it again
+                client.run(captured.prime, options, captured.LOADED[options])
         futures = {}
         for k, p, where in placement(todo, addresses):
             restrict = {"workers": [where], "allow_other_workers": True} if where else {}

@@ -171,3 +171,30 @@ def test_recommend_pcap_refuses_what_it_cannot_use_in_one_line(tmp_path):
     ):
         code, _, err = run("recommend", *argv, "--out", str(tmp_path / "r"), "--quiet")
         assert code == 2 and says in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_recommend_pcap_on_two_dask_workers_sends_them_the_capture(tmp_path, monkeypatch):
+    """The caller reads the capture once and primes each worker with it: the answer equals the
+    in-process one, and the workers never open the file (it is gone before they run)."""
+    import pytest
+
+    pytest.importorskip("distributed")
+    from natra.simulations import captured, runner
+
+    pcap = tmp_path / "z.pcap"
+    assert run("workload", "zipf", str(pcap), "--rate", "100M", "--duration", "300ms", "--quiet")[0] == 0
+    code, out, err = run("recommend", "--pcap", str(pcap), *CAPTURE_GRID, "--out", str(tmp_path / "one"))
+    assert code == 0, err
+    here = json.loads(out)["configurations"]
+    real_run_on_dask = runner.run_on_dask
+
+    def file_gone_first(todo, *args, **kwargs):
+        pcap.unlink()
+        return real_run_on_dask(todo, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_on_dask", file_gone_first)
+    grid = [a if a != "1" else "2" for a in CAPTURE_GRID]  # --jobs 2
+    code, out, err = run("recommend", "--pcap", str(pcap), *grid, "--out", str(tmp_path / "two"))
+    assert code == 0, err
+    assert json.loads(out)["configurations"] == here
+    assert captured.LOADED  # the caller kept what it read
