@@ -26,6 +26,7 @@ import errno as errno_mod
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -437,27 +438,63 @@ def _error_of(message: bytes) -> int:
     return -NLMSGERR.unpack_from(message, NLMSG_HEADER.size)[0]
 
 
+class _Channel(threading.local):
+    """One rtnetlink socket per thread, kept between requests (a shaping tree is ~60 of
+    them) with a sequence number each; dropped after any failure, so a late answer to a
+    request that failed can never be read as the answer to the next, and when the thread
+    has moved to another network namespace since it was made."""
+
+    sock: socket.socket | None = None
+    seq: int = 0
+    netns: int = 0  # inode of the network namespace the socket was made in
+
+
+def _thread_netns() -> int:
+    try:
+        return os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        return 0
+
+
+_channel = _Channel()
+
+
+def _drop_channel() -> None:
+    if _channel.sock is not None:
+        _channel.sock.close()
+        _channel.sock = None
+
+
 def _talk(msg_type: int, flags: int, body: bytes, step: str, ifindex: int | None) -> list[bytes]:
     """Send one request; its answers up to the ack (or the end of a dump). Raises QdiscError."""
-    seq = 1
-    header = NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, seq, 0)
     answers: list[bytes] = []
     try:
-        with _open() as sock:
-            sock.send(header + body)
-            while True:
-                for kind, msg_flags, message in _split(sock.recv(RECV_BYTES), seq):
-                    if kind not in (NLMSG_ERROR, NLMSG_DONE):
-                        answers.append(message)
-                    elif error := _error_of(message):
-                        raise QdiscError(error, step, ifindex, _ack_detail(kind, message, msg_flags))
-                    else:
-                        return answers
+        here = _thread_netns()
+        if _channel.sock is not None and _channel.netns != here:
+            _drop_channel()  # the thread entered another namespace: the socket talks to the old one
+        if _channel.sock is None:
+            _channel.sock, _channel.netns = _open(), here
+        sock = _channel.sock
+        _channel.seq = _channel.seq % 0x7FFFFFFF + 1
+        seq = _channel.seq
+        sock.send(NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, seq, 0)
+                  + body)
+        while True:
+            for kind, msg_flags, message in _split(sock.recv(RECV_BYTES), seq):
+                if kind not in (NLMSG_ERROR, NLMSG_DONE):
+                    answers.append(message)
+                elif error := _error_of(message):
+                    raise QdiscError(error, step, ifindex, _ack_detail(kind, message, msg_flags))
+                else:
+                    return answers
     except TimeoutError:
+        _drop_channel()
         raise QdiscError(errno_mod.ETIMEDOUT, step, ifindex, f"no answer in {REPLY_TIMEOUT_S} s") from None
     except QdiscError:
+        _drop_channel()
         raise
     except OSError as exc:
+        _drop_channel()
         raise QdiscError(exc.errno or errno_mod.EIO, step, ifindex, "netlink socket") from exc
 
 

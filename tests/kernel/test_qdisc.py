@@ -513,3 +513,16 @@ def test_tcp_into_a_namespace_is_shaped_to_rate_times_time_plus_burst():
 
 def _class_bytes(ifindex: int, classid: int) -> int:
     return next(c.stats.sent_bytes for c in Q.dump_classes(ifindex) if c.classid == classid)
+
+
+def test_the_kept_socket_follows_the_thread_into_another_namespace():
+    """qdisc keeps one rtnetlink socket per thread; a thread that enters a namespace must
+    talk to that namespace, not to the one its socket was made in."""
+    ns = f"nt5-chan-{secrets.token_hex(3)}"
+    Q.link_index("lo")  # the socket is made here, in the host's namespace
+    with netns.netns(ns):
+        netns.run("ip", "link", "add", "ntonlyhere0", "type", "veth", "peer", "name", "ntonlyhere1", ns=ns)
+        with netns.entered(ns):
+            assert Q.link_index("ntonlyhere0") > 0
+        with pytest.raises(Q.QdiscError):
+            Q.link_index("ntonlyhere0")  # back home: not here
