@@ -6,7 +6,7 @@ ARCH_INCLUDE := /usr/include/$(shell uname -m)-linux-gnu
 BPF_CFLAGS := -O2 -g -target bpf -mcpu=v3 -Wall -Werror -I bpf -I $(ARCH_INCLUDE)
 OUT ?= natra/bpf
 FAST_SO ?= reference/_natra_fast.so
-OBJECTS := $(OUT)/natra.bpf.o $(OUT)/natra_trace.bpf.o $(OUT)/natra_parse.bpf.o
+OBJECTS := $(OUT)/natra.bpf.o $(OUT)/natra_trace.bpf.o $(OUT)/natra_parse.bpf.o $(OUT)/natra_compat.bpf.o
 
 .PHONY: all bpf accel clean check-clang test lint
 
@@ -27,6 +27,11 @@ $(OUT)/natra.bpf.o: bpf/natra.bpf.c bpf/natra.h
 $(OUT)/natra_trace.bpf.o: bpf/natra.bpf.c bpf/natra.h
 	@mkdir -p $(OUT)
 	$(CLANG) $(BPF_CFLAGS) -DNATRA_TRACE -c $< -o $@
+
+# Kernels before 6.15 lack bpf_res_spin_lock: the loader falls back to this one.
+$(OUT)/natra_compat.bpf.o: bpf/natra.bpf.c bpf/natra.h
+	@mkdir -p $(OUT)
+	$(CLANG) $(BPF_CFLAGS) -DNATRA_COMPAT_LOCK -c $< -o $@
 
 $(OUT)/natra_parse.bpf.o: bpf/natra.bpf.c bpf/natra.h
 	@mkdir -p $(OUT)

@@ -1,6 +1,6 @@
 """Natra's build hook: a built Natra carries its BPF objects and the model's accelerator.
 
-Owns: compiling bpf/natra.bpf.c (three variants, `make bpf`) and
+Owns: compiling bpf/natra.bpf.c (four variants, `make bpf`) and
 reference/_fast.c (`make accel`) into the build directory whenever setuptools
 builds the package (`pip install .`, `pip wheel .`, an sdist's install), and
 tagging the wheel for this platform (it holds ELF files, not pure Python).

@@ -22,16 +22,21 @@
  *
  * What can race: the clock is read before the lock, so two CPUs may enter the
  * lock with slightly out-of-order times; drain() and roll() never move state
- * backwards, so this only delays draining (tighter than the limit).  A heavy
- * frame whose flow entry was found before the lock is decided in one locked
- * section; one whose entry must be created drops the lock around the insert,
- * and its two halves may interleave with another CPU's frame (that frame then
- * sees the census and bucket a step earlier than the model's order would).
+ * backwards, so this only delays draining (tighter than the limit).  A frame
+ * that an unlocked read of its cells (exact in one CPU's order) calls heavy
+ * finds or creates its flow entry before the lock and is decided in one locked
+ * section; one that another CPU's frame turned heavy in between drops the lock
+ * around the insert, and its two halves may interleave with another CPU's
+ * frame (that frame then sees the census and bucket a step earlier than the
+ * model's order would).  The lock is the resilient one (bpf_res_spin_lock;
+ * NATRA_COMPAT_LOCK builds take bpf_spin_lock for kernels before 6.15); if it
+ * ever gives up, the frame passes as PASS_ERROR and LOCK_FAILED counts it.
  * The flow entry is only changed under the lock.  LRU eviction may recycle an
  * entry while a CPU holds its pointer; the worst case is one frame charged to
  * the wrong flow's share bucket.  Per-CPU counters only add up.
  *
- * Builds: -DNATRA_PARSE_ONLY keeps only the parser and the frame counters (the
+ * Builds: -DNATRA_COMPAT_LOCK takes bpf_spin_lock (natra_compat.bpf.o, loaded
+ * where the kernel lacks bpf_res_spin_lock); -DNATRA_PARSE_ONLY keeps only the parser and the frame counters (the
  * benchmark's baseline); -DNATRA_TRACE adds one natra_trace_rec per frame in a
  * ring buffer (tests replaying real traffic).
  *
@@ -48,6 +53,37 @@
 #include "natra.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#ifndef NATRA_COMPAT_LOCK
+#define NATRA_RES_LOCK /* natra.h declared natra_lock_t as struct bpf_res_spin_lock */
+#endif
+
+#ifndef NATRA_PARSE_ONLY
+#ifdef NATRA_RES_LOCK
+extern int bpf_res_spin_lock(struct bpf_res_spin_lock *lock) __ksym;
+extern void bpf_res_spin_unlock(struct bpf_res_spin_lock *lock) __ksym;
+#endif
+
+/* Take / release a direction's lock; a non-zero return means not taken. */
+static __always_inline int natra_lock(struct natra_state *st)
+{
+#ifdef NATRA_RES_LOCK
+	return bpf_res_spin_lock(&st->lock);
+#else
+	bpf_spin_lock(&st->lock);
+	return 0;
+#endif
+}
+
+static __always_inline void natra_unlock(struct natra_state *st)
+{
+#ifdef NATRA_RES_LOCK
+	bpf_res_spin_unlock(&st->lock);
+#else
+	bpf_spin_unlock(&st->lock);
+#endif
+}
+#endif /* !NATRA_PARSE_ONLY */
 
 /* TCX_NEXT is -1; this system's uapi headers predate tcx, so name it here. */
 #define NATRA_TCX_NEXT (-1)
@@ -749,17 +785,15 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 		}
 	}
 
-	/* Only a lookup (never an insert) happens on a guess, so the outcome does
-	 * not depend on it: a heavy flow whose entry exists is decided in one
-	 * locked section, a wrong guess costs one lookup or one relock. */
 	if (cfg->flags & NATRA_CFG_SHAPE) {
 		/* Shaping: the sketch names mice and heavy flows, each heavy flow gets a
 		 * class; no bucket, census or flow table (the qdisc does the rest). */
-		bpf_spin_lock(&st->lock);
+		if (natra_lock(st))
+			goto lock_failed;
 		sketch_step(cells, depth, cfg, st, s);
 		s->cls = s->heavy ? NATRA_CLASS_HEAVY_BASE + heavy_class(st, h1, s->epoch, cfg->classes)
 				  : NATRA_CLASS_MICE;
-		bpf_spin_unlock(&st->lock);
+		natra_unlock(st);
 		return s->heavy ? NATRA_V_PASS_HEAVY : NATRA_V_PASS_MOUSE;
 	}
 
@@ -777,24 +811,29 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 			flow = new_flow(&p->key, ctr, was_heavy);
 	}
 
-	bpf_spin_lock(&st->lock);
+	if (natra_lock(st))
+		goto lock_failed;
 	sketch_step(cells, depth, cfg, st, s);
 	if (!s->heavy) {
 		verdict = decide_mouse(cfg, st, s);
-		bpf_spin_unlock(&st->lock);
+		natra_unlock(st);
 		return verdict;
 	}
 	if (!flow && !guessed) {
 		/* Helpers may not run under the lock: drop it to find or create the entry. */
-		bpf_spin_unlock(&st->lock);
+		natra_unlock(st);
 		flow = bpf_map_lookup_elem(&natra_flows, &p->key);
 		if (!flow)
 			flow = new_flow(&p->key, ctr, s->was_heavy);
-		bpf_spin_lock(&st->lock);
+		if (natra_lock(st))
+			goto lock_failed;
 	}
 	verdict = decide_heavy(cfg, st, flow, s, p->ecn);
-	bpf_spin_unlock(&st->lock);
+	natra_unlock(st);
 	return verdict;
+lock_failed:
+	ctr->c[NATRA_C_LOCK_FAILED] += 1;
+	return NATRA_V_PASS_ERROR;
 }
 
 #endif /* !NATRA_PARSE_ONLY */

@@ -21,7 +21,8 @@ from natra.kernel import layout as L
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = ROOT / "bpf" / "natra.h"
-OBJECTS = [ROOT / "natra" / "bpf" / name for name in ("natra.bpf.o", "natra_trace.bpf.o")]
+OBJECTS = [ROOT / "natra" / "bpf" / name for name in ("natra.bpf.o", "natra_trace.bpf.o",
+                                                               "natra_compat.bpf.o")]
 _DEFINE = re.compile(r"^#define\s+NATRA_(\w+)\s+(.+?)\s*(?:/\*.*)?$")
 _INT_SUFFIX = re.compile(r"(?<=[0-9a-fA-F])(?:ULL|UL|LL|U|L)\b", re.IGNORECASE)
 _ALLOWED = re.compile(r"^[0-9a-fA-Fx()<>+\-*/ ]+$")

@@ -77,6 +77,7 @@ C_FLOW_NEW = 23
 C_FLOW_MISSING = 24
 C_MARK_FAILED = 25
 C_FLOW_OVERFLOW = 26
+C_LOCK_FAILED = 27
 NCOUNTERS = 32
 COUNTER_NAMES = {
     C_FRAMES: "frames",
@@ -90,6 +91,7 @@ COUNTER_NAMES = {
     C_FLOW_MISSING: "flow_missing",
     C_MARK_FAILED: "mark_failed",
     C_FLOW_OVERFLOW: "flow_overflow",
+    C_LOCK_FAILED: "lock_failed",
 }
 for _v, _name in VERDICT_NAMES.items():
     COUNTER_NAMES[C_VERDICT_BASE + 2 * _v] = f"{_name}_packets"
@@ -153,7 +155,7 @@ class State(ctypes.Structure):
     """struct natra_state: the aggregate bucket and heavy census of a direction."""
 
     _fields_ = [
-        ("lock", ctypes.c_uint32),  # struct bpf_spin_lock
+        ("lock", ctypes.c_uint32),  # struct bpf_res_spin_lock (natra_compat: bpf_spin_lock)
         ("heavy_now", ctypes.c_uint32),
         ("heavy_prev", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),

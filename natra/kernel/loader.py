@@ -25,7 +25,10 @@ from natra.kernel.maps import write_config
 from natra.kernel.params import ConfigValues
 
 OBJECT_DIR = Path(__file__).resolve().parents[1] / "bpf"  # natra/bpf, built by make bpf
-VARIANTS = ("natra", "natra_trace", "natra_parse")  # make bpf builds all three
+VARIANTS = ("natra", "natra_trace", "natra_parse", "natra_compat")  # make bpf builds all four
+# natra.bpf.o takes bpf_res_spin_lock (kernels 6.15+); natra_compat.bpf.o, the
+# same program with bpf_spin_lock, is what the default load falls back to.
+RES_LOCK_KERNEL = (6, 15)
 DEFAULT_FLOW_TABLE = 4096
 # Bytes of verifier log kept per program; the kernel keeps the log's tail when
 # it is longer, which is where the rejected instruction is.
@@ -79,6 +82,15 @@ def _checked_configs(configs: Sequence[ConfigValues]) -> list[ConfigValues]:
     return full
 
 
+def _kernel_release() -> tuple[int, int]:
+    """(major, minor) of the running kernel; (0, 0) when unreadable."""
+    try:
+        major, minor = os.uname().release.split(".")[:2]
+        return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+    except ValueError:
+        return (0, 0)
+
+
 class BpfObject:
     """One loaded copy of the object: both programs and their private maps."""
 
@@ -94,10 +106,25 @@ class BpfObject:
     @classmethod
     def load(cls, configs: Sequence[ConfigValues], *, flow_table: int = DEFAULT_FLOW_TABLE,
              path: str | None = None) -> BpfObject:
+        """Load `path`, or by default natra.bpf.o where the kernel has bpf_res_spin_lock
+        and natra_compat.bpf.o where it has not (or where natra.bpf.o fails to load)."""
+        if path is not None:
+            return cls._load(configs, flow_table, path)
+        if _kernel_release() >= RES_LOCK_KERNEL:
+            try:
+                return cls._load(configs, flow_table, object_path())
+            except ObjectMissing:
+                raise
+            except LoadError as e:
+                if e.step != "load":
+                    raise
+        return cls._load(configs, flow_table, object_path("natra_compat"))
+
+    @classmethod
+    def _load(cls, configs: Sequence[ConfigValues], flow_table: int, path: str) -> BpfObject:
         full = _checked_configs(configs)
         if not 1 <= flow_table <= (1 << 24):
             raise LoadError("config", f"flow table size {flow_table} outside 1..2^24")
-        path = path or object_path()
         if not os.path.isfile(path):
             raise ObjectMissing("object", f"{path} does not exist; run `make bpf`")
         width, depth = full[0].width, full[0].depth

@@ -65,6 +65,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from natra.kernel import bpfsys, maps, testrun
 from natra.kernel import layout as L
+from natra.kernel.loader import OBJECT_DIR
 from natra.kernel.params import MODES, QDISC_MAJOR, DataPathParams, to_config
 
 engine = pytest.importorskip("natra.reference.engine", reason="the reference model is not importable")
@@ -368,6 +369,24 @@ KernelVersusModel.TestCase.settings = settings(
 
 @pytest.mark.root
 class TestKernelVersusModel(KernelVersusModel.TestCase):
+    @pytest.fixture(autouse=True)
+    def _needs_kernel(self, kernel):
+        """Skip without root, bpffs or the built objects (fixture in conftest)."""
+
+
+COMPAT_EXAMPLES = int(os.environ.get("NATRA_DIFF_COMPAT_EXAMPLES", "25"))
+
+
+_CompatMachine = machine_for(str(OBJECT_DIR / "natra_compat.bpf.o"))
+_CompatMachine.TestCase.settings = settings(
+    max_examples=COMPAT_EXAMPLES, stateful_step_count=STEP_COUNT, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+
+
+@pytest.mark.root
+class TestCompatKernelVersusModel(_CompatMachine.TestCase):
+    """natra_compat.bpf.o (bpf_spin_lock, for kernels before 6.15) against the model."""
+
     @pytest.fixture(autouse=True)
     def _needs_kernel(self, kernel):
         """Skip without root, bpffs or the built objects (fixture in conftest)."""

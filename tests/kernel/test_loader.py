@@ -168,3 +168,39 @@ def test_a_verifier_rejection_carries_the_verifier_log(kernel, tmp_path):
     assert info.value.step == "load"
     assert "invalid access to packet" in info.value.verifier_log
     assert "verifier log" in str(info.value)
+
+
+@pytest.mark.root
+def test_the_default_object_takes_the_resilient_lock_and_older_kernels_the_compat_one(kernel, monkeypatch):
+    """natra.bpf.o (bpf_res_spin_lock) where the kernel is 6.15+, natra_compat.bpf.o
+    (bpf_spin_lock) before, and after a failed load of natra.bpf.o."""
+    from natra.kernel import loader
+
+    with BpfObject.load(_configs()) as obj:
+        new_kernel = loader._kernel_release() >= loader.RES_LOCK_KERNEL
+        expected = "natra.bpf.o" if new_kernel else "natra_compat.bpf.o"
+        assert obj.path.endswith(expected)
+    monkeypatch.setattr(loader, "_kernel_release", lambda: (6, 1))
+    with BpfObject.load(_configs()) as obj:
+        assert obj.path.endswith("natra_compat.bpf.o")
+        assert _passes_one_frame(obj)
+    monkeypatch.setattr(loader, "_kernel_release", lambda: (6, 18))
+    real = loader.BpfObject._load.__func__
+
+    def failing(cls, configs, flow_table, path):
+        if path.endswith("natra.bpf.o"):
+            raise LoadError("load", "bpf_res_spin_lock: not found in kernel BTF")
+        return real(cls, configs, flow_table, path)
+
+    monkeypatch.setattr(loader.BpfObject, "_load", classmethod(failing))
+    with BpfObject.load(_configs()) as obj:
+        assert obj.path.endswith("natra_compat.bpf.o")
+
+
+def _passes_one_frame(obj) -> bool:
+    """One IPv4 frame through the direction into the Pod passes (the compat lock works)."""
+    from natra.kernel import testrun
+
+    frame = bytes.fromhex("020000000002020000000001" "0800" "4500002e000040004006" "0000"
+                          "0a010001" "0a020001" "9c400050") + bytes(26)
+    return testrun.run(obj.prog_fd(L.DIR_TO_POD), frame, 0).retval == testrun.TCX_NEXT
