@@ -1235,6 +1235,59 @@ SECTIONS = {
 }
 
 
+PEER_RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_cost_results.json")
+
+
+def section_peer(path: str = PEER_RECORD) -> list[str]:
+    """Section 9 from the record of `bench/peer_cost.py --json` (run apart: it needs the
+    peer's source, which `make bench` does not fetch); nothing when there is none."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        d = json.load(f)
+    rows = []
+    for key, row in d["results"].items():
+        case, flows = key.split("/")
+        peer = row.get("peer", {}).get("ns_above_trivial")
+        cells = [case.replace("_", " "), f"{int(flows):,}"]
+        for m in d["modes"]:
+            ours = row[f"natra_{m}"]["ns_above_trivial"]
+            cells.append(f"{ours:.0f}")
+        cells.append(f"{peer:.0f}" if peer is not None else "-")
+        for m in d["modes"]:
+            ours = row[f"natra_{m}"]["ns_above_trivial"]
+            cells.append(f"{ours / peer:.2f}" if peer else "-")
+        rows.append(cells)
+    at_most = {m_: sum(1 for r in d["results"].values() if "peer" in r
+                       and r[f"natra_{m_}"]["ns_above_trivial"] <= r["peer"]["ns_above_trivial"])
+               for m_ in d["modes"]}
+    mem = d.get("memory", {})
+    mem_rows = [[name.replace("_", " "), f"{v['total'] / 1024:,.0f} KiB",
+                 (f"sketch {v['width']} x {v['depth']}, flow table {v['flow_table']:,}" if "width" in v
+                  else "its maps as it declares them")] for name, v in mem.items()]
+    m = d["machine"]
+    return [
+        "## 9. Per-packet cost and BPF memory beside the original Go Natra",
+        "",
+        f"`bench/peer_cost.py`, {d['date_utc']}, {m['cpu']} ({m['cpus']} CPUs), Linux {m['kernel']}, "
+        f"load average {d['load_before']} before and {d['load_after']} after; peer: {d['peer']}. "
+        "BPF_PROG_TEST_RUN on 1514-byte TCP frames, ns above a return-only program, median of "
+        f"{d['rounds']} interleaved rounds (docs/datapath-cost.md has the method and the breakdown).",
+        "",
+        *table(["case", "flows", *[f"Natra {m_} ns" for m_ in d["modes"]], "peer ns",
+                *[f"{m_} / peer" for m_ in d["modes"]]], rows),
+        "",
+        "At or below the peer (the aim of issue 18): "
+        + ", ".join(f"{m_} {n} of {len(rows)} cases" for m_, n in at_most.items())
+        + ". docs/datapath-cost.md says where the rest goes and why.",
+        "",
+        "BPF memory per Pod (the kernel's memlock charge of every map and program of one loaded object):",
+        "",
+        *table(["object", "memlock", "sizes"], mem_rows),
+        "",
+    ]
+
+
 def render(record: dict, img_dir: str, rel: str) -> str:
     m = record["machine"]
     aims: list = []
@@ -1320,6 +1373,7 @@ def render(record: dict, img_dir: str, rel: str) -> str:
         ]
     if record.get("analysis"):
         head += ["## Misses and findings, from the measurements", "", *record["analysis"], ""]
+    body += section_peer()
     return "\n".join(head + body) + "\n"
 
 
