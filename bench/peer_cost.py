@@ -148,6 +148,8 @@ def peer_object(arg: str | None, tmp: str) -> tuple[str | None, str]:
         compile_bpf(src, out)
     except subprocess.CalledProcessError as e:
         return None, f"{how}: clang failed: {e.stderr.strip()[-400:]}"
+    except OSError as e:
+        return None, f"{how}: clang failed: {e}"
     return out, how + ", compiled here"
 
 
