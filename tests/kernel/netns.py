@@ -44,7 +44,7 @@ CLONE_NEWNET = 0x40000000
 BPF_FS_MAGIC = 0xCAFE4A11
 NODE_BPFFS = "/sys/fs/bpf"  # where a node (and Natra's default pin root) has bpffs
 IPROUTE2 = ("ip", "tc")
-ALL_OBJECTS = ("natra", "natra_trace", "natra_parse")  # `make bpf` builds all three
+ALL_OBJECTS = ("natra", "natra_trace", "natra_parse", "natra_compat")  # `make bpf` builds all four
 # Subnets are drawn from 10.200.0.0/13 in /30 steps and checked against the
 # host's routes, so two parallel topologies do not share a prefix.
 SUBNET_POOL = ipaddress.ip_network("10.200.0.0/13")

@@ -37,6 +37,7 @@ PREFIX = "nw7-"
 BPFFS = "/sys/fs/bpf"
 PIP = ["-m", "pip", "--disable-pip-version-check", "-q"]
 IN_THE_WHEEL = ("natra/bpf/natra.bpf.o", "natra/bpf/natra_trace.bpf.o", "natra/bpf/natra_parse.bpf.o",
+                "natra/bpf/natra_compat.bpf.o",
                 "natra/bpf/natra.h", "natra/reference/_natra_fast.so", "natra/node/web/index.html",
                 "natra/lab/cri/runtime.py", "natra/kernel/loader.py")
 
