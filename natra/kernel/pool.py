@@ -3,10 +3,14 @@
 Owns: a few `BpfObject`s per shape (object file, sketch width x depth, flow-table
 size), loaded ahead of need by a background thread, and `take`, which hands one
 out with the Pod's configs written, or loads one in line when none is ready.
-Loading and verifying both programs costs ~100-150 ms of CPU per Pod; taking a
-ready object costs a config write. A taken object is exactly what a fresh load
-gives: the same ELF, maps created empty, the config written by the same code
-(`BpfObject.configure`).
+Loading and verifying both programs costs ~190 ms of CPU per Pod; taking a
+ready object costs a config write. A shape primed with a depth (the defaults the
+agent expects most Pods to ask for) keeps that many ready; others keep
+`per_shape`. A take that finds none ready while the refill thread is loading
+that very shape waits for that object rather than starting a second load behind
+it (loads run one at a time, so a second would wait for the first anyway).
+A taken object is exactly what a fresh load gives: the same ELF, maps created
+empty, the config written by the same code (`BpfObject.configure`).
 Rule: only the node agent (a long-lived process) keeps a pool; the plugin's own
 process loads in line. An object never leaves the pool half-made: a load that
 fails is not kept, and the next take loads in line and reports the error as a
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -27,6 +32,7 @@ from natra.kernel import loader
 from natra.kernel.params import ConfigValues
 
 Shape = tuple[str, int, int, int, int]  # path, file mtime (ns), width, depth, flow table
+WAIT_FOR_REFILL_S = 2.0  # a take waits this long at most for the object being loaded
 
 
 def _file_version(path: str) -> int:
@@ -52,9 +58,12 @@ class ObjectPool:
         self._load = load
         self._ready: OrderedDict[Shape, list[loader.BpfObject]] = OrderedDict()
         self._templates: dict[Shape, tuple[list[ConfigValues], int, str | None]] = {}
-        self._lock = threading.Lock()  # guards _ready and _templates
+        self._depth: dict[Shape, int] = {}  # primed shapes' own depth
+        self._lock = threading.Lock()  # guards _ready, _templates, _depth, _loading
         self._load_lock = threading.Lock()  # one libbpf load at a time
-        self._wake = threading.Condition(self._lock)
+        self._wake = threading.Condition(self._lock)  # the refill thread waits for work
+        self._arrived = threading.Condition(self._lock)  # takes wait for an object in the making
+        self._loading: Shape | None = None  # the shape the refill thread is loading
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.hits = 0
@@ -68,9 +77,16 @@ class ObjectPool:
         """A loaded object for these configs: a ready one if any, else loaded now."""
         shape = shape_of(configs, flow_table, path)
         with self._lock:
+            self._remember(shape, configs, flow_table, path)
+            deadline = None
+            while not self._ready.get(shape) and self._loading == shape and not self._stopping:
+                deadline = deadline or time.monotonic() + WAIT_FOR_REFILL_S
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._arrived.wait(left)
             ready = self._ready.get(shape)
             obj = ready.pop() if ready else None
-            self._remember(shape, configs, flow_table, path)
             self._wake.notify()
         if obj is not None:
             try:
@@ -85,10 +101,14 @@ class ObjectPool:
             return self._load(configs, flow_table=flow_table, path=path)
 
     def prime(self, configs: Sequence[ConfigValues], *, flow_table: int = loader.DEFAULT_FLOW_TABLE,
-              path: str | None = None) -> None:
-        """Ask for ready objects of this shape without taking one (the defaults, at start)."""
+              path: str | None = None, depth: int | None = None) -> None:
+        """Ask for ready objects of this shape without taking one (the defaults, at start);
+        `depth` of them, if given, instead of `per_shape`."""
+        shape = shape_of(configs, flow_table, path)
         with self._lock:
-            self._remember(shape_of(configs, flow_table, path), configs, flow_table, path)
+            if depth is not None:
+                self._depth[shape] = max(depth, 0)
+            self._remember(shape, configs, flow_table, path)
             self._wake.notify()
 
     def ready_count(self) -> int:
@@ -106,6 +126,7 @@ class ObjectPool:
         with self._lock:
             self._stopping = True
             self._wake.notify_all()
+            self._arrived.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
@@ -123,14 +144,21 @@ class ObjectPool:
             configs, flow_table, path = self._templates[shape]
         try:
             with self._load_lock:
+                with self._lock:
+                    self._loading = shape
                 obj = self._load(configs, flow_table=flow_table, path=path)
         except Exception as exc:  # noqa: BLE001 - the next take loads in line and reports it
             self.failures = (self.failures + [f"{shape[2]}x{shape[3]}/{shape[4]}: {exc}"])[-5:]
             with self._lock:
+                self._loading = None
                 self._templates.pop(shape, None)  # do not retry a shape that cannot load
                 self._ready.pop(shape, None)
+                self._depth.pop(shape, None)
+                self._arrived.notify_all()
             return True
         with self._lock:
+            self._loading = None
+            self._arrived.notify_all()
             if shape in self._ready and not self._stopping:
                 self._ready[shape].append(obj)
                 return True
@@ -157,6 +185,7 @@ class ObjectPool:
         while len(self._ready) > self.shapes:
             old, objects = self._ready.popitem(last=False)
             self._templates.pop(old, None)
+            self._depth.pop(old, None)
             for obj in objects:
                 obj.close()
 
@@ -164,6 +193,6 @@ class ObjectPool:
         if self._stopping:
             return None
         for shape in reversed(self._ready):  # the most recently asked first
-            if shape in self._templates and len(self._ready[shape]) < self.per_shape:
+            if shape in self._templates and len(self._ready[shape]) < self._depth.get(shape, self.per_shape):
                 return shape
         return None

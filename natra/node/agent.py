@@ -47,6 +47,11 @@ READ_TIMEOUT_S = 2.0
 MAX_REQUEST_BYTES = MAX_STDIN_BYTES + 1  # the client forwards one byte more, so the plugin says "too large"
 BACKLOG = 128
 ROOT_UID = 0
+# Ready objects of the default tuning: a burst of Pod starts takes them faster than
+# one thread can verify new ones (~190 ms each), so the pool holds a burst's
+# worth; each costs ~330 KiB of kernel memory (maps and programs) held by the agent.
+DEFAULT_POOL_DEPTH = 8
+OTHER_SHAPES_DEPTH = 2
 FAILED_OPEN = "ADD failed open"  # natra.cni.executor's log line for an ADD that limits nothing
 
 
@@ -275,18 +280,19 @@ class Agent:
                 raise ValueError(f"request larger than {2 * MAX_REQUEST_BYTES} bytes")
 
 
-def default_pool(per_shape: int):
-    """A pool primed with the shape a Pod with default tuning limited to 100 Mbit/s asks
-    for (the flow table follows the rate of the policing fallback, natra.cni.plan). Other
-    shapes join the pool when a Pod first asks for them; it keeps the last eight."""
+def default_pool(depth: int):
+    """A pool primed with `depth` objects of the shape a Pod with default tuning limited
+    to 100 Mbit/s asks for (the flow table follows the rate of the policing fallback,
+    natra.cni.plan). Other shapes join the pool when a Pod first asks for them, with
+    up to OTHER_SHAPES_DEPTH ready each; it keeps the last eight."""
     from natra.kernel import loader, pool
     from natra.kernel import params as P
 
-    objects = pool.ObjectPool(per_shape=per_shape, shapes=8)
+    objects = pool.ObjectPool(per_shape=min(depth, OTHER_SHAPES_DEPTH), shapes=8)
     police = P.params_for(100_000_000, mode=P.MODE_POLICE)
     try:
         objects.prime([P.to_config(P.params_for(100_000_000, mode=P.MODE_SHAPE))] * 2,
-                      flow_table=P.flow_table_entries([police, police]))
+                      flow_table=P.flow_table_entries([police, police]), depth=depth)
     except loader.LoadError:
         pass  # no object built: every take loads in line and reports it as the plugin would
     return objects
@@ -296,8 +302,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", default=proto.DEFAULT_SOCKET,
                         help=f"unix socket to listen on (default {proto.DEFAULT_SOCKET}; the plugin "
                              f"looks there unless ${proto.SOCKET_ENV} names another)")
-    parser.add_argument("--pool", type=int, default=2, metavar="N",
-                        help="loaded programs kept ready per shape (0: load at each ADD; default 2)")
+    parser.add_argument("--pool", type=int, default=DEFAULT_POOL_DEPTH, metavar="N",
+                        help="loaded programs kept ready for the default tuning (0: load at each ADD; "
+                             f"default {DEFAULT_POOL_DEPTH}, ~330 KiB of kernel memory each); other tunings "
+                             f"keep up to {OTHER_SHAPES_DEPTH}")
 
 
 def agent_main(args: argparse.Namespace) -> int:

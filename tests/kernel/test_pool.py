@@ -75,3 +75,54 @@ def test_the_refill_thread_fills_and_stops():
     finally:
         objects.stop()
     assert objects.ready_count() == 0
+
+
+def test_a_primed_shape_keeps_its_own_depth_and_others_keep_per_shape():
+    objects = pool.ObjectPool(per_shape=1)
+    try:
+        objects.prime(configs(1_000_000), flow_table=256, depth=3)
+        objects.prime(configs(1_000_000), flow_table=512)
+        filled = 0
+        while objects.fill_once():
+            filled += 1
+        assert filled == 4 and objects.ready_count() == 4  # 3 of the primed depth + 1 of the other
+    finally:
+        objects.stop()
+
+
+def test_a_take_during_the_load_of_its_shape_gets_that_object_instead_of_loading_another():
+    import threading
+
+    release, loading = threading.Event(), threading.Event()
+    calls = []
+
+    def held_load(*args, **kwargs):
+        """The real loader, held open until the test releases it (the first time only)."""
+        calls.append(kwargs)
+        obj = loader.BpfObject.load(*args, **kwargs)
+        if len(calls) == 1:
+            loading.set()
+            release.wait(20)
+        return obj
+
+    objects = pool.ObjectPool(per_shape=1, load=held_load)
+    try:
+        objects.prime(configs(1_000_000), flow_table=256)
+        refill = threading.Thread(target=objects.fill_once)
+        refill.start()
+        assert loading.wait(20)
+        taken = []
+        take = threading.Thread(target=lambda: taken.append(objects.take(configs(2_000_000), flow_table=256)))
+        take.start()
+        take.join(0.3)
+        assert take.is_alive() and not taken  # waiting for the object being loaded
+        release.set()
+        take.join(20)
+        refill.join(20)
+        assert len(taken) == 1 and len(calls) == 1  # one load served the take
+        assert (objects.hits, objects.misses) == (1, 0)
+        assert maps.read_config(taken[0].map_fd("natra_config"), 0) == configs(2_000_000)[0]
+        taken[0].close()
+    finally:
+        release.set()
+        objects.stop()
