@@ -18,6 +18,7 @@ import sys
 from collections import defaultdict
 
 from bench.stats import WIRE_PER_PAYLOAD, percentile, ratio, spread
+from natra.node.agent import DEFAULT_POOL_DEPTH
 
 IMG_PREFIX = "bench-"
 NAMES = {
@@ -64,8 +65,7 @@ AIM_OVERHEAD = 0.95
 AIM_SWEEP_SHARE = 0.9  # issue 14: Natra >= 0.9 of the limit after the burst wherever the standard plugin is
 # Issue 18: a Pod's ADD and DEL on the node bundle with the node agent.
 AIM_ADD_P50_MS, AIM_ADD_P99_MS, AIM_DEL_P50_MS = 30, 60, 20
-MISSED_ADD = ("client start + two tcx attaches (an RCU grace period each, under rtnl) + "
-              "the shaping tree; section 5")
+AGENT_POOL_DEPTH = DEFAULT_POOL_DEPTH  # the agent's ready objects, which a burst of ADDs takes first
 PAYLOAD_CEILING = 1 / WIRE_PER_PAYLOAD  # 1448/1514: payload share of a limit counted in frame bytes
 
 
@@ -769,16 +769,26 @@ def section_control(data: dict, img_dir: str, rel: str, aims: list) -> list[str]
                 _num(percentile(chain_ms, 50), ".1f"),
             ]
         )
+    floors = data.get("process_floor_s") or {}
+    client_ms = percentile([x * 1e3 for x in floors.get("natra-bundle-agent", [])], 50)
+    burst_rows = []
     for name in ("natra-shape-bundle-agent", "natra-police-bundle-agent"):
         v = variants.get(name)
         if v:
             add_ms, del_ms = [x * 1e3 for x in v["add_s"]], [x * 1e3 for x in v["del_s"]]
+            ready, later = add_ms[:AGENT_POOL_DEPTH], add_ms[AGENT_POOL_DEPTH:]
+            burst_rows.append([NAMES[name], _num(percentile(ready, 50), ".1f"), _num(max(ready), ".1f"),
+                               _num(percentile(later, 50), ".1f"), _num(max(later or [math.nan]), ".1f"),
+                               _num(sum(add_ms) / len(add_ms), ".1f")])
+            why_add = (f"the first {AGENT_POOL_DEPTH} ADDs, which take ready objects: "
+                       f"p50 {percentile(ready, 50):.1f} ms; the rest wait for verification (section 5)")
             _aim(aims, f"{NAMES[name]}: ADD p50 <= {AIM_ADD_P50_MS} ms", percentile(add_ms, 50),
-                 percentile(add_ms, 50) <= AIM_ADD_P50_MS, ".1f", MISSED_ADD)
+                 percentile(add_ms, 50) <= AIM_ADD_P50_MS, ".1f", why_add)
             _aim(aims, f"{NAMES[name]}: ADD p99 <= {AIM_ADD_P99_MS} ms", percentile(add_ms, 99),
-                 percentile(add_ms, 99) <= AIM_ADD_P99_MS, ".1f", MISSED_ADD)
+                 percentile(add_ms, 99) <= AIM_ADD_P99_MS, ".1f", why_add)
             _aim(aims, f"{NAMES[name]}: DEL p50 <= {AIM_DEL_P50_MS} ms", percentile(del_ms, 50),
-                 percentile(del_ms, 50) <= AIM_DEL_P50_MS, ".1f", MISSED_ADD)
+                 percentile(del_ms, 50) <= AIM_DEL_P50_MS, ".1f",
+                 f"the thin client's start alone is {_num(client_ms, '.1f')} ms (CNI VERSION, section 5)")
     std = variants.get("bandwidth")
     ratio_rows = []
     if std:
@@ -806,7 +816,17 @@ def section_control(data: dict, img_dir: str, rel: str, aims: list) -> list[str]
         *ratio_rows,
         "",
     ]
-    floors = data.get("process_floor_s") or {}
+    if burst_rows:
+        out += [
+            f"The agent keeps {AGENT_POOL_DEPTH} verified objects of the default tuning ready "
+            "(`natra agent --pool`). These 50 ADDs come back to back, faster than one thread verifies "
+            "new objects (~190 ms each, one load at a time), so once the ready ones are taken each ADD "
+            "waits for the object being verified. ADD in ms, split there:",
+            "",
+            *table(["variant", f"first {AGENT_POOL_DEPTH}: p50", "max", "the rest: p50", "max",
+                    "mean of all"], burst_rows),
+            "",
+        ]
     if floors:
         out += [
             "Where the time goes: the same executables answering CNI `VERSION` (process start, imports, "
@@ -1313,6 +1333,7 @@ def render(record: dict, img_dir: str, rel: str) -> str:
         f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}, {m['iperf3']}, Python {m['python']}; "
         f"host default TCP congestion control {m.get('tcp_congestion_control', '?')}.",
         "",
+        *[line for caveat in record.get("caveats", []) for line in (caveat, "")],
         "## Method",
         "",
         "- Every Pod is a network namespace made through the real CNI chain (Debian's `ptp` + `host-local`, "
@@ -1361,7 +1382,7 @@ def render(record: dict, img_dir: str, rel: str) -> str:
         ]
     if aims:
         head += [
-            "## Aims (issue 16), judged on Natra's default mode (shape)",
+            "## Aims (issues 16 and 18), judged on Natra's default mode (shape) where a row names no mode",
             "",
             f"{len(aims) - missed} of {len(aims)} met.",
             "",
