@@ -121,6 +121,25 @@ class Pod:
             subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
 
 
+def remove_ifbs(pin_root: str) -> list[str]:
+    """Delete every IFB Natra made for `pin_root` (its alias names the root) and return
+    their names: a test's finally, so that a DEL that did not run leaves no device."""
+    from natra.kernel import shapers
+
+    alias = shapers.owner(pin_root)
+    left = []
+    for _, name in socket.if_nameindex():
+        try:
+            with open(f"/sys/class/net/{name}/ifalias") as f:
+                mine = f.read().rstrip("\n") == alias
+        except OSError:
+            mine = False
+        if mine:
+            shapers.delete_ifb(name)
+            left.append(name)
+    return left
+
+
 def hooked_programs(ifname: str) -> int:
     """Programs on the veth's two tcx hooks, or Natra's clsact filters when it fell back."""
     index = socket.if_nametoindex(ifname)

@@ -293,6 +293,7 @@ def test_a_debian_11_node_limits_a_pod(tmp_path, container, image_bundle):
         log = (logdir / "cni.log").read_text()
         assert "ADD" in log and "DEL" in log
     finally:
+        N.remove_ifbs(pins)
         subprocess.run(["rm", "-rf", pins], capture_output=True)
 
 
@@ -421,6 +422,7 @@ def test_daemonset_containers_from_the_image_install_limit_export_uninstall(tmp_
         if exporter is not None:
             os.killpg(exporter.pid, 9)
             exporter.wait(timeout=10)
+        N.remove_ifbs(node.pins)
         subprocess.run(["rm", "-rf", node.pins], capture_output=True)
 
 
@@ -479,5 +481,6 @@ def test_daemonset_agent_from_the_image_runs_the_nodes_plugin_calls(tmp_path, co
         if agent is not None:
             os.killpg(agent.pid, 9)
             agent.wait(timeout=10)
+        N.remove_ifbs(node.pins)
         subprocess.run(["umount", "-l", private], capture_output=True)
         os.rmdir(private)

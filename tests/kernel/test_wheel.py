@@ -134,6 +134,7 @@ def test_installed_plugin_adds_and_deletes_a_namespace_pod(venv, tmp_path):
             assert len(os.listdir(pins)) == 1
         assert os.listdir(pins) == []
     finally:
+        N.remove_ifbs(pins)
         subprocess.run(["rm", "-rf", pins], capture_output=True)
 
 
