@@ -667,15 +667,17 @@ def replace_tbf(ifindex: int, handle_: int, parent: int, rate_bps: int, burst_by
 
 
 def replace_tbf_root(ifindex: int, handle_: int, rate_bps: int, burst_bytes: int, peak_bps: int,
-                     max_packet_bytes: int) -> bool:
+                     max_packet_bytes: int, interim_limit_bytes: int) -> bool:
     """Make the root qdisc of `ifindex` a tbf `handle_` with bucket `burst_bytes`
     at `rate_bps`, and a peak bucket of `max_packet_bytes` at `peak_bps` (> rate):
     the largest packet it passes whole, so bigger GSO packets are segmented.
 
-    The tbf is made, or changed in place, without a queue of its own (limit 0):
-    a child qdisc is grafted under `handle_ major:1` by the caller, and a change
-    with limit 0 keeps that child. Until a child is grafted a new tbf drops what
-    it is given. True when it was created, False when an existing one was changed.
+    The caller grafts a child qdisc under `handle_ major:1`. A new tbf gets a
+    bfifo of `interim_limit_bytes` there, so that it passes traffic until the
+    child replaces it: a tbf with limit 0 has no queue and drops everything, and
+    a plugin killed between the two steps would leave the device dark. An
+    existing tbf is changed with limit 0, which keeps the child it has. True
+    when it was created, False when an existing one was changed.
     """
     step = f"RTM_NEWQDISC tbf {handle_str(handle_)} at root"
     _check(handle_ & TC_H_MIN_MASK == 0 and handle_ != 0, step, ifindex, "a qdisc handle is major: only")
@@ -685,10 +687,13 @@ def replace_tbf_root(ifindex: int, handle_: int, rate_bps: int, burst_bytes: int
            "the peak rate must be above the rate")
     _check(0 < max_packet_bytes <= burst_bytes, step, ifindex,
            f"max packet {max_packet_bytes} bytes must be within 1..burst {burst_bytes}")
+    _check(0 < interim_limit_bytes <= U32_MAX, step, ifindex,
+           f"interim limit {interim_limit_bytes} bytes is outside 1..2**32-1")
     root = root_qdisc(ifindex)
     existed = root is not None and root.handle == handle_ and root.kind == "tbf"
     body = (_tcmsg(ifindex, handle_, TC_H_ROOT) + _attr(TCA_KIND, _string("tbf"))
-            + tbf_options(rate_bps, burst_bytes, 0, peak_bps, max_packet_bytes))
+            + tbf_options(rate_bps, burst_bytes, 0 if existed else interim_limit_bytes, peak_bps,
+                          max_packet_bytes))
     _modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
     return not existed
 

@@ -526,3 +526,28 @@ def test_the_kept_socket_follows_the_thread_into_another_namespace():
             assert Q.link_index("ntonlyhere0") > 0
         with pytest.raises(Q.QdiscError):
             Q.link_index("ntonlyhere0")  # back home: not here
+
+
+def _root_stats(ifindex: int) -> Q.Stats:
+    return next(q.stats for q in Q.dump_qdiscs(ifindex) if q.parent == Q.TC_H_ROOT)
+
+
+@needs_root
+def test_a_new_tbf_root_passes_traffic_before_its_child_is_grafted_and_a_change_keeps_the_child(veth):
+    """A plugin killed between the tbf root and the htb under it must not leave the
+    device dark: the new tbf queues in an interim bfifo. A change of an existing
+    tbf keeps the child grafted under it."""
+    name, ifindex = veth
+    rate, burst = 10_000_000, 100_000
+    assert Q.replace_tbf_root(ifindex, Q.handle(0x4E53), rate, burst, 2 * rate, 3028, 64_000) is True
+    _send_frames(name)
+    deadline = time.monotonic() + SETTLE_S
+    while _root_stats(ifindex).sent_packets < FRAMES and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = _root_stats(ifindex)
+    assert (stats.sent_packets, stats.drops_packets) == (FRAMES, 0)  # limit 0 would drop all 5
+
+    assert Q.replace_htb_root(ifindex, 0x4E54, 0x10, parent=Q.handle(0x4E53, 1)) is True
+    assert Q.replace_tbf_root(ifindex, Q.handle(0x4E53), rate, 2 * burst, 2 * rate, 3028, 64_000) is False
+    child = [(q.kind, q.handle) for q in Q.dump_qdiscs(ifindex) if q.parent == Q.handle(0x4E53, 1)]
+    assert child == [("htb", Q.handle(0x4E54))]
