@@ -65,7 +65,6 @@ AIM_OVERHEAD = 0.95
 AIM_SWEEP_SHARE = 0.9  # issue 14: Natra >= 0.9 of the limit after the burst wherever the standard plugin is
 # Issue 18: a Pod's ADD and DEL on the node bundle with the node agent.
 AIM_ADD_P50_MS, AIM_ADD_P99_MS, AIM_DEL_P50_MS = 30, 60, 20
-AGENT_POOL_DEPTH = DEFAULT_POOL_DEPTH  # the agent's ready objects, which a burst of ADDs takes first
 PAYLOAD_CEILING = 1 / WIRE_PER_PAYLOAD  # 1448/1514: payload share of a limit counted in frame bytes
 
 
@@ -776,11 +775,11 @@ def section_control(data: dict, img_dir: str, rel: str, aims: list) -> list[str]
         v = variants.get(name)
         if v:
             add_ms, del_ms = [x * 1e3 for x in v["add_s"]], [x * 1e3 for x in v["del_s"]]
-            ready, later = add_ms[:AGENT_POOL_DEPTH], add_ms[AGENT_POOL_DEPTH:]
+            ready, later = add_ms[:DEFAULT_POOL_DEPTH], add_ms[DEFAULT_POOL_DEPTH:]
             burst_rows.append([NAMES[name], _num(percentile(ready, 50), ".1f"), _num(max(ready), ".1f"),
                                _num(percentile(later, 50), ".1f"), _num(max(later or [math.nan]), ".1f"),
                                _num(sum(add_ms) / len(add_ms), ".1f")])
-            why_add = (f"the first {AGENT_POOL_DEPTH} ADDs, which take ready objects: "
+            why_add = (f"the first {DEFAULT_POOL_DEPTH} ADDs, which take ready objects: "
                        f"p50 {percentile(ready, 50):.1f} ms; the rest wait for verification (section 5)")
             _aim(aims, f"{NAMES[name]}: ADD p50 <= {AIM_ADD_P50_MS} ms", percentile(add_ms, 50),
                  percentile(add_ms, 50) <= AIM_ADD_P50_MS, ".1f", why_add)
@@ -818,12 +817,12 @@ def section_control(data: dict, img_dir: str, rel: str, aims: list) -> list[str]
     ]
     if burst_rows:
         out += [
-            f"The agent keeps {AGENT_POOL_DEPTH} verified objects of the default tuning ready "
+            f"The agent keeps {DEFAULT_POOL_DEPTH} verified objects of the default tuning ready "
             "(`natra agent --pool`). These 50 ADDs come back to back, faster than one thread verifies "
             "new objects (~190 ms each, one load at a time), so once the ready ones are taken each ADD "
             "waits for the object being verified. ADD in ms, split there:",
             "",
-            *table(["variant", f"first {AGENT_POOL_DEPTH}: p50", "max", "the rest: p50", "max",
+            *table(["variant", f"first {DEFAULT_POOL_DEPTH}: p50", "max", "the rest: p50", "max",
                     "mean of all"], burst_rows),
             "",
         ]

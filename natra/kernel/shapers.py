@@ -67,7 +67,7 @@ def mtu(ifname: str) -> int:
         raise ShapeError(f"read the MTU of {ifname}: {exc}") from exc
 
 
-def _alias(name: str) -> str | None:
+def alias_of(name: str) -> str | None:
     try:
         with open(os.path.join(SYS_NET, name, "ifalias")) as f:
             return f.read().rstrip("\n")
@@ -155,7 +155,7 @@ def orphan_ifbs(keep: Iterable[str], alias: str) -> list[str]:
     """IFBs of this owner whose name derives from none of the container IDs in `keep`."""
     wanted = {shaping.ifb_name(cid) for cid in keep}
     return sorted(name for _, name in socket.if_nameindex()
-                  if shaping.is_ifb_name(name) and name not in wanted and _alias(name) in (alias, ""))
+                  if shaping.is_ifb_name(name) and name not in wanted and alias_of(name) in (alias, ""))
 
 
 def delete_ifb(name: str) -> bool:

@@ -217,8 +217,7 @@ def apply(ifindex: int, tree: ShaperPlan) -> None:
     # Until the htb is grafted, a new tbf queues in a bfifo as deep as the
     # deepest class queue: the device stays open if this process dies in between.
     _step("tbf root", ifindex, qdisc.replace_tbf_root, ifindex, qdisc.handle(TBF_MAJOR), tree.rate_bps,
-          tree.burst_bytes, tree.peak_bps, tree.max_packet_bytes,
-          tree.queue_bytes)
+          tree.burst_bytes, tree.peak_bps, tree.max_packet_bytes, tree.queue_bytes)
     _step("htb under the tbf", ifindex, qdisc.replace_htb_root, ifindex, QDISC_MAJOR, tree.default_minor,
           parent=TBF_CHILD)
     for c in tree.classes:

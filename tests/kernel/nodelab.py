@@ -127,16 +127,9 @@ def remove_ifbs(pin_root: str) -> list[str]:
     from natra.kernel import shapers
 
     alias = shapers.owner(pin_root)
-    left = []
-    for _, name in socket.if_nameindex():
-        try:
-            with open(f"/sys/class/net/{name}/ifalias") as f:
-                mine = f.read().rstrip("\n") == alias
-        except OSError:
-            mine = False
-        if mine:
-            shapers.delete_ifb(name)
-            left.append(name)
+    left = [name for _, name in socket.if_nameindex() if shapers.alias_of(name) == alias]
+    for name in left:
+        shapers.delete_ifb(name)
     return left
 
 

@@ -119,7 +119,7 @@ def test_add_shapes_both_directions_check_passes_del_leaves_nothing(lab):
     assert "(shape)" in call.stderr and "falls back" not in call.stderr, call.stderr
     assert_shaped(lab, pod, rate, {IN, OUT})
     assert qdisc.root_qdisc(ifb_index(pod)).kind == "tbf"
-    assert shapers._alias(shaping.ifb_name(pod.container_id)) == shapers.owner(pins.resolve_root(lab.root))
+    assert shapers.alias_of(shaping.ifb_name(pod.container_id)) == shapers.owner(pins.resolve_root(lab.root))
     assert C.ping(pod.ip)  # both ways: out of the Pod through the IFB
     assert [c.code for c in ch.check(pod)] == [0, 0]
     veth = veth_index(pod)
