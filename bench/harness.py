@@ -111,8 +111,12 @@ class Bench:
         self._container_ids: set[str] = set()  # every container ADDed, for stray IFB devices
         self.congestion: str | None = None  # senders' TCP congestion control; None: the namespace default
         self._allowed_cc_before: str | None = None  # the root sysctl's value, when we changed it
+        self._pin_root_existed = True  # the node's pin root was there before the run (set by start)
 
     def start(self) -> Bench:
+        from natra.kernel import pins
+
+        self._pin_root_existed = os.path.isdir(pins.resolve_root())
         self.bin_dirs["python"] = cnichain.make_bin_dir(prefix_dir(self.prefix, "cnibin-py"))
         self.remote = self.net.add_remote(REMOTE_SUBNET.format(remote=self.net_base + 1))
         return self
@@ -380,6 +384,7 @@ class Bench:
         problems = self.reset()
         problems += self.stop_agents()
         problems += _remove_stray_pins(self.prefix)
+        problems += self._remove_pin_root_it_made()
         problems += self._remove_stray_ifbs()
         problems += self._restore_allowed_congestion()
         try:
@@ -395,6 +400,19 @@ class Bench:
     @property
     def container_ids(self) -> set[str]:
         return set(self._container_ids)
+
+    def _remove_pin_root_it_made(self) -> list[str]:
+        """The node's pin root (/sys/fs/bpf/natra), if this run's Pods made it: removed once empty."""
+        from natra.kernel import pins
+
+        root = pins.resolve_root()
+        if self._pin_root_existed or not os.path.isdir(root):
+            return []
+        try:
+            os.rmdir(root)
+        except OSError as e:
+            return [f"remove the pin root {root} this run made: {e}"]
+        return []
 
     def _remove_stray_ifbs(self) -> list[str]:
         """IFB devices of our containers that a failed DEL left (named from the container ID)."""
