@@ -58,6 +58,15 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define NATRA_RES_LOCK /* natra.h declared natra_lock_t as struct bpf_res_spin_lock */
 #endif
 
+/* The clock that numbers shaping's sketch windows: CLOCK_MONOTONIC_COARSE
+ * (bpf_ktime_get_coarse_ns, kernels 5.11+), or in the compat build, which
+ * serves older kernels too, the fine clock. */
+#ifdef NATRA_COMPAT_LOCK
+#define natra_window_clock_ns() bpf_ktime_get_ns()
+#else
+#define natra_window_clock_ns() bpf_ktime_get_coarse_ns()
+#endif
+
 #ifndef NATRA_PARSE_ONLY
 #ifdef NATRA_RES_LOCK
 extern int bpf_res_spin_lock(struct bpf_res_spin_lock *lock) __ksym;
@@ -765,7 +774,16 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 	if (!st)
 		return NATRA_V_PASS_ERROR;
 
-	s->now = (cfg->flags & NATRA_CFG_TEST_CLOCK) ? skb->tstamp : bpf_ktime_get_ns();
+	/* Shaping reads the clock only to number sketch windows (the qdisc keeps
+	 * the rate), so the coarse clock serves: it lags by at most a tick and reads
+	 * no cycle counter.  Policing drains its buckets by the nanosecond: a
+	 * lagging clock would let R * tick more through. */
+	if (cfg->flags & NATRA_CFG_TEST_CLOCK)
+		s->now = skb->tstamp;
+	else if (cfg->flags & NATRA_CFG_SHAPE)
+		s->now = natra_window_clock_ns();
+	else
+		s->now = bpf_ktime_get_ns();
 	s->epoch = s->now / cfg->window_ns;
 
 	key_hashes(p, &h1, &h2);
