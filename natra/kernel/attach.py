@@ -17,20 +17,18 @@ Rules kept:
 - `auto` probes tcx by trying it, and falls back to clsact.
 - Errors say which step failed and keep the cause: AttachError.
 
-Must not know: maps, configs, pin directory names (callers pass paths), numpy.
-pyroute2 is imported only inside the clsact functions: a tcx ADD never pays
-its ~200 ms import. Raw bpf(2) calls go through natra/kernel/bpfsys.py (BPF_PROG_QUERY
-through `bpfsys.prog_query`).
+Must not know: maps, configs, pin directory names (callers pass paths), numpy,
+pyroute2. Raw bpf(2) calls go through natra/kernel/bpfsys.py (BPF_PROG_QUERY
+through `bpfsys.prog_query`), rtnetlink through natra/kernel/clsact.py.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import struct
 from dataclasses import dataclass
 
-from natra.kernel import bpfsys
+from natra.kernel import bpfsys, clsact
 from natra.kernel import layout as L
 
 MODE_AUTO = "auto"
@@ -44,7 +42,7 @@ BPF_LINK_TYPE_TCX = 11
 TCX_ATTACH_TYPE = {L.DIR_TO_POD: BPF_TCX_EGRESS, L.DIR_FROM_POD: BPF_TCX_INGRESS}
 HOOK_NAME = {L.DIR_TO_POD: "egress", L.DIR_FROM_POD: "ingress"}
 
-CLSACT_PARENT = {L.DIR_TO_POD: 0xFFFFFFF3, L.DIR_FROM_POD: 0xFFFFFFF2}
+CLSACT_PARENT = {L.DIR_TO_POD: clsact.HOOK_EGRESS, L.DIR_FROM_POD: clsact.HOOK_INGRESS}
 # A priority of our own ("NT" in ASCII): far from 1, the one other CNIs
 # usually take, so our replace never hits their filter and theirs never ours.
 CLSACT_PRIO = 0x4E54
@@ -161,65 +159,17 @@ def detach_tcx(link_pin: str) -> bool:
     return True
 
 
-# ---- clsact (pyroute2, imported here only) -----------------------------------
+# ---- clsact (rtnetlink through natra.kernel.clsact) ---------------------------
 
-def _iproute():
-    from pyroute2 import IPRoute  # heavy: only the clsact path pays for it
-
-    return IPRoute(flags=0)
-
-
-@dataclass(frozen=True)
-class ClsactFilter:
-    """A bpf filter found on a clsact hook."""
-
-    prio: int
-    handle: int
-    prog_id: int
-    name: str
-
-
-TCA_BPF_ID = 11  # u32 program id inside TCA_OPTIONS; pyroute2 does not decode it
-_NLA_HEADER = struct.Struct("=HH")
-_NLA_TYPE_MASK = 0x3FFF  # drops the nested / byte-order flag bits
-
-
-def _bpf_filter_prog_id(opts) -> int:
-    """Program id of a bpf filter, read from the raw TCA_OPTIONS attribute."""
-    data, start = opts.data, opts.offset
-    end = start + _NLA_HEADER.unpack_from(data, start)[0]
-    pos = start + _NLA_HEADER.size
-    while pos + _NLA_HEADER.size <= end:
-        length, kind = _NLA_HEADER.unpack_from(data, pos)
-        if length < _NLA_HEADER.size:
-            break
-        if kind & _NLA_TYPE_MASK == TCA_BPF_ID and length >= _NLA_HEADER.size + 4:
-            return struct.unpack_from("=I", data, pos + _NLA_HEADER.size)[0]
-        pos += (length + 3) & ~3
-    return 0
-
-
-def _filters(ipr, ifindex: int, direction: int) -> list[ClsactFilter]:
-    found = []
-    for msg in ipr.get_filters(index=ifindex, parent=CLSACT_PARENT[direction]):
-        if msg.get_attr("TCA_KIND") != "bpf":
-            continue
-        opts = msg.get_attr("TCA_OPTIONS")
-        if opts is None:
-            continue
-        found.append(ClsactFilter(prio=msg["info"] >> 16, handle=msg["handle"],
-                                  prog_id=_bpf_filter_prog_id(opts),
-                                  name=opts.get_attr("TCA_BPF_NAME") or ""))
-    return found
+ClsactFilter = clsact.BpfFilter
 
 
 def clsact_filters(ifindex: int, direction: int) -> list[ClsactFilter]:
     """Every bpf filter on the hook (ours has prio CLSACT_PRIO, handle CLSACT_HANDLE)."""
-    with _iproute() as ipr:
-        try:
-            return _filters(ipr, ifindex, direction)
-        except Exception:  # no clsact qdisc or no device: nothing is attached
-            return []
+    try:
+        return clsact.bpf_filters(ifindex, CLSACT_PARENT[direction])
+    except clsact.tc.QdiscError:  # no device: nothing is attached
+        return []
 
 
 def our_clsact_filter(ifindex: int, direction: int) -> ClsactFilter | None:
@@ -229,57 +179,32 @@ def our_clsact_filter(ifindex: int, direction: int) -> ClsactFilter | None:
     return None
 
 
-def _has_clsact(ipr, ifindex: int) -> bool:
-    return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex))
-
-
 def attach_clsact(prog_fd: int, ifindex: int, direction: int, name: str) -> bool:
     """Put our filter on the hook (replacing ours if there); True if we created the qdisc."""
-    hook = HOOK_NAME[direction]
-    step = f"attach clsact {hook} to ifindex {ifindex}"
+    step = f"attach clsact {HOOK_NAME[direction]} to ifindex {ifindex}"
     try:
-        ipr = _iproute()
-    except Exception as e:
-        raise AttachError(f"{step}: open netlink", e) from e
-    with ipr:
-        try:
-            created = not _has_clsact(ipr, ifindex)
-            if created:
-                ipr.tc("add", "clsact", ifindex)
-        except Exception as e:
-            if getattr(e, "code", None) != errno.EEXIST:
-                raise AttachError(f"{step}: add clsact qdisc", e) from e
-            created = False
-            # EEXIST: another agent made clsact meanwhile (fine), or an `ingress`
-            # qdisc holds ffff: (the standard bandwidth plugin's); then both our
-            # filters would land in its one block, and egress would not be limited.
-            if not _has_clsact(ipr, ifindex):
-                raise AttachError(f"{step}: an ingress qdisc holds ffff:, clsact unavailable", e) from e
-        try:
-            ipr.tc("replace-filter", "bpf", ifindex, CLSACT_HANDLE, fd=prog_fd, name=name,
-                   parent=CLSACT_PARENT[direction], prio=CLSACT_PRIO, protocol=ETH_P_ALL,
-                   classid=1, direct_action=True)
-        except Exception as e:
-            if created:
-                _delete_qdisc_if_empty(ipr, ifindex)
-            raise AttachError(f"{step}: replace filter", e) from e
+        created = clsact.add_qdisc(ifindex)
+    except clsact.tc.QdiscError as e:
+        # EEXIST here: an `ingress` qdisc holds ffff: (the standard bandwidth plugin's);
+        # both our filters would land in its one block, and egress would not be limited.
+        raise AttachError(f"{step}: add clsact qdisc", e) from e
+    try:
+        clsact.replace_bpf_filter(ifindex, CLSACT_PARENT[direction], CLSACT_PRIO, ETH_P_ALL, CLSACT_HANDLE,
+                                  prog_fd, name)
+    except clsact.tc.QdiscError as e:
+        if created:
+            _delete_qdisc_if_empty(ifindex)
+        raise AttachError(f"{step}: replace filter", e) from e
     return created
 
 
-def _any_filter(ipr, ifindex: int) -> bool:
-    """True if any filter of any kind sits on either clsact hook."""
-    return any(msg.get_attr("TCA_KIND") for parent in CLSACT_PARENT.values()
-               for msg in ipr.get_filters(index=ifindex, parent=parent))
-
-
-def _delete_qdisc_if_empty(ipr, ifindex: int) -> bool:
+def _delete_qdisc_if_empty(ifindex: int) -> bool:
     try:
-        if _any_filter(ipr, ifindex):
+        if clsact.any_filter(ifindex):
             return False
-        ipr.tc("del", "clsact", ifindex)
-    except Exception:
+        return clsact.delete_qdisc(ifindex)
+    except clsact.tc.QdiscError:
         return False
-    return True
 
 
 def detach_clsact(ifindex: int, direction: int, *, prog_id: int | None = None,
@@ -291,22 +216,17 @@ def detach_clsact(ifindex: int, direction: int, *, prog_id: int | None = None,
     removed if no filter at all is left on either hook.
     """
     step = f"detach clsact {HOOK_NAME[direction]} from ifindex {ifindex}"
-    with _iproute() as ipr:
+    ours = [f for f in clsact_filters(ifindex, direction)
+            if f.prio == CLSACT_PRIO and f.handle == CLSACT_HANDLE]
+    removed = False
+    if ours and (prog_id is None or ours[0].prog_id == prog_id):
         try:
-            ours = [f for f in _filters(ipr, ifindex, direction)
-                    if f.prio == CLSACT_PRIO and f.handle == CLSACT_HANDLE]
-        except Exception:
-            ours = []  # no qdisc, no device: nothing of ours is there
-        removed = False
-        if ours and (prog_id is None or ours[0].prog_id == prog_id):
-            try:
-                ipr.tc("del-filter", "bpf", ifindex, CLSACT_HANDLE, parent=CLSACT_PARENT[direction],
-                       prio=CLSACT_PRIO, protocol=ETH_P_ALL)
-            except Exception as e:
-                raise AttachError(step, e) from e
-            removed = True
-        if delete_qdisc:
-            _delete_qdisc_if_empty(ipr, ifindex)
+            removed = clsact.delete_bpf_filter(ifindex, CLSACT_PARENT[direction], CLSACT_PRIO, ETH_P_ALL,
+                                               CLSACT_HANDLE)
+        except clsact.tc.QdiscError as e:
+            raise AttachError(step, e) from e
+    if delete_qdisc:
+        _delete_qdisc_if_empty(ifindex)
     return removed
 
 

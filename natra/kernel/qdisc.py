@@ -56,6 +56,7 @@ NLM_F_DUMP = 0x300
 NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
+NLM_F_ECHO = 0x8  # the kernel answers a GET of one qdisc only to a requester that asks for the echo
 NLM_F_CAPPED = 0x100  # in an NLMSG_ERROR: the quoted request is its header only
 NLM_F_ACK_TLVS = 0x200  # in an NLMSG_ERROR: extended-ack attributes follow
 NLMSGERR_ATTR_MSG = 1
@@ -376,19 +377,19 @@ def parse_tbf(options: bytes) -> TbfConfig:
     return TbfConfig(rate_bps, ticks_burst(buffer, rate_bps), buffer, limit)
 
 
-def _tc_message(message: bytes) -> tuple[tuple[int, int, int, int], dict[int, bytes]]:
+def tc_message(message: bytes) -> tuple[tuple[int, int, int, int], dict[int, bytes]]:
     _, ifindex, handle_, parent, info = TCMSG.unpack_from(message, NLMSG_HEADER.size)
     return (ifindex, handle_, parent, info), parse_attrs(message[NLMSG_HEADER.size + TCMSG.size:])
 
 
-def _kind(attrs: dict[int, bytes]) -> str:
+def tc_kind(attrs: dict[int, bytes]) -> str:
     return attrs.get(TCA_KIND, b"").split(b"\0", 1)[0].decode()
 
 
 def parse_qdisc(message: bytes) -> Qdisc:
     """A Qdisc from one RTM_NEWQDISC message (header included)."""
-    (ifindex, handle_, parent, _), attrs = _tc_message(message)
-    kind, options = _kind(attrs), attrs.get(TCA_OPTIONS)
+    (ifindex, handle_, parent, _), attrs = tc_message(message)
+    kind, options = tc_kind(attrs), attrs.get(TCA_OPTIONS)
     htb = parse_htb_root(options) if kind == "htb" and options else None
     tbf = parse_tbf(options) if kind == "tbf" and options else None
     return Qdisc(ifindex, kind, handle_, parent, parse_stats(attrs.get(TCA_STATS2)), htb, tbf)
@@ -396,8 +397,8 @@ def parse_qdisc(message: bytes) -> Qdisc:
 
 def parse_class(message: bytes) -> TrafficClass:
     """A TrafficClass from one RTM_NEWTCLASS message (header included)."""
-    (ifindex, classid, parent, info), attrs = _tc_message(message)
-    kind, options = _kind(attrs), attrs.get(TCA_OPTIONS)
+    (ifindex, classid, parent, info), attrs = tc_message(message)
+    kind, options = tc_kind(attrs), attrs.get(TCA_OPTIONS)
     htb = parse_htb_class(options) if kind == "htb" and options else None
     return TrafficClass(ifindex, kind, classid, parent, info, parse_stats(attrs.get(TCA_STATS2)), htb)
 
@@ -465,7 +466,7 @@ def _drop_channel() -> None:
         _channel.sock = None
 
 
-def _talk(msg_type: int, flags: int, body: bytes, step: str, ifindex: int | None) -> list[bytes]:
+def talk(msg_type: int, flags: int, body: bytes, step: str, ifindex: int | None) -> list[bytes]:
     """Send one request; its answers up to the ack (or the end of a dump). Raises QdiscError."""
     answers: list[bytes] = []
     try:
@@ -510,8 +511,8 @@ def _split(data: bytes, seq: int) -> Iterator[tuple[int, int, bytes]]:
         pos += _align(length)
 
 
-def _modify(msg_type: int, flags: int, body: bytes, step: str, ifindex: int | None) -> None:
-    _talk(msg_type, NLM_F_ACK | flags, body, step, ifindex)
+def modify(msg_type: int, flags: int, body: bytes, step: str, ifindex: int | None) -> None:
+    talk(msg_type, NLM_F_ACK | flags, body, step, ifindex)
 
 
 def _check(ok: bool, step: str, ifindex: int | None, why: str) -> None:
@@ -533,7 +534,7 @@ def _ifinfo(index: int, flags: int = 0, change: int = 0) -> bytes:
 def link_index(name: str) -> int:
     """ifindex of the link `name` in the caller's namespace (QdiscError ENODEV when none)."""
     step = f"RTM_GETLINK {name}"
-    answers = _talk(RTM_GETLINK, NLM_F_ACK, _ifinfo(0) + _attr(IFLA_IFNAME, _string(name)), step, None)
+    answers = talk(RTM_GETLINK, NLM_F_ACK, _ifinfo(0) + _attr(IFLA_IFNAME, _string(name)), step, None)
     for message in answers:
         return IFINFOMSG.unpack_from(message, NLMSG_HEADER.size)[2]
     raise QdiscError(errno_mod.ENODEV, step, None, "no link in the kernel's answer")
@@ -545,7 +546,7 @@ def create_ifb(name: str) -> int:
     # them right after registering the device, as `ip link add ... up` does.
     body = (_ifinfo(0, IFF_UP, IFF_UP) + _attr(IFLA_IFNAME, _string(name))
             + _nest(IFLA_LINKINFO, _attr(IFLA_INFO_KIND, _string("ifb"))))
-    _modify(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"RTM_NEWLINK ifb {name}", None)
+    modify(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"RTM_NEWLINK ifb {name}", None)
     return link_index(name)
 
 
@@ -556,7 +557,7 @@ def set_link(ifindex: int, *, up: bool = True, alias: str | None = None) -> None
         _check(len(alias.encode()) < IFALIASZ, "RTM_NEWLINK alias", ifindex,
                f"alias longer than {IFALIASZ - 1} bytes")
         body += _attr(IFLA_IFALIAS, alias.encode())
-    _modify(RTM_NEWLINK, 0, body, f"RTM_NEWLINK set {'up' if up else 'down'}", ifindex)
+    modify(RTM_NEWLINK, 0, body, f"RTM_NEWLINK set {'up' if up else 'down'}", ifindex)
 
 
 def delete_link(link: int | str) -> bool:
@@ -566,7 +567,7 @@ def delete_link(link: int | str) -> bool:
     else:
         body, step, ifindex = _ifinfo(0) + _attr(IFLA_IFNAME, _string(link)), f"RTM_DELLINK {link}", None
     try:
-        _modify(RTM_DELLINK, 0, body, step, ifindex)
+        modify(RTM_DELLINK, 0, body, step, ifindex)
     except QdiscError as exc:
         if exc.errno == errno_mod.ENODEV:
             return False
@@ -593,7 +594,7 @@ def replace_htb_root(ifindex: int, handle_major: int, default_minor: int, r2q: i
     body = (_tcmsg(ifindex, want, parent) + _attr(TCA_KIND, _string("htb"))
             + htb_root_options(default_minor, r2q, direct_qlen_packets))
     try:
-        _modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
+        modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
         return True
     except QdiscError as exc:
         if exc.errno != errno_mod.EINVAL:
@@ -605,7 +606,7 @@ def replace_htb_root(ifindex: int, handle_major: int, default_minor: int, r2q: i
                 direct_qlen_packets is None or there.htb.direct_qlen_packets == direct_qlen_packets):
             return False
     delete_qdisc(ifindex, parent)
-    _modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, body, step, ifindex)
+    modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, body, step, ifindex)
     return True
 
 
@@ -629,12 +630,12 @@ def replace_htb_class(ifindex: int, classid: int, parent: int, rate_bps: int, ce
         _require_class(ifindex, parent, step)
     body = (_tcmsg(ifindex, classid, parent) + _attr(TCA_KIND, _string("htb"))
             + htb_class_options(rate_bps, ceil_bps, burst_bytes, cburst_bytes, prio, quantum_bytes))
-    _modify(RTM_NEWTCLASS, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
+    modify(RTM_NEWTCLASS, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
 
 
 def _require_class(ifindex: int, classid: int, step: str) -> None:
     try:
-        _talk(RTM_GETTCLASS, NLM_F_ACK, _tcmsg(ifindex, classid, 0), "RTM_GETTCLASS", ifindex)
+        talk(RTM_GETTCLASS, NLM_F_ACK, _tcmsg(ifindex, classid, 0), "RTM_GETTCLASS", ifindex)
     except QdiscError as exc:
         if exc.errno != errno_mod.ENOENT:
             raise
@@ -663,7 +664,7 @@ def replace_tbf(ifindex: int, handle_: int, parent: int, rate_bps: int, burst_by
     _check(0 < limit_bytes <= U32_MAX, step, ifindex, f"limit {limit_bytes} bytes is outside 1..2**32-1")
     body = (_tcmsg(ifindex, handle_, parent) + _attr(TCA_KIND, _string("tbf"))
             + tbf_options(rate_bps, burst_bytes, limit_bytes))
-    _modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
+    modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
 
 
 def replace_tbf_root(ifindex: int, handle_: int, rate_bps: int, burst_bytes: int, peak_bps: int,
@@ -694,7 +695,7 @@ def replace_tbf_root(ifindex: int, handle_: int, rate_bps: int, burst_bytes: int
     body = (_tcmsg(ifindex, handle_, TC_H_ROOT) + _attr(TCA_KIND, _string("tbf"))
             + tbf_options(rate_bps, burst_bytes, 0 if existed else interim_limit_bytes, peak_bps,
                           max_packet_bytes))
-    _modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
+    modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
     return not existed
 
 
@@ -705,7 +706,7 @@ def replace_bfifo(ifindex: int, handle_: int, parent: int, limit_bytes: int) -> 
     _check(0 < limit_bytes <= U32_MAX, step, ifindex, f"limit {limit_bytes} bytes is outside 1..2**32-1")
     body = (_tcmsg(ifindex, handle_, parent) + _attr(TCA_KIND, _string("bfifo"))
             + _attr(TCA_OPTIONS, TCA_FIFO_LIMIT.pack(limit_bytes)))
-    _modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
+    modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
 
 
 def delete_qdisc(ifindex: int, parent: int) -> bool:
@@ -716,7 +717,7 @@ def delete_qdisc(ifindex: int, parent: int) -> bool:
     """
     step = f"RTM_DELQDISC under {handle_str(parent)}"
     try:
-        _modify(RTM_DELQDISC, 0, _tcmsg(ifindex, 0, parent), step, ifindex)
+        modify(RTM_DELQDISC, 0, _tcmsg(ifindex, 0, parent), step, ifindex)
     except QdiscError as exc:
         if exc.errno in (errno_mod.ENOENT, errno_mod.EINVAL):
             return False
@@ -728,7 +729,7 @@ def delete_class(ifindex: int, classid: int) -> bool:
     """Delete a leaf class (its qdisc goes with it); False when it was not there (ENOENT)."""
     step = f"RTM_DELTCLASS {handle_str(classid)}"
     try:
-        _modify(RTM_DELTCLASS, 0, _tcmsg(ifindex, classid, 0), step, ifindex)
+        modify(RTM_DELTCLASS, 0, _tcmsg(ifindex, classid, 0), step, ifindex)
     except QdiscError as exc:
         if exc.errno == errno_mod.ENOENT:
             return False
@@ -741,13 +742,24 @@ def delete_root_qdisc(ifindex: int) -> bool:
     return delete_qdisc(ifindex, TC_H_ROOT)
 
 
+def dump_all_qdiscs() -> dict[int, list[Qdisc]]:
+    """Every device's qdiscs, as dump_qdiscs lists them, by ifindex: one dump for
+    a reader that looks at many devices (the kernel sends all of them anyway)."""
+    answers = talk(RTM_GETQDISC, NLM_F_DUMP, _tcmsg(0, 0, 0), "RTM_GETQDISC dump", None)
+    found: dict[int, list[Qdisc]] = {}
+    for message in answers:
+        q = parse_qdisc(message)
+        found.setdefault(q.ifindex, []).append(q)
+    return found
+
+
 def dump_qdiscs(ifindex: int) -> list[Qdisc]:
     """The qdiscs of `ifindex` that `tc qdisc show` lists, root first.
 
     The kernel dumps every device of the namespace and leaves out the default
     qdiscs it hangs under new classes (TCA_DUMP_INVISIBLE would add them).
     """
-    answers = _talk(RTM_GETQDISC, NLM_F_DUMP, _tcmsg(ifindex, 0, 0), "RTM_GETQDISC dump", ifindex)
+    answers = talk(RTM_GETQDISC, NLM_F_DUMP, _tcmsg(ifindex, 0, 0), "RTM_GETQDISC dump", ifindex)
     found = []
     for message in answers:
         if TCMSG.unpack_from(message, NLMSG_HEADER.size)[1] == ifindex:
@@ -756,10 +768,23 @@ def dump_qdiscs(ifindex: int) -> list[Qdisc]:
 
 
 def root_qdisc(ifindex: int) -> Qdisc | None:
-    return next((q for q in dump_qdiscs(ifindex) if q.parent == TC_H_ROOT), None)
+    """The root qdisc of `ifindex` as dump_qdiscs lists it (None when it lists none).
+
+    One RTM_GETQDISC for this device's root: a dump would carry every qdisc of
+    every device in the namespace (the kernel does not filter dumps by ifindex),
+    which on a node of shaped Pods grows with the Pods.
+    """
+    body = _tcmsg(ifindex, 0, TC_H_ROOT)
+    try:
+        answers = talk(RTM_GETQDISC, NLM_F_ACK | NLM_F_ECHO, body, "RTM_GETQDISC root", ifindex)
+    except QdiscError as exc:
+        if exc.errno == errno_mod.ENOENT:
+            return None
+        raise
+    return next((parse_qdisc(m) for m in answers), None)
 
 
 def dump_classes(ifindex: int) -> list[TrafficClass]:
     """Every class of every qdisc of `ifindex` (tbf shows one pseudo-class, kind "tbf")."""
-    answers = _talk(RTM_GETTCLASS, NLM_F_DUMP, _tcmsg(ifindex, 0, 0), "RTM_GETTCLASS dump", ifindex)
+    answers = talk(RTM_GETTCLASS, NLM_F_DUMP, _tcmsg(ifindex, 0, 0), "RTM_GETTCLASS dump", ifindex)
     return [parse_class(message) for message in answers]

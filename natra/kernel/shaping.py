@@ -273,9 +273,14 @@ class ShaperState:
     classes: tuple[ClassState, ...]
 
 
-def inspect(ifindex: int) -> ShaperState | None:
-    """Our tree on `ifindex` as the kernel has it, with per-class counters; None when absent."""
-    qdiscs = _step("list qdiscs", ifindex, qdisc.dump_qdiscs, ifindex)
+def inspect(ifindex: int, qdiscs: list[qdisc.Qdisc] | None = None) -> ShaperState | None:
+    """Our tree on `ifindex` as the kernel has it, with per-class counters; None when absent.
+
+    `qdiscs`: the device's qdiscs from one dump_all_qdiscs a caller reading many
+    devices made (each dump carries every device's); None: dump them here.
+    """
+    if qdiscs is None:
+        qdiscs = _step("list qdiscs", ifindex, qdisc.dump_qdiscs, ifindex)
     root = next((q for q in qdiscs if q.parent == qdisc.TC_H_ROOT), None)
     if not is_ours(root) or root.tbf is None:
         return None

@@ -551,8 +551,11 @@ def to_json(views: list[PodView], now: int, not_limited: list[NotLimited] | None
 # ---- reading the pins (the only effects in this module) ---------------------------------------------
 
 
-def read_pod(container_id: str, root: str | None = None) -> RawPod | None:
-    """Read everything pinned for one container; None if its directory is gone."""
+def read_pod(container_id: str, root: str | None = None, qdiscs: dict | None = None) -> RawPod | None:
+    """Read everything pinned for one container; None if its directory is gone.
+
+    `qdiscs`: every device's qdiscs by ifindex (natra.kernel.qdisc.dump_all_qdiscs)
+    when the caller reads many Pods; None: dump them for this Pod's shaped devices."""
     from natra.kernel import maps, pins  # local: tests of the pure part need no bpf(2)
     from natra.kernel import meta as meta_record
 
@@ -581,7 +584,7 @@ def read_pod(container_id: str, root: str | None = None) -> RawPod | None:
         record = {**record, "ips": routed_pod_ips(_read_text("/proc/net/route"),
                                                   _read_text("/proc/net/ipv6_route"), record["host_ifname"])}
     attached = tuple(d for d in DIRECTIONS if d in record.get("directions", DIRECTIONS))
-    shapers = read_shapers(record)
+    shapers = read_shapers(record, qdiscs)
     if shapers:
         directions = {d: RawDirection(rd.config, rd.state, rd.counters, shapers.get(d))
                       for d, rd in directions.items()}
@@ -589,7 +592,7 @@ def read_pod(container_id: str, root: str | None = None) -> RawPod | None:
                   flow_table_size=size, attached=attached)
 
 
-def read_shapers(record: dict) -> dict[int, dict]:
+def read_shapers(record: dict, qdiscs: dict | None = None) -> dict[int, dict]:
     """direction -> the qdisc tree of a shaped direction as a plain dict (none in police mode)."""
     shaping = record.get("shaping")
     if not isinstance(shaping, dict):
@@ -600,17 +603,17 @@ def read_shapers(record: dict) -> dict[int, dict]:
         ifindex = where.get("ifindex") if isinstance(where, dict) else None
         if not isinstance(ifindex, int) or isinstance(ifindex, bool) or ifindex <= 0:
             continue
-        state = _inspect_shaper(ifindex)
+        state = _inspect_shaper(ifindex, None if qdiscs is None else qdiscs.get(ifindex, []))
         if state is not None:
             found[d] = state
     return found
 
 
-def _inspect_shaper(ifindex: int) -> dict | None:
+def _inspect_shaper(ifindex: int, qdiscs: list | None) -> dict | None:
     try:
         from natra.kernel import shaping  # local: police-only nodes and the pure part never need it
 
-        state = shaping.inspect(ifindex)
+        state = shaping.inspect(ifindex, qdiscs)
     except Exception:  # noqa: BLE001 - a device gone or a tree half-made: show the counters we have
         return None
     if state is None:
@@ -673,12 +676,25 @@ def _fields(value) -> dict:
     raise TypeError(f"cannot read fields of {type(value).__name__}")
 
 
+def _all_qdiscs() -> dict | None:
+    """Every device's qdiscs in one dump (a dump per Pod would carry all of them each
+    time: quadratic in the Pods of the node); None when it fails (each Pod then tries)."""
+    try:
+        from natra.kernel import qdisc
+
+        return qdisc.dump_all_qdiscs()
+    except Exception:  # noqa: BLE001 - netlink refused: read_pod dumps per device
+        return None
+
+
 def collect(root: str | None = None, now: int | None = None, top: int = DEFAULT_TOP) -> list[PodView]:
     """A PodView for every container with a pin directory under `root`."""
     import time
 
     from natra.kernel import pins
 
-    raws = [r for r in (read_pod(cid, root) for cid in pins.list_containers(root)) if r is not None]
+    containers = pins.list_containers(root)
+    qdiscs = _all_qdiscs() if containers else None
+    raws = [r for r in (read_pod(cid, root, qdiscs) for cid in containers) if r is not None]
     stamp = time.monotonic_ns() if now is None else now
     return [build_view(r, stamp, top) for r in raws]

@@ -320,6 +320,47 @@ def test_clsact_neighbour_keeps_running_and_survives_our_removal(veth, natra_loa
     assert other.count == 2 * FRAMES
 
 
+def test_clsact_refuses_a_device_whose_ffff_is_an_ingress_qdisc(veth, natra_loader):
+    """The standard plugin's `ingress` qdisc holds ffff:: clsact cannot be added, and our
+    filters must not go into the ingress qdisc's one block (egress would go unlimited).
+    The attach says so, and leaves the ingress qdisc and its filter as they were."""
+    idx = veth.host_ifindex
+    netns.run("tc", "qdisc", "add", "dev", veth.host_if, "ingress")
+    netns.run("tc", "filter", "add", "dev", veth.host_if, "parent", "ffff:", "prio", "9",
+              "u32", "match", "u32", "0", "0", "classid", "1:1")
+    obj = natra_loader()
+    for direction in (L.DIR_TO_POD, L.DIR_FROM_POD):
+        with pytest.raises(attach.AttachError, match="an ingress qdisc holds ffff:, clsact unavailable"):
+            attach.attach_clsact(obj.prog_fd(direction), idx, direction, L.PROG_NAMES[direction])
+    assert "qdisc ingress ffff:" in qdiscs(veth.host_if) and "clsact" not in qdiscs(veth.host_if)
+    assert " u32 " in netns.run("tc", "filter", "show", "dev", veth.host_if, "parent", "ffff:")
+    assert attach.detach_clsact(idx, L.DIR_FROM_POD, delete_qdisc=True) is False
+    assert "qdisc ingress ffff:" in qdiscs(veth.host_if)  # never ours to delete
+
+
+def test_the_clsact_path_imports_no_pyroute2(veth, natra_loader):
+    """attachMode clsact (and the fallback on kernels without tcx) stays on the plugin's
+    ADD path: it talks rtnetlink itself, so it never pays pyroute2's import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from natra.kernel import attach\n"
+        "from natra.kernel.loader import BpfObject\n"
+        "from natra.kernel.params import to_config\n"
+        f"obj = BpfObject.load([to_config(None)] * 2)\n"
+        f"for d in (0, 1):\n"
+        f"    attach.attach_clsact(obj.prog_fd(d), {veth.host_ifindex}, d, 'natra_probe')\n"
+        f"    assert attach.our_clsact_filter({veth.host_ifindex}, d) is not None\n"
+        f"    attach.detach_clsact({veth.host_ifindex}, d, delete_qdisc=True)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyroute2', 'numpy', 'scapy')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert "clsact" not in qdiscs(veth.host_if)
+
+
 def test_clsact_qdisc_we_made_stays_while_others_use_it(veth, natra_loader):
     """We created clsact, then a neighbour added a (non-bpf) filter: the qdisc stays."""
     idx, direction = veth.host_ifindex, L.DIR_FROM_POD

@@ -387,6 +387,36 @@ def test_deleting_what_is_not_there_is_harmless(veth):
 
 
 @needs_root
+def test_the_root_qdisc_is_read_from_its_device_alone(veth):
+    """root_qdisc asks the kernel for one device's root (a dump would carry every
+    device's qdiscs): it must say what the dump says, for each kind of root, and
+    never another device's."""
+    name, ifindex = veth
+
+    def config(q):  # all but the counters, which traffic may move between two reads
+        return None if q is None else (q.ifindex, q.kind, q.handle, q.parent, q.htb, q.tbf)
+
+    def from_dump():
+        return config(next((q for q in Q.dump_qdiscs(ifindex) if q.parent == Q.TC_H_ROOT), None))
+
+    assert config(Q.root_qdisc(ifindex)) == from_dump()  # the default root (noqueue, handle 0)
+    with _veth(f"{name[:-1]}b") as other:
+        _build(other, 100_000_000)
+        assert config(Q.root_qdisc(ifindex)) == from_dump()
+        _build(ifindex, 1_000_000_000)
+        root = Q.root_qdisc(ifindex)
+        assert (root.kind, root.handle) == ("htb", Q.handle(1)) and config(root) == from_dump()
+        assert Q.delete_root_qdisc(ifindex) is True
+        Q.replace_tbf_root(ifindex, Q.handle(0x7), 10**8, 10**6, 10**9, 65_536, 10**6)
+        root = Q.root_qdisc(ifindex)
+        assert (root.kind, root.handle) == ("tbf", Q.handle(0x7)) and config(root) == from_dump()
+        assert Q.root_qdisc(other).kind == "htb"
+    with pytest.raises(Q.QdiscError) as err:
+        Q.root_qdisc(2**31 - 1)  # no such device
+    assert err.value.errno == 19  # ENODEV
+
+
+@needs_root
 def test_ifb_create_shape_delete():
     name = f"nq{_tag()}i"
     try:

@@ -59,7 +59,7 @@ def _missing() -> str | None:
     if not (REPO / ".git").exists():
         return "not a git checkout: the clean copy is made from git's file list"
     if not _pypi_reachable():
-        return "PyPI unreachable: the venv takes pyroute2, prometheus_client and the sim extra from it"
+        return "PyPI unreachable: the venv takes prometheus_client and the sim extra from it"
     return None
 
 
