@@ -707,6 +707,10 @@ def control_plane(bench: Bench, s: Settings) -> dict:
             del_s.append(bench.delete_pod(pod)[plugin])
         entry["del_s"] = del_s
         results[name] = entry
+    paced = {}
+    for _limiter, runner, mode in variants:
+        if runner == "bundle-agent" and mode in PACED_MODES:
+            paced[f"natra-{mode}-{runner}"] = _paced_adds(bench, s, runner, CONTROL_OPTIONS.get(mode, {}))
     floors = {}
     for limiter, runner, mode in variants:
         if limiter == "natra" and f"natra-{runner}" not in floors:
@@ -714,7 +718,26 @@ def control_plane(bench: Bench, s: Settings) -> dict:
             floors[f"natra-{runner}"] = process_floor(os.path.join(chain.bin_dir, "natra"), chain.extra_env)
     floors["python3 -c pass"] = _timed_runs([sys.executable, "-c", "pass"], {}, b"")
     floors["bandwidth"] = process_floor(os.path.join(bench.chain("bandwidth").bin_dir, "bandwidth"))
-    return {"rate_bps": rate, "variants": results, "process_floor_s": floors}
+    return {"rate_bps": rate, "variants": results, "paced": paced, "paced_gap_s": PACED_GAP_S,
+            "process_floor_s": floors}
+
+
+# A node that starts Pods at a steady pace rather than in one burst: one ADD every
+# PACED_GAP_S, longer than a verification (~190 ms), so the agent's pool keeps up.
+PACED_GAP_S = 0.4
+PACED_MODES = ("shape", "shape-clsact")
+
+
+def _paced_adds(bench: Bench, s: Settings, runner: str, options: dict) -> dict:
+    log(f"control plane: {s.control_pods} Pods, one ADD every {PACED_GAP_S} s, natra {options or 'defaults'}")
+    pods, add_s = [], []
+    for _ in range(s.control_pods):
+        time.sleep(PACED_GAP_S)
+        pod = bench.add_pod("natra", CONTROL_RATE_BPS, natra_runner=runner, options=options)
+        pods.append(pod)
+        add_s.append(pod.add_s["natra"])
+    del_s = [bench.delete_pod(pod)["natra"] for pod in pods]
+    return {"add_s": add_s, "del_s": del_s}
 
 
 FLOOR_RUNS = 10
