@@ -87,6 +87,9 @@ def version_main(args) -> int:
 MAX_STDIN_BYTES = 4 * 1024 * 1024  # natra.cni.request's limit; one byte more tells "too large"
 
 
+_exit_when_answered = False  # set by entry(): this process is the plugin and nothing follows
+
+
 def run_plugin() -> int:
     from natra.cni import agentclient
 
@@ -101,6 +104,10 @@ def run_plugin() -> int:
         code, out = run_here(os.environ, stdin)
     sys.stdout.buffer.write(out)
     sys.stdout.buffer.flush()
+    if answered is not None and _exit_when_answered:
+        # The thin client holds nothing to clean up (the agent did the work): leave
+        # without the interpreter's teardown, ~1.5 ms of every ADD and DEL.
+        os._exit(code)
     return code
 
 
@@ -139,6 +146,13 @@ def build_parser(chosen: str | None):
             if add is not None:
                 add(sp)
     return parser
+
+
+def entry() -> None:
+    """The process entry point (console script, `python3 -m natra`, the node bundle)."""
+    global _exit_when_answered
+    _exit_when_answered = True
+    sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:
