@@ -52,7 +52,10 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: 'natra-sim sweep: error: ...' and exit 2, no usage dump."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+        # One line: join the message's lines, but keep the spaces within them (a refused
+        # value is quoted as given: '  ' must not read ' ').
+        one_line = " ".join(line.strip() for line in message.splitlines() if line.strip())
+        self.exit(2, f"{self.prog}: error: {one_line} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

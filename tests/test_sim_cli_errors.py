@@ -134,6 +134,7 @@ def test_every_option_of_every_subcommand_fails_in_one_line(scratch, pair, text)
     (["replay", "x.pcap", "--rate", "fast"], "rate 'fast'"),
     (["workload", "nope", "x.pcap"], "unknown workload 'nope'"),
     (["workload", "zipf", "x.pcap", "--workload-arg", "load=0"], "load '0'"),
+    (["workload", "zipf", "x.pcap", "--rate=  "], "rate '  '"),  # quoted as given, spaces kept
 ])
 def test_the_issue_s_crashes_are_one_line_errors(argv, message):
     code, err = _run(argv)
