@@ -6,9 +6,10 @@ fd (`tc filter replace ... bpf da fd N`), listing the bpf filters of a hook with
 their priority, handle, program id and name, and deleting one filter.
 
 Rule: no pyroute2 (its import and its message decoding cost more than the
-kernel's work: ~200 ms to import, ~20 ms to decode a dump of a shaped veth's
-qdiscs); requests go through natra.kernel.qdisc's channel, one rtnetlink socket
-per thread, and fail as QdiscError naming the step, the ifindex and the errno.
+kernel's work: ~200 ms to import, ~20 ms to decode a dump of every qdisc in
+the namespace); requests and their framing (tcmsg, attributes) are
+natra.kernel.qdisc's, one rtnetlink socket per thread, and fail as QdiscError
+naming the step, the ifindex and the errno.
 Must not know: which filter is Natra's (priority and handle are arguments),
 CNI, how programs are loaded.
 """
@@ -52,22 +53,18 @@ class BpfFilter:
     name: str
 
 
-def _u32(value: int) -> bytes:
-    return struct.pack("=I", value)
-
-
 def _info(prio: int, protocol: int) -> int:
     """tcm_info of a filter: priority in the upper half, protocol in network order below."""
     return (prio << 16) | socket.htons(protocol)
 
 
 def _filter_msg(ifindex: int, hook: int, prio: int, protocol: int, handle: int) -> bytes:
-    return tc.TCMSG.pack(socket.AF_UNSPEC, ifindex, handle, hook, _info(prio, protocol))
+    return tc.tcmsg(ifindex, handle, hook, _info(prio, protocol))
 
 
 def qdisc_kind_at_ingress(ifindex: int) -> str | None:
     """Kind of the qdisc holding ffff: ("clsact", "ingress"), or None when there is none."""
-    body = tc.TCMSG.pack(socket.AF_UNSPEC, ifindex, 0, TC_H_CLSACT, 0)
+    body = tc.tcmsg(ifindex, 0, TC_H_CLSACT)
     try:
         answers = tc.talk(tc.RTM_GETQDISC, tc.NLM_F_ACK | tc.NLM_F_ECHO, body, "RTM_GETQDISC ffff:", ifindex)
     except tc.QdiscError as exc:
@@ -87,8 +84,7 @@ def add_qdisc(ifindex: int) -> bool:
     land in its one block.
     """
     step = "RTM_NEWQDISC clsact"
-    body = tc.TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0) + _attr(
-        tc.TCA_KIND, b"clsact\0")
+    body = tc.tcmsg(ifindex, CLSACT_HANDLE, TC_H_CLSACT) + _attr(tc.TCA_KIND, tc.cstring("clsact"))
     try:
         tc.modify(tc.RTM_NEWQDISC, tc.NLM_F_CREATE | tc.NLM_F_EXCL, body, step, ifindex)
         return True
@@ -106,7 +102,7 @@ def delete_qdisc(ifindex: int) -> bool:
     """Delete the clsact qdisc and every filter on it; False when there was none."""
     if qdisc_kind_at_ingress(ifindex) != "clsact":
         return False
-    body = tc.TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0)
+    body = tc.tcmsg(ifindex, CLSACT_HANDLE, TC_H_CLSACT)
     try:
         tc.modify(tc.RTM_DELQDISC, 0, body, "RTM_DELQDISC clsact", ifindex)
     except tc.QdiscError as exc:
@@ -120,9 +116,9 @@ def replace_bpf_filter(ifindex: int, hook: int, prio: int, protocol: int, handle
                        name: str) -> None:
     """Create, or replace at (prio, protocol, handle), a direct-action bpf filter running `prog_fd`."""
     step = f"RTM_NEWTFILTER bpf prio {prio} on {tc.handle_str(hook)}"
-    options = (_attr(TCA_BPF_FD, _u32(prog_fd)) + _attr(TCA_BPF_NAME, name.encode() + b"\0")
-               + _attr(TCA_BPF_FLAGS, _u32(TCA_BPF_FLAG_ACT_DIRECT)) + _attr(TCA_BPF_CLASSID, _u32(1)))
-    body = (_filter_msg(ifindex, hook, prio, protocol, handle) + _attr(tc.TCA_KIND, b"bpf\0")
+    options = (_attr(TCA_BPF_FD, tc.u32(prog_fd)) + _attr(TCA_BPF_NAME, tc.cstring(name))
+               + _attr(TCA_BPF_FLAGS, tc.u32(TCA_BPF_FLAG_ACT_DIRECT)) + _attr(TCA_BPF_CLASSID, tc.u32(1)))
+    body = (_filter_msg(ifindex, hook, prio, protocol, handle) + _attr(tc.TCA_KIND, tc.cstring("bpf"))
             + _attr(tc.TCA_OPTIONS | tc.NLA_F_NESTED, options))
     tc.modify(RTM_NEWTFILTER, tc.NLM_F_CREATE | tc.NLM_F_REPLACE, body, step, ifindex)
 
@@ -130,7 +126,7 @@ def replace_bpf_filter(ifindex: int, hook: int, prio: int, protocol: int, handle
 def delete_bpf_filter(ifindex: int, hook: int, prio: int, protocol: int, handle: int) -> bool:
     """Delete the bpf filter at (prio, protocol, handle); False when it was not there."""
     step = f"RTM_DELTFILTER bpf prio {prio} on {tc.handle_str(hook)}"
-    body = _filter_msg(ifindex, hook, prio, protocol, handle) + _attr(tc.TCA_KIND, b"bpf\0")
+    body = _filter_msg(ifindex, hook, prio, protocol, handle) + _attr(tc.TCA_KIND, tc.cstring("bpf"))
     try:
         tc.modify(RTM_DELTFILTER, 0, body, step, ifindex)
     except tc.QdiscError as exc:
@@ -157,7 +153,7 @@ def parse_filter(message: bytes) -> tuple[str, BpfFilter | None]:
 def dump_filters(ifindex: int, hook: int) -> list[tuple[str, BpfFilter | None]]:
     """(kind, bpf filter or None) of every filter message on `hook`; [] when the
     device has no clsact qdisc (or no longer exists)."""
-    body = tc.TCMSG.pack(socket.AF_UNSPEC, ifindex, 0, hook, 0)
+    body = tc.tcmsg(ifindex, 0, hook)
     try:
         answers = tc.talk(RTM_GETTFILTER, tc.NLM_F_DUMP, body, f"RTM_GETTFILTER dump {tc.handle_str(hook)}",
                           ifindex)

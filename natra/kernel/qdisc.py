@@ -267,7 +267,7 @@ def _nest(kind: int, *children: bytes) -> bytes:
     return _attr(kind | NLA_F_NESTED, b"".join(children))
 
 
-def _u32(value: int) -> bytes:
+def u32(value: int) -> bytes:
     return struct.pack("=I", value)
 
 
@@ -275,7 +275,7 @@ def _u64(value: int) -> bytes:
     return struct.pack("=Q", value)
 
 
-def _string(value: str) -> bytes:
+def cstring(value: str) -> bytes:
     return value.encode() + b"\0"
 
 
@@ -288,13 +288,13 @@ def _needs_64(rate_bps: int) -> bool:
     return rate_bytes_per_s(rate_bps) >= 2**32
 
 
-def _tcmsg(ifindex: int, handle_: int, parent: int) -> bytes:
-    return TCMSG.pack(socket.AF_UNSPEC, ifindex, handle_, parent, 0)
+def tcmsg(ifindex: int, handle_: int, parent: int, info: int = 0) -> bytes:
+    return TCMSG.pack(socket.AF_UNSPEC, ifindex, handle_, parent, info)
 
 
 def htb_root_options(default_minor: int, r2q: int, direct_qlen_packets: int | None) -> bytes:
     glob = HTB_GLOB.pack(HTB_PROTOCOL_VERSION, r2q, default_minor, 0, 0)
-    extra = _attr(TCA_HTB_DIRECT_QLEN, _u32(direct_qlen_packets)) if direct_qlen_packets is not None else b""
+    extra = _attr(TCA_HTB_DIRECT_QLEN, u32(direct_qlen_packets)) if direct_qlen_packets is not None else b""
     return _nest(TCA_OPTIONS, _attr(TCA_HTB_INIT, glob), extra)
 
 
@@ -320,11 +320,11 @@ def tbf_options(rate_bps: int, burst_bytes: int, limit_bytes: int, peak_bps: int
     # largest packet it passes whole) and derive the bucket from them; with a
     # peak rate, TCA_TBF_PBURST caps max_size too (TBF segments a bigger GSO
     # packet, so the peak bucket sets the segmentation size, not the burst).
-    parts = [_attr(TCA_TBF_PARMS, qopt), _attr(TCA_TBF_BURST, _u32(burst))]
+    parts = [_attr(TCA_TBF_PARMS, qopt), _attr(TCA_TBF_BURST, u32(burst))]
     if _needs_64(rate_bps):
         parts.append(_attr(TCA_TBF_RATE64, _u64(rate_bytes_per_s(rate_bps))))
     if peak_bps:
-        parts.append(_attr(TCA_TBF_PBURST, _u32(max_packet_bytes)))
+        parts.append(_attr(TCA_TBF_PBURST, u32(max_packet_bytes)))
         if _needs_64(peak_bps):
             parts.append(_attr(TCA_TBF_PRATE64, _u64(rate_bytes_per_s(peak_bps))))
     return _nest(TCA_OPTIONS, *parts)
@@ -534,7 +534,7 @@ def _ifinfo(index: int, flags: int = 0, change: int = 0) -> bytes:
 def link_index(name: str) -> int:
     """ifindex of the link `name` in the caller's namespace (QdiscError ENODEV when none)."""
     step = f"RTM_GETLINK {name}"
-    answers = talk(RTM_GETLINK, NLM_F_ACK, _ifinfo(0) + _attr(IFLA_IFNAME, _string(name)), step, None)
+    answers = talk(RTM_GETLINK, NLM_F_ACK, _ifinfo(0) + _attr(IFLA_IFNAME, cstring(name)), step, None)
     for message in answers:
         return IFINFOMSG.unpack_from(message, NLMSG_HEADER.size)[2]
     raise QdiscError(errno_mod.ENODEV, step, None, "no link in the kernel's answer")
@@ -544,8 +544,8 @@ def create_ifb(name: str) -> int:
     """Create IFB device `name`, up, and return its ifindex (QdiscError EEXIST if the name is taken)."""
     # ifi_flags/ifi_change = IFF_UP in the creating message: the kernel applies
     # them right after registering the device, as `ip link add ... up` does.
-    body = (_ifinfo(0, IFF_UP, IFF_UP) + _attr(IFLA_IFNAME, _string(name))
-            + _nest(IFLA_LINKINFO, _attr(IFLA_INFO_KIND, _string("ifb"))))
+    body = (_ifinfo(0, IFF_UP, IFF_UP) + _attr(IFLA_IFNAME, cstring(name))
+            + _nest(IFLA_LINKINFO, _attr(IFLA_INFO_KIND, cstring("ifb"))))
     modify(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"RTM_NEWLINK ifb {name}", None)
     return link_index(name)
 
@@ -565,7 +565,7 @@ def delete_link(link: int | str) -> bool:
     if isinstance(link, int):
         body, step, ifindex = _ifinfo(link), f"RTM_DELLINK {link}", link
     else:
-        body, step, ifindex = _ifinfo(0) + _attr(IFLA_IFNAME, _string(link)), f"RTM_DELLINK {link}", None
+        body, step, ifindex = _ifinfo(0) + _attr(IFLA_IFNAME, cstring(link)), f"RTM_DELLINK {link}", None
     try:
         modify(RTM_DELLINK, 0, body, step, ifindex)
     except QdiscError as exc:
@@ -591,7 +591,7 @@ def replace_htb_root(ifindex: int, handle_major: int, default_minor: int, r2q: i
     """
     step = f"RTM_NEWQDISC htb {handle_major:x}: under {handle_str(parent)}"
     want = handle(handle_major)
-    body = (_tcmsg(ifindex, want, parent) + _attr(TCA_KIND, _string("htb"))
+    body = (tcmsg(ifindex, want, parent) + _attr(TCA_KIND, cstring("htb"))
             + htb_root_options(default_minor, r2q, direct_qlen_packets))
     try:
         modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
@@ -628,14 +628,14 @@ def replace_htb_class(ifindex: int, classid: int, parent: int, rate_bps: int, ce
     _check(0 <= quantum_bytes <= QUANTUM_MAX_BYTES, step, ifindex, f"quantum {quantum_bytes} bytes")
     if parent & TC_H_MIN_MASK:
         _require_class(ifindex, parent, step)
-    body = (_tcmsg(ifindex, classid, parent) + _attr(TCA_KIND, _string("htb"))
+    body = (tcmsg(ifindex, classid, parent) + _attr(TCA_KIND, cstring("htb"))
             + htb_class_options(rate_bps, ceil_bps, burst_bytes, cburst_bytes, prio, quantum_bytes))
     modify(RTM_NEWTCLASS, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
 
 
 def _require_class(ifindex: int, classid: int, step: str) -> None:
     try:
-        talk(RTM_GETTCLASS, NLM_F_ACK, _tcmsg(ifindex, classid, 0), "RTM_GETTCLASS", ifindex)
+        talk(RTM_GETTCLASS, NLM_F_ACK, tcmsg(ifindex, classid, 0), "RTM_GETTCLASS", ifindex)
     except QdiscError as exc:
         if exc.errno != errno_mod.ENOENT:
             raise
@@ -662,7 +662,7 @@ def replace_tbf(ifindex: int, handle_: int, parent: int, rate_bps: int, burst_by
     _check_rate(rate_bps, "rate", step, ifindex)
     _check(burst_bytes > 0, step, ifindex, "burst must be > 0 bytes")
     _check(0 < limit_bytes <= U32_MAX, step, ifindex, f"limit {limit_bytes} bytes is outside 1..2**32-1")
-    body = (_tcmsg(ifindex, handle_, parent) + _attr(TCA_KIND, _string("tbf"))
+    body = (tcmsg(ifindex, handle_, parent) + _attr(TCA_KIND, cstring("tbf"))
             + tbf_options(rate_bps, burst_bytes, limit_bytes))
     modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
 
@@ -692,7 +692,7 @@ def replace_tbf_root(ifindex: int, handle_: int, rate_bps: int, burst_bytes: int
            f"interim limit {interim_limit_bytes} bytes is outside 1..2**32-1")
     root = root_qdisc(ifindex)
     existed = root is not None and root.handle == handle_ and root.kind == "tbf"
-    body = (_tcmsg(ifindex, handle_, TC_H_ROOT) + _attr(TCA_KIND, _string("tbf"))
+    body = (tcmsg(ifindex, handle_, TC_H_ROOT) + _attr(TCA_KIND, cstring("tbf"))
             + tbf_options(rate_bps, burst_bytes, 0 if existed else interim_limit_bytes, peak_bps,
                           max_packet_bytes))
     modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
@@ -704,7 +704,7 @@ def replace_bfifo(ifindex: int, handle_: int, parent: int, limit_bytes: int) -> 
     step = f"RTM_NEWQDISC bfifo {handle_str(handle_)} under {handle_str(parent)}"
     _check(handle_ & TC_H_MIN_MASK == 0 and handle_ != 0, step, ifindex, "a qdisc handle is major: only")
     _check(0 < limit_bytes <= U32_MAX, step, ifindex, f"limit {limit_bytes} bytes is outside 1..2**32-1")
-    body = (_tcmsg(ifindex, handle_, parent) + _attr(TCA_KIND, _string("bfifo"))
+    body = (tcmsg(ifindex, handle_, parent) + _attr(TCA_KIND, cstring("bfifo"))
             + _attr(TCA_OPTIONS, TCA_FIFO_LIMIT.pack(limit_bytes)))
     modify(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, body, step, ifindex)
 
@@ -717,7 +717,7 @@ def delete_qdisc(ifindex: int, parent: int) -> bool:
     """
     step = f"RTM_DELQDISC under {handle_str(parent)}"
     try:
-        modify(RTM_DELQDISC, 0, _tcmsg(ifindex, 0, parent), step, ifindex)
+        modify(RTM_DELQDISC, 0, tcmsg(ifindex, 0, parent), step, ifindex)
     except QdiscError as exc:
         if exc.errno in (errno_mod.ENOENT, errno_mod.EINVAL):
             return False
@@ -729,7 +729,7 @@ def delete_class(ifindex: int, classid: int) -> bool:
     """Delete a leaf class (its qdisc goes with it); False when it was not there (ENOENT)."""
     step = f"RTM_DELTCLASS {handle_str(classid)}"
     try:
-        modify(RTM_DELTCLASS, 0, _tcmsg(ifindex, classid, 0), step, ifindex)
+        modify(RTM_DELTCLASS, 0, tcmsg(ifindex, classid, 0), step, ifindex)
     except QdiscError as exc:
         if exc.errno == errno_mod.ENOENT:
             return False
@@ -745,7 +745,7 @@ def delete_root_qdisc(ifindex: int) -> bool:
 def dump_all_qdiscs() -> dict[int, list[Qdisc]]:
     """Every device's qdiscs, as dump_qdiscs lists them, by ifindex: one dump for
     a reader that looks at many devices (the kernel sends all of them anyway)."""
-    answers = talk(RTM_GETQDISC, NLM_F_DUMP, _tcmsg(0, 0, 0), "RTM_GETQDISC dump", None)
+    answers = talk(RTM_GETQDISC, NLM_F_DUMP, tcmsg(0, 0, 0), "RTM_GETQDISC dump", None)
     found: dict[int, list[Qdisc]] = {}
     for message in answers:
         q = parse_qdisc(message)
@@ -759,7 +759,7 @@ def dump_qdiscs(ifindex: int) -> list[Qdisc]:
     The kernel dumps every device of the namespace and leaves out the default
     qdiscs it hangs under new classes (TCA_DUMP_INVISIBLE would add them).
     """
-    answers = talk(RTM_GETQDISC, NLM_F_DUMP, _tcmsg(ifindex, 0, 0), "RTM_GETQDISC dump", ifindex)
+    answers = talk(RTM_GETQDISC, NLM_F_DUMP, tcmsg(ifindex, 0, 0), "RTM_GETQDISC dump", ifindex)
     found = []
     for message in answers:
         if TCMSG.unpack_from(message, NLMSG_HEADER.size)[1] == ifindex:
@@ -774,7 +774,7 @@ def root_qdisc(ifindex: int) -> Qdisc | None:
     every device in the namespace (the kernel does not filter dumps by ifindex),
     which on a node of shaped Pods grows with the Pods.
     """
-    body = _tcmsg(ifindex, 0, TC_H_ROOT)
+    body = tcmsg(ifindex, 0, TC_H_ROOT)
     try:
         answers = talk(RTM_GETQDISC, NLM_F_ACK | NLM_F_ECHO, body, "RTM_GETQDISC root", ifindex)
     except QdiscError as exc:
@@ -786,5 +786,5 @@ def root_qdisc(ifindex: int) -> Qdisc | None:
 
 def dump_classes(ifindex: int) -> list[TrafficClass]:
     """Every class of every qdisc of `ifindex` (tbf shows one pseudo-class, kind "tbf")."""
-    answers = talk(RTM_GETTCLASS, NLM_F_DUMP, _tcmsg(ifindex, 0, 0), "RTM_GETTCLASS dump", ifindex)
+    answers = talk(RTM_GETTCLASS, NLM_F_DUMP, tcmsg(ifindex, 0, 0), "RTM_GETTCLASS dump", ifindex)
     return [parse_class(message) for message in answers]
