@@ -40,7 +40,7 @@ DEFAULT_NET = 208
 REMOTE_SUBNET = "10.{remote}.0"
 POD_SUBNET = "10.{net}.{block}.0/24"
 IPAM_DIR = "/run/natra-ipam"
-AGENT_WARM_S = 3.0  # a started agent's pool loads eight objects of the default shape (~190 ms each)
+AGENT_WARM_S = 3.0  # a started agent's pool loads eight objects of the default shape (~90-190 ms each)
 LIMITERS = ("natra", "bandwidth", "none")
 # What containerd sends as the burst when a Pod asks for none (bits).
 CONTAINERD_BURST_BITS = 2**32 - 1

@@ -2,7 +2,9 @@
 
 Owns: the handful of libbpf 1.x calls Natra uses (open, find map/program, set
 max_entries, keep a program's verifier log, load, fds, close) and capturing
-libbpf's own messages so an error can say what libbpf said.
+libbpf's own messages so an error can say what libbpf said. libbpf prints from
+the thread that made the call, so each thread keeps its own messages and
+threads may load objects at the same time.
 Rule: no policy and no retries; a failing call raises `LibbpfError` naming the
 call and keeping the errno. Pointers are opaque ints owned by the caller,
 who must call `object_close` exactly once.
@@ -34,9 +36,17 @@ class LibbpfError(OSError):
 
 _lib = None
 _lib_lock = threading.Lock()
-_messages: list[str] = []
+_local = threading.local()  # .messages: this thread's recent libbpf messages
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 _print_cb = None  # kept alive for as long as libbpf may call it
+
+
+def _thread_messages() -> list[str]:
+    try:
+        return _local.messages
+    except AttributeError:
+        _local.messages = []
+        return _local.messages
 
 
 def _on_print(level: int, fmt: bytes, va_list: int) -> int:
@@ -44,8 +54,9 @@ def _on_print(level: int, fmt: bytes, va_list: int) -> int:
         return 0
     buf = ctypes.create_string_buffer(_PRINT_BUF_BYTES)
     n = _libc.vsnprintf(buf, _PRINT_BUF_BYTES, fmt, ctypes.c_void_p(va_list))
-    _messages.append(buf.value.decode(errors="replace").rstrip("\n"))
-    del _messages[:-_MESSAGES_KEPT]
+    messages = _thread_messages()
+    messages.append(buf.value.decode(errors="replace").rstrip("\n"))
+    del messages[:-_MESSAGES_KEPT]
     return n
 
 
@@ -99,12 +110,12 @@ def lib():
 
 
 def recent_messages() -> str:
-    """libbpf's recent warnings, oldest first (for error reports)."""
-    return "\n".join(_messages)
+    """libbpf's recent warnings to this thread, oldest first (for error reports)."""
+    return "\n".join(_thread_messages())
 
 
 def clear_messages() -> None:
-    _messages.clear()
+    _thread_messages().clear()
 
 
 def _errno_or(default: int) -> int:

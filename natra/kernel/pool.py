@@ -1,22 +1,22 @@
 """Loaded, verified BPF objects kept ready, so that a Pod's ADD does not wait for the verifier.
 
 Owns: a few `BpfObject`s per shape (object file, sketch width x depth, flow-table
-size), loaded ahead of need by a background thread, and `take`, which hands one
-out with the Pod's configs written, or loads one in line when none is ready.
-Loading and verifying both programs costs ~190 ms of CPU per Pod; taking a
-ready object costs a config write. A shape primed with a depth (the defaults the
-agent expects most Pods to ask for) keeps that many ready; others keep
-`per_shape`. A take that finds none ready while the refill thread is loading
-that very shape waits for that object rather than starting a second load behind
-it (loads run one at a time, so a second would wait for the first anyway).
+size), loaded ahead of need by `loaders` background threads, and `take`, which
+hands one out with the Pod's configs written, or loads one in line when none is
+ready. Loading and verifying both programs costs ~190 ms of CPU per Pod, and the
+verifier runs on the loading thread's CPU, so loaders on separate CPUs verify
+side by side; taking a ready object costs a config write. A shape primed with a
+depth (the defaults the agent expects most Pods to ask for) keeps that many
+ready, counting the ones being loaded; others keep `per_shape`. A take that
+finds none ready while a loader is loading that very shape waits for the first
+of those objects rather than starting another load beside them.
 A taken object is exactly what a fresh load gives: the same ELF, maps created
 empty, the config written by the same code (`BpfObject.configure`).
 Rule: only the node agent (a long-lived process) keeps a pool; the plugin's own
 process loads in line. An object never leaves the pool half-made: a load that
 fails is not kept, and the next take loads in line and reports the error as a
 fresh load would. A pooled object holds fds only (nothing pinned), so a killed
-agent leaves nothing behind. All libbpf loads run one at a time (libbpf's
-message capture is process-wide).
+agent leaves nothing behind.
 Must not know: Pods, CNI, pins, attach.
 """
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 
 from natra.kernel import loader
@@ -49,23 +49,24 @@ def shape_of(configs: Sequence[ConfigValues], flow_table: int, path: str | None)
 
 
 class ObjectPool:
-    """`per_shape` ready objects for each of the `shapes` most recently asked shapes."""
+    """`per_shape` ready objects for each of the `shapes` most recently asked shapes,
+    loaded by `loaders` threads at a time."""
 
     def __init__(self, per_shape: int = 2, shapes: int = 4,
-                 load: Callable[..., loader.BpfObject] = loader.BpfObject.load):
+                 load: Callable[..., loader.BpfObject] = loader.BpfObject.load, loaders: int = 1):
         self.per_shape = max(per_shape, 0)
         self.shapes = max(shapes, 1)
+        self.loaders = max(loaders, 1)
         self._load = load
         self._ready: OrderedDict[Shape, list[loader.BpfObject]] = OrderedDict()
         self._templates: dict[Shape, tuple[list[ConfigValues], int, str | None]] = {}
         self._depth: dict[Shape, int] = {}  # primed shapes' own depth
         self._lock = threading.Lock()  # guards _ready, _templates, _depth, _loading
-        self._load_lock = threading.Lock()  # one libbpf load at a time
-        self._wake = threading.Condition(self._lock)  # the refill thread waits for work
+        self._wake = threading.Condition(self._lock)  # the refill threads wait for work
         self._arrived = threading.Condition(self._lock)  # takes wait for an object in the making
-        self._loading: Shape | None = None  # the shape the refill thread is loading
+        self._loading: Counter[Shape] = Counter()  # objects being loaded by the refill threads
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.hits = 0
         self.misses = 0
         self.failures: list[str] = []  # the last refill errors, newest last
@@ -79,7 +80,7 @@ class ObjectPool:
         with self._lock:
             self._remember(shape, configs, flow_table, path)
             deadline = None
-            while not self._ready.get(shape) and self._loading == shape and not self._stopping:
+            while not self._ready.get(shape) and self._loading[shape] and not self._stopping:
                 deadline = deadline or time.monotonic() + WAIT_FOR_REFILL_S
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -97,8 +98,7 @@ class ObjectPool:
             self.hits += 1
             return obj
         self.misses += 1
-        with self._load_lock:
-            return self._load(configs, flow_table=flow_table, path=path)
+        return self._load(configs, flow_table=flow_table, path=path)
 
     def prime(self, configs: Sequence[ConfigValues], *, flow_table: int = loader.DEFAULT_FLOW_TABLE,
               path: str | None = None, depth: int | None = None) -> None:
@@ -109,26 +109,28 @@ class ObjectPool:
             if depth is not None:
                 self._depth[shape] = max(depth, 0)
             self._remember(shape, configs, flow_table, path)
-            self._wake.notify()
+            self._wake.notify_all()
 
     def ready_count(self) -> int:
         with self._lock:
             return sum(len(v) for v in self._ready.values())
 
-    # ---- the refill thread ---------------------------------------------------------------
+    # ---- the refill threads --------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is None and self.per_shape:
-            self._thread = threading.Thread(target=self._refill_forever, name="natra-pool", daemon=True)
-            self._thread.start()
+        if not self._threads and self.per_shape:
+            for i in range(self.loaders):
+                thread = threading.Thread(target=self._refill_forever, name=f"natra-pool-{i}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
 
     def stop(self) -> None:
         with self._lock:
             self._stopping = True
             self._wake.notify_all()
             self._arrived.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         with self._lock:
             objects = [o for v in self._ready.values() for o in v]
             self._ready.clear()
@@ -142,22 +144,20 @@ class ObjectPool:
             if shape is None:
                 return False
             configs, flow_table, path = self._templates[shape]
+            self._loading[shape] += 1
         try:
-            with self._load_lock:
-                with self._lock:
-                    self._loading = shape
-                obj = self._load(configs, flow_table=flow_table, path=path)
+            obj = self._load(configs, flow_table=flow_table, path=path)
         except Exception as exc:  # noqa: BLE001 - the next take loads in line and reports it
-            self.failures = (self.failures + [f"{shape[2]}x{shape[3]}/{shape[4]}: {exc}"])[-5:]
             with self._lock:
-                self._loading = None
+                self.failures = (self.failures + [f"{shape[2]}x{shape[3]}/{shape[4]}: {exc}"])[-5:]
+                self._loading[shape] -= 1
                 self._templates.pop(shape, None)  # do not retry a shape that cannot load
                 self._ready.pop(shape, None)
                 self._depth.pop(shape, None)
                 self._arrived.notify_all()
             return True
         with self._lock:
-            self._loading = None
+            self._loading[shape] -= 1
             self._arrived.notify_all()
             if shape in self._ready and not self._stopping:
                 self._ready[shape].append(obj)
@@ -193,6 +193,8 @@ class ObjectPool:
         if self._stopping:
             return None
         for shape in reversed(self._ready):  # the most recently asked first
-            if shape in self._templates and len(self._ready[shape]) < self._depth.get(shape, self.per_shape):
+            wanted = self._depth.get(shape, self.per_shape)
+            coming = len(self._ready[shape]) + self._loading[shape]
+            if shape in self._templates and coming < wanted:
                 return shape
         return None

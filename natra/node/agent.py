@@ -48,9 +48,13 @@ MAX_REQUEST_BYTES = MAX_STDIN_BYTES + 1  # the client forwards one byte more, so
 BACKLOG = 128
 ROOT_UID = 0
 # Ready objects of the default tuning: a burst of Pod starts takes them faster than
-# one thread can verify new ones (~190 ms each), so the pool holds a burst's
-# worth; each costs ~330 KiB of kernel memory (maps and programs) held by the agent.
+# one thread can verify new ones (~90-190 ms each), so the pool holds a burst's
+# worth; each costs ~290 KiB of kernel memory (maps and programs) held by the agent.
 DEFAULT_POOL_DEPTH = 8
+# Threads loading new objects at once. The verifier runs on the loading thread, so
+# two loaders on two CPUs refill ~1.8x as fast; more would only help a node (and an
+# agent CPU limit) with more CPUs to spare during a burst.
+DEFAULT_LOADERS = 2
 OTHER_SHAPES_DEPTH = 2
 FAILED_OPEN = "ADD failed open"  # natra.cni.executor's log line for an ADD that limits nothing
 
@@ -133,7 +137,8 @@ class Agent:
             datapath.use_object_source(self.pool.take)
             self.pool.start()
         self._sock = make_socket(self.path)
-        self.log(f"natra agent: listening on {self.path}")
+        self.log(f"natra agent: listening on {self.path}"
+                 + (f" ({self.pool.loaders} loading programs)" if self.pool is not None else ""))
 
     def stop(self) -> None:
         self._stop.set()
@@ -280,7 +285,7 @@ class Agent:
                 raise ValueError(f"request larger than {2 * MAX_REQUEST_BYTES} bytes")
 
 
-def default_pool(depth: int):
+def default_pool(depth: int, loaders: int = DEFAULT_LOADERS):
     """A pool primed with `depth` objects of the shape a Pod with default tuning limited
     to 100 Mbit/s asks for (the flow table follows the rate of the policing fallback,
     natra.cni.plan). Other shapes join the pool when a Pod first asks for them, with
@@ -288,7 +293,8 @@ def default_pool(depth: int):
     from natra.kernel import loader, pool
     from natra.kernel import params as P
 
-    objects = pool.ObjectPool(per_shape=min(depth, OTHER_SHAPES_DEPTH), shapes=8)
+    objects = pool.ObjectPool(per_shape=min(depth, OTHER_SHAPES_DEPTH), shapes=8,
+                              loaders=min(loaders, os.cpu_count() or 1))
     police = P.params_for(100_000_000, mode=P.MODE_POLICE)
     try:
         objects.prime([P.to_config(P.params_for(100_000_000, mode=P.MODE_SHAPE))] * 2,
@@ -306,6 +312,9 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="loaded programs kept ready for the default tuning (0: load at each ADD; "
                              f"default {DEFAULT_POOL_DEPTH}, ~330 KiB of kernel memory each); other tunings "
                              f"keep up to {OTHER_SHAPES_DEPTH}")
+    parser.add_argument("--loaders", type=int, default=DEFAULT_LOADERS, metavar="N",
+                        help="threads loading programs for the pool at once, at most one per CPU "
+                             f"(default {DEFAULT_LOADERS}; each verification is ~0.1-0.2 s of one CPU)")
 
 
 def agent_main(args: argparse.Namespace) -> int:
@@ -316,7 +325,10 @@ def agent_main(args: argparse.Namespace) -> int:
     if args.pool < 0:
         print("natra agent: --pool must be >= 0", file=sys.stderr)
         return 2
-    agent = Agent(args.socket, pool=default_pool(args.pool) if args.pool else None)
+    if args.loaders < 1:
+        print("natra agent: --loaders must be >= 1", file=sys.stderr)
+        return 2
+    agent = Agent(args.socket, pool=default_pool(args.pool, args.loaders) if args.pool else None)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop())
     try:

@@ -271,6 +271,30 @@ def test_agent_refuses_to_replace_a_file_that_is_not_a_socket(lab):
         assert f.read() == "not a socket"
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--pool", "-1"], "--pool must be >= 0"),
+    (["--loaders", "0"], "--loaders must be >= 1"),
+])
+def test_agent_refuses_bad_counts(lab, args, message):
+    out = subprocess.run([sys.executable, "-m", "natra", "agent", "--socket", lab.sock, *args],
+                         capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": C.REPO})
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert not os.path.exists(lab.sock)
+
+
+def test_the_agent_loads_with_as_many_threads_as_asked_at_most_one_per_cpu(lab):
+    from natra.node.agent import default_pool
+
+    for asked in (1, 2, 64):
+        objects = default_pool(1, asked)
+        try:
+            assert objects.loaders == min(asked, os.cpu_count() or 1)
+        finally:
+            objects.stop()
+    lab.start_agent(pool=1)
+    assert f"({min(2, os.cpu_count() or 1)} loading programs)" in lab.log_text()  # the default
+
+
 def test_socket_pair_reports_peer_uid():
     from natra.node.agent import peer_uid
 

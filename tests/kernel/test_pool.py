@@ -126,3 +126,71 @@ def test_a_take_during_the_load_of_its_shape_gets_that_object_instead_of_loading
     finally:
         release.set()
         objects.stop()
+
+
+def test_two_loaders_verify_side_by_side_and_a_take_gets_the_first_that_arrives():
+    import threading
+
+    inside, release = threading.Barrier(2, timeout=20), threading.Event()
+    calls = []
+
+    def overlapping_load(*args, **kwargs):
+        """The real loader; the first two calls each held until both are inside one."""
+        calls.append(threading.current_thread().name)
+        if len(calls) <= 2:
+            inside.wait()  # fails (BrokenBarrierError) unless the other load runs meanwhile
+        obj = loader.BpfObject.load(*args, **kwargs)
+        release.wait(20)
+        return obj
+
+    objects = pool.ObjectPool(per_shape=2, load=overlapping_load, loaders=2)
+    try:
+        objects.prime(configs(1_000_000), flow_table=256)
+        objects.start()
+        import time
+
+        deadline = time.monotonic() + 20
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(calls) == ["natra-pool-0", "natra-pool-1"]  # one load each, at once
+        taken = []
+        take = threading.Thread(target=lambda: taken.append(objects.take(configs(2_000_000), flow_table=256)))
+        take.start()
+        take.join(0.3)
+        assert take.is_alive() and not taken  # waiting for the loads under way, not loading a third
+        release.set()
+        take.join(20)
+        assert len(taken) == 1 and (objects.hits, objects.misses) == (1, 0)
+        assert not objects.failures  # neither load broke the barrier: they were inside together
+        assert maps.read_config(taken[0].map_fd("natra_config"), 0) == configs(2_000_000)[0]
+        taken[0].close()
+        deadline = time.monotonic() + 20
+        while objects.ready_count() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert objects.ready_count() == 2 and len(calls) == 3  # refilled to its depth, no more
+    finally:
+        release.set()
+        objects.stop()
+    assert objects.ready_count() == 0
+
+
+def test_libbpf_messages_are_kept_per_thread():
+    import threading
+
+    from natra.kernel import libbpf
+
+    libbpf.clear_messages()
+    failed = []
+
+    def open_a_file_that_is_not_elf():
+        libbpf.clear_messages()
+        with pytest.raises(libbpf.LibbpfError) as err:
+            libbpf.object_open(__file__)
+        failed.append((str(err.value), libbpf.recent_messages()))
+
+    other = threading.Thread(target=open_a_file_that_is_not_elf)
+    other.start()
+    other.join(20)
+    (error, theirs), = failed
+    assert "elf" in theirs.lower() and theirs.splitlines()[-1] in error  # the failing thread's own report
+    assert libbpf.recent_messages() == ""  # nothing of it reached this thread
