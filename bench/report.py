@@ -1355,6 +1355,9 @@ def render(record: dict, img_dir: str, rel: str) -> str:
         f"Machine: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}, {m['iperf3']}, Python {m['python']}; "
         f"host default TCP congestion control {m.get('tcp_congestion_control', '?')}.",
         "",
+        *[line for name, o in sorted(record.get("scenario_machines", {}).items()) for line in (
+            f"Scenario `{name}` was re-run on another machine: {o['nproc']} CPUs, {o['cpu']}, "
+            f"Linux {o['kernel']}; compare its figures with each other, not with other sections.", "")],
         *[line for caveat in record.get("caveats", []) for line in (caveat, "")],
         "## Method",
         "",

@@ -88,6 +88,12 @@ def merge(path: str, fresh: dict) -> dict:
         for name in fresh["scenarios"].keys() | fresh["errors"].keys():
             old[key].pop(name, None)
         old[key].update(fresh.get(key, {}))
+    elsewhere = old.setdefault("scenario_machines", {})  # scenarios re-run on another machine
+    for name in fresh["scenarios"]:
+        if fresh["machine"] != old.get("machine"):
+            elsewhere[name] = fresh["machine"]
+        else:
+            elsewhere.pop(name, None)
     old["seconds"] = old.get("seconds", 0) + fresh["seconds"]
     old["date_utc"] = f"{old['date_utc']} (re-run {', '.join(fresh['scenarios'])}: {fresh['date_utc']})"
     return old
