@@ -214,10 +214,25 @@ SIM_CASES = {
 }
 
 
+# natra-sim's counts: a whole number, written plainly or as a quantity (4Ki, 1M, 1e4), in range.
+SIM_COUNT_RANGE = {"--seed": (0, 2**63 - 1), "--limit": (1, 1 << 40), "--width": (1, 65536)}
+
+
+def _sim_count_ok(option: str, text: str) -> bool:
+    from natra.cni.quantity import QuantityError, parse_quantity
+
+    try:
+        value = parse_quantity(text)
+    except (QuantityError, ValueError, OverflowError):
+        return False
+    low, high = SIM_COUNT_RANGE[option]
+    whole = value.denominator == 1 and low <= value <= high
+    return whole and (option != "--width" or int(value) & (int(value) - 1) == 0)
+
+
 def _sim_value_ok(option: str, text: str) -> bool:
-    if option in ("--seed", "--limit", "--width"):
-        return _int_ok(text, 1 if option == "--width" else 0) and (option != "--width" or
-                                                                   int(text) & (int(text) - 1) == 0)
+    if option in SIM_COUNT_RANGE:
+        return _sim_count_ok(option, text)
     if option == "--rate":
         from natra.cni.quantity import QuantityError, parse_bandwidth
 
