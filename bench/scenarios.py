@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from bench import stats
 from bench.harness import CONTAINERD_BURST_BITS, SERVER_READY_S, Bench, Pod, cpu_busy_s
 from natra.kernel.params import POLICE_BURST_FLOOR_BITS, default_burst_bits
-from natra.node.agent import DEFAULT_LOADERS
+from natra.node.agent import DEFAULT_LOADERS, loaders_for
 
 DIRECTIONS = ("to_pod", "from_pod")  # into the Pod: remote -> Pod; out of it: iperf3 -R
 IPERF_PORT = 5301
@@ -720,7 +720,7 @@ def control_plane(bench: Bench, s: Settings) -> dict:
     floors["python3 -c pass"] = _timed_runs([sys.executable, "-c", "pass"], {}, b"")
     floors["bandwidth"] = process_floor(os.path.join(bench.chain("bandwidth").bin_dir, "bandwidth"))
     return {"rate_bps": rate, "variants": results, "paced": paced, "paced_gap_s": PACED_GAP_S,
-            "agent_loaders": min(DEFAULT_LOADERS, os.cpu_count() or 1),
+            "agent_loaders": loaders_for(DEFAULT_LOADERS),
             "process_floor_s": floors}
 
 

@@ -3,7 +3,7 @@
 Owns: a few `BpfObject`s per shape (object file, sketch width x depth, flow-table
 size), loaded ahead of need by `loaders` background threads, and `take`, which
 hands one out with the Pod's configs written, or loads one in line when none is
-ready. Loading and verifying both programs costs ~190 ms of CPU per Pod, and the
+ready. Loading and verifying both programs costs ~90-190 ms of CPU per Pod (by host), and the
 verifier runs on the loading thread's CPU, so loaders on separate CPUs verify
 side by side; taking a ready object costs a config write. A shape primed with a
 depth (the defaults the agent expects most Pods to ask for) keeps that many

@@ -285,6 +285,12 @@ class Agent:
                 raise ValueError(f"request larger than {2 * MAX_REQUEST_BYTES} bytes")
 
 
+def loaders_for(asked: int) -> int:
+    """The loading threads the agent runs when `asked` for: at most one per CPU, since
+    each verification keeps one CPU busy."""
+    return max(1, min(asked, os.cpu_count() or 1))
+
+
 def default_pool(depth: int, loaders: int = DEFAULT_LOADERS):
     """A pool primed with `depth` objects of the shape a Pod with default tuning limited
     to 100 Mbit/s asks for (the flow table follows the rate of the policing fallback,
@@ -294,7 +300,7 @@ def default_pool(depth: int, loaders: int = DEFAULT_LOADERS):
     from natra.kernel import params as P
 
     objects = pool.ObjectPool(per_shape=min(depth, OTHER_SHAPES_DEPTH), shapes=8,
-                              loaders=min(loaders, os.cpu_count() or 1))
+                              loaders=loaders_for(loaders))
     police = P.params_for(100_000_000, mode=P.MODE_POLICE)
     try:
         objects.prime([P.to_config(P.params_for(100_000_000, mode=P.MODE_SHAPE))] * 2,
