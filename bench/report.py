@@ -18,7 +18,7 @@ import sys
 from collections import defaultdict
 
 from bench.stats import WIRE_PER_PAYLOAD, percentile, ratio, spread
-from natra.node.agent import DEFAULT_POOL_DEPTH
+from natra.node.agent import DEFAULT_POOL_DEPTH, IDLE_BEFORE_MOVE_S
 
 IMG_PREFIX = "bench-"
 NAMES = {
@@ -69,6 +69,14 @@ PAYLOAD_CEILING = 1 / WIRE_PER_PAYLOAD  # 1448/1514: payload share of a limit co
 
 
 # ---- formatting -------------------------------------------------------------------------------
+
+
+def _attach_text(attached: dict | None) -> str:
+    """'50 tcx, 1.3 s after the last ADD' from a scenario's settled attach modes."""
+    if not attached:
+        return "not recorded"
+    modes = ", ".join(f"{n} {mode}" for mode, n in sorted(attached["modes"].items()))
+    return f"{modes}, {attached['settled_s']:.1f} s after the last ADD"
 
 
 def _num(x: float, spec: str) -> str:
@@ -778,7 +786,7 @@ def section_control(data: dict, img_dir: str, rel: str, aims: list) -> list[str]
             ready, later = add_ms[:DEFAULT_POOL_DEPTH], add_ms[DEFAULT_POOL_DEPTH:]
             burst_rows.append([NAMES[name], _num(percentile(ready, 50), ".1f"), _num(max(ready), ".1f"),
                                _num(percentile(later, 50), ".1f"), _num(max(later or [math.nan]), ".1f"),
-                               _num(sum(add_ms) / len(add_ms), ".1f")])
+                               _num(sum(add_ms) / len(add_ms), ".1f"), _attach_text(v.get("attach"))])
             why_add = (f"the first {DEFAULT_POOL_DEPTH} ADDs, which take ready objects: "
                        f"p50 {percentile(ready, 50):.1f} ms; the rest may wait for verification (section 5)")
             _aim(aims, f"{NAMES[name]}: ADD p50 <= {AIM_ADD_P50_MS} ms", percentile(add_ms, 50),
@@ -793,7 +801,8 @@ def section_control(data: dict, img_dir: str, rel: str, aims: list) -> list[str]
         add_ms, del_ms = [x * 1e3 for x in v["add_s"]], [x * 1e3 for x in v["del_s"]]
         paced_rows.append([NAMES[name], str(len(add_ms)), _num(percentile(add_ms, 50), ".1f"),
                            _num(percentile(add_ms, 99), ".1f"), _num(max(add_ms), ".1f"),
-                           _num(percentile(del_ms, 50), ".1f"), _num(percentile(del_ms, 99), ".1f")])
+                           _num(percentile(del_ms, 50), ".1f"), _num(percentile(del_ms, 99), ".1f"),
+                           _attach_text(v.get("attach"))])
         why = f"one ADD every {data.get('paced_gap_s')} s, each finds a verified object ready"
         for what, value, aim in (("ADD p50", percentile(add_ms, 50), AIM_ADD_P50_MS),
                                  ("ADD p99", percentile(add_ms, 99), AIM_ADD_P99_MS),
@@ -832,21 +841,27 @@ def section_control(data: dict, img_dir: str, rel: str, aims: list) -> list[str]
             f"The agent keeps {DEFAULT_POOL_DEPTH} verified objects of the default tuning ready "
             f"(`natra agent --pool`) and verifies new ones on {data.get('agent_loaders', 1)} thread(s) "
             "at once (`--loaders`). These 50 ADDs come back to back; once the ready ones are taken, "
-            "an ADD that finds none waits for the first of the objects being verified. ADD in ms, "
+            "an ADD that finds none waits for the first of the objects being verified. The rows with "
+            "`attachMode: auto` (the default) are answered on clsact and moved to tcx once the burst is "
+            "over (*attached, before the DELs*: the kernel's view once the moves were done). ADD in ms, "
             "split there:",
             "",
             *table(["variant", f"first {DEFAULT_POOL_DEPTH}: p50", "max", "the rest: p50", "max",
-                    "mean of all"], burst_rows),
+                    "mean of all", "attached, before the DELs"], burst_rows),
             "",
         ]
     if paced_rows:
         out += [
             f"The same Pods started at a steady pace instead: one ADD every {data.get('paced_gap_s')} s "
             "(longer than a verification, so each ADD finds a verified object ready), then the DELs; "
-            "the agent as above, ms. The tcx rows pay two RCU grace periods per ADD (one per attached "
-            "direction; docs/design.md, \"The node agent\"), the clsact rows none:",
+            "the agent as above, ms. The agent answers an `attachMode: auto` ADD (the default) with the "
+            "programs on clsact filters and moves the Pod to tcx links once no call has come for "
+            f"{IDLE_BEFORE_MOVE_S * 1000:.0f} ms (two RCU grace periods, off the ADD; docs/design.md, "
+            "\"The node agent\"). *Attached, before the DELs* is what the kernel had once the moves were "
+            "done, and how long after the last ADD that was:",
             "",
-            *table(["variant", "Pods", "ADD p50", "ADD p99", "ADD max", "DEL p50", "DEL p99"], paced_rows),
+            *table(["variant", "Pods", "ADD p50", "ADD p99", "ADD max", "DEL p50", "DEL p99",
+                    "attached, before the DELs"], paced_rows),
             "",
         ]
     if floors:

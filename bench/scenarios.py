@@ -593,6 +593,29 @@ def _bpftool(*args: str) -> list[dict]:
     return json.loads(proc.stdout or "[]")
 
 
+MOVES_TIMEOUT_S = 30.0
+
+
+def settle_attach_modes(container_ids: list[str], timeout_s: float = MOVES_TIMEOUT_S) -> dict:
+    """Wait until no Pod is still to move from clsact to tcx (the node agent moves an `auto`
+    Pod once calls stop); how the Pods are attached then, and how long that took."""
+    from natra.kernel import datapath
+
+    started = time.monotonic()
+    while True:
+        modes = {}
+        for cid in container_ids:
+            found = datapath.inspect(cid)
+            mode = (found.mode if found is not None else "gone") or "?"
+            if found is not None and found.meta.get("tcx_pending"):
+                mode += " (moving to tcx)"
+            modes[mode] = modes.get(mode, 0) + 1
+        waited = time.monotonic() - started
+        if not any("moving" in m for m in modes) or waited >= timeout_s:
+            return {"modes": modes, "settled_s": round(waited, 3)}
+        time.sleep(0.05)
+
+
 def natra_pin_memory(container_ids: list[str]) -> dict[str, dict]:
     """Per container: map and program memlock bytes (bpftool) and pinned objects."""
     from natra.kernel import pins
@@ -699,6 +722,7 @@ def control_plane(bench: Bench, s: Settings) -> dict:
             "tc_delta": {k: after_tc[k] - before_tc[k] for k in after_tc},
         }
         if limiter == "natra":
+            entry["attach"] = settle_attach_modes([p.container_id for p in pods])
             memory = natra_pin_memory([p.container_id for p in pods])
             entry["natra_memory"] = list(memory.values())
         if limiter == "bandwidth":
@@ -738,8 +762,9 @@ def _paced_adds(bench: Bench, s: Settings, runner: str, options: dict) -> dict:
         pod = bench.add_pod("natra", CONTROL_RATE_BPS, natra_runner=runner, options=options)
         pods.append(pod)
         add_s.append(pod.add_s["natra"])
+    attached = settle_attach_modes([p.container_id for p in pods])
     del_s = [bench.delete_pod(pod)["natra"] for pod in pods]
-    return {"add_s": add_s, "del_s": del_s}
+    return {"add_s": add_s, "del_s": del_s, "attach": attached}
 
 
 FLOOR_RUNS = 10

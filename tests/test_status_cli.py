@@ -35,6 +35,15 @@ def test_status_text_names_the_pod_its_limit_and_its_heavy_hitters():
     assert "from_pod" not in text  # absent direction, nothing to say
 
 
+def test_status_says_when_a_pod_is_still_to_move_to_tcx():
+    moving = O.build_view(pod({L.DIR_TO_POD: raw_dir()}, {}, cid="c" * 20,
+                              meta={"pod": "shop/new", "host_ifname": "vethnew", "mode": "clsact",
+                                    "tcx_pending": True}), NOW)
+    assert moving.tcx_pending and "mode clsact (moving to tcx)" in S.render_status([moving])
+    settled = busy_view("a" * 20, "cart", 0)
+    assert not settled.tcx_pending and "moving" not in S.render_status([settled])
+
+
 def test_status_text_without_pods():
     assert "no Pod" in S.render_status([])
 

@@ -213,6 +213,7 @@ def add(plan: Plan, log: Log, now: int, kernel: Kernel = KERNEL) -> dict:
         _clear_marker(plan)
     log.info(now, f"ADD: limited {_describe(attachment, installed.direction_modes, installed.configs)} "
              f"on {host} via {installed.mode}"
+             + (" (tcx links follow the answer)" if installed.tcx_pending else "")
              + (f" (tcx unavailable: {installed.tcx_error})" if installed.tcx_error else ""))
     return plan.result
 

@@ -9,6 +9,9 @@ Owns: the order of the kernel steps for one container, nothing else:
              -> take down the trees of directions no longer shaped
              -> load the object -> pin maps and programs
              -> attach each limited direction (links pinned) -> final meta
+    move_to_tcx (a long-lived process, after it has answered an `auto` ADD that
+             it attached with clsact): attach the tcx links -> meta "tcx"
+             -> delete our clsact filters (and the qdisc we made) -> final meta
     remove:  detach (tcx links; our clsact filters while the veth exists)
              -> take down the shaping trees (host veth if it still exists, the IFB)
              -> unpin everything -> remove the directory
@@ -27,6 +30,15 @@ Rules kept:
   "direction_modes" {"to_pod": "shape"|"police", ...}, "shaping" (the shaped
   directions' devices: {"to_pod": {"ifindex"}, "from_pod": {"ifb", "ifindex"}})
   and, for a direction that fell back, "shape_fallback" {name: reason}.
+- tcx later: a process that gives `use_tcx_later` (the node agent) has an `auto`
+  install attach clsact filters, which take no RCU grace period, and move the
+  Pod to tcx links after its answer. The record keeps "tcx_pending" true until
+  the move is complete; while it is, filters and links may both be present
+  (the links run first, and a frame they pass meets the same program and maps
+  once more in the filter: it is charged twice, which only tightens the limit),
+  and remove deletes both. A move that finds the container gone or re-made
+  does nothing; one whose tcx attach fails leaves the Pod on clsact with
+  "tcx_error", as `auto` does on a kernel without tcx.
 - remove succeeds when everything is already gone, when the veth or the netns
   vanished, and when called twice.
 - inspect reports what the kernel really has (link attached to the expected
@@ -74,6 +86,18 @@ def use_deferred_teardown(later) -> None:
     _deferred_teardown = later
 
 
+# Where an `auto` install hands the move from clsact to tcx: None attaches tcx in
+# line; the node agent moves the Pod after it has answered (see move_to_tcx).
+_tcx_later = None
+
+
+def use_tcx_later(later) -> None:
+    """Make an `auto` install attach clsact and hand `later(container_id, step)` the
+    move to tcx links; None: attach tcx in line."""
+    global _tcx_later
+    _tcx_later = later
+
+
 def use_object_source(take) -> None:
     """Make install take loaded objects from `take(configs, flow_table=, path=)`; None: load."""
     global _object_source
@@ -98,6 +122,7 @@ class Installed:
     host_ifname: str
     directions: tuple[int, ...]
     tcx_error: str | None = None  # why 'auto' fell back to clsact
+    tcx_pending: bool = False  # on clsact now; the caller's `later` moves it to tcx
     direction_modes: Mapping[str, str] = field(default_factory=dict)  # direction name -> shape|police
     shape_fallback: Mapping[str, str] = field(default_factory=dict)  # direction name -> why it polices
     configs: tuple[ConfigValues, ...] = ()  # what the kernel got (fallback and redirect applied)
@@ -194,17 +219,20 @@ def install(container_id: str, host_ifname: str, configs: Sequence[ConfigValues]
             bpfsys.obj_pin(obj.prog_fd(direction), pd.prog(direction))
         for name in pd.entries():
             pins.secure(os.path.join(pd.path, name))
-        used, tcx_error = mode, None
-        for direction in wanted:
-            step = f"attach {L.DIRECTION_NAMES[direction]}"
-            done = attach.attach(obj.prog_fd(direction), ifindex, direction, mode=used,
-                                 link_pin=pd.link(direction), name=L.PROG_NAMES[direction])
-            used, tcx_error = done.mode, tcx_error or done.tcx_error
-            record["created_qdisc"] = record["created_qdisc"] or done.created_qdisc
-            record["mode"] = used  # known after the first hook; kept for cleanup
-            step = "write meta"
-            _write_meta(pd, record)
+        pending = mode == attach.MODE_AUTO and _tcx_later is not None
+        if pending:
+            try:
+                used, tcx_error = _attach_all(pd, obj, ifindex, wanted, attach.MODE_CLSACT, record)
+            except attach.AttachError:
+                # No clsact here (an `ingress` qdisc holds the hook): tcx in line, as without `later`.
+                _detach(pd, record)
+                record.update({"mode": MODE_PENDING, "created_qdisc": False})
+                pending = False
+        if not pending:
+            used, tcx_error = _attach_all(pd, obj, ifindex, wanted, mode, record)
         record["tcx_error"] = tcx_error
+        record["tcx_pending"] = pending
+        step = "write meta"
         _write_meta(pd, record)
     except BaseException as e:
         _undo(container_id, root)
@@ -216,10 +244,84 @@ def install(container_id: str, host_ifname: str, configs: Sequence[ConfigValues]
     finally:
         if obj is not None:
             obj.close()
+    if pending:
+        _tcx_later(container_id, lambda: move_to_tcx(container_id, root=root))
     return Installed(container_id=container_id, pin_dir=pd.path, mode=used, ifindex=ifindex,
-                     host_ifname=host_ifname, directions=wanted, tcx_error=tcx_error,
+                     host_ifname=host_ifname, directions=wanted, tcx_error=tcx_error, tcx_pending=pending,
                      direction_modes=dict(record["direction_modes"]), shape_fallback=fallback,
                      configs=tuple(configs))
+
+
+def _attach_all(pd: pins.PinDir, obj, ifindex: int, wanted: Sequence[int], mode: str,
+                record: dict) -> tuple[str, str | None]:
+    """Attach each direction's program in `mode`; (the mode used, why tcx was not)."""
+    used, tcx_error = mode, None
+    for direction in wanted:
+        done = attach.attach(obj.prog_fd(direction), ifindex, direction, mode=used,
+                             link_pin=pd.link(direction), name=L.PROG_NAMES[direction])
+        used, tcx_error = done.mode, tcx_error or done.tcx_error
+        record["created_qdisc"] = record["created_qdisc"] or done.created_qdisc
+        record["mode"] = used  # known after the first hook; kept for cleanup
+        _write_meta(pd, record)
+    return used, tcx_error
+
+
+def move_to_tcx(container_id: str, *, root: str | None = None) -> str:
+    """Move a container that an `auto` install left on clsact ("tcx_pending") to tcx links.
+
+    Order: every direction's link first (from then on the links run before the
+    filters), the record says "tcx", then our filters and the clsact qdisc we made
+    go, then "tcx_pending" is cleared. A move cut short anywhere is finished by the
+    next one (attached links are kept). What it did, in words, for the log."""
+    try:
+        pd = pins.pin_dir(container_id, root)
+    except pins.PinError as e:
+        raise DatapathError("container id", e) from e
+    record = meta_record(pd) if pd.exists() else {}
+    if not record.get("tcx_pending"):
+        return "nothing to move (removed, re-made, or moved already)"
+    ifindex = record.get("ifindex")
+    if not _same_interface(ifindex, record.get("host_ifname")):
+        return f"nothing to move: host interface {record.get('host_ifname')} is gone"
+    directions = record.get("directions", [])
+    if record.get("mode") == attach.MODE_CLSACT:
+        for direction in directions:
+            if _tcx_hook(pd, direction, ifindex).attached:
+                continue  # a move cut short attached this one
+            try:
+                fd = bpfsys.obj_get(pd.prog(direction))
+            except OSError as e:
+                raise DatapathError(f"open pinned program {pd.prog(direction)}", e) from e
+            try:
+                attach.attach_tcx(fd, ifindex, direction, pd.link(direction))
+            except attach.AttachError as e:
+                for d in directions:
+                    attach.detach_tcx(pd.link(d))
+                record.update({"tcx_pending": False, "tcx_error": str(e)[:REASON_MAX_CHARS]})
+                _write_meta(pd, record)
+                return f"stays on clsact: {e}"
+            finally:
+                os.close(fd)
+        record["mode"] = attach.MODE_TCX
+        _write_meta(pd, record)
+    if record.get("mode") != attach.MODE_TCX:
+        return f"nothing to move: mode {record.get('mode')!r}"
+    _detach_filters(pd, record)
+    record.update({"tcx_pending": False, "created_qdisc": False})
+    _write_meta(pd, record)
+    return "moved to tcx"
+
+
+def pending_moves(*, root: str | None = None) -> list[str]:
+    """Containers whose move to tcx was not finished (a process that moves them died)."""
+    found = []
+    for container_id in list_installed(root=root):
+        try:
+            if meta_record(pins.pin_dir(container_id, root)).get("tcx_pending"):
+                found.append(container_id)
+        except pins.PinError:
+            continue
+    return found
 
 
 def _shape(container_id: str, host_ifname: str, ifindex: int, shaping: Mapping[int, Wish],
@@ -289,8 +391,16 @@ def _detach(pd: pins.PinDir, record: dict) -> None:
             attach.detach_tcx(pd.link(direction))
         except attach.AttachError:
             pass  # unpinning below drops the last reference, which detaches it too
-    if record.get("mode") != attach.MODE_TCX and _same_interface(record.get("ifindex"),
-                                                                 record.get("host_ifname")):
+    _detach_filters(pd, record)
+
+
+def _may_have_filters(record: dict) -> bool:
+    return record.get("mode") != attach.MODE_TCX or bool(record.get("tcx_pending"))
+
+
+def _detach_filters(pd: pins.PinDir, record: dict) -> None:
+    """Our clsact filters (and the qdisc we made), while the veth exists."""
+    if _may_have_filters(record) and _same_interface(record.get("ifindex"), record.get("host_ifname")):
         present = [d for d in L.DIRECTION_NAMES if os.path.exists(pd.prog(d))]
         for i, direction in enumerate(present):
             try:
@@ -353,8 +463,8 @@ def remove(container_id: str, *, root: str | None = None, later=None) -> None:
         return
     links = _hold_links(pd)
     try:
-        if record.get("mode") != attach.MODE_TCX:
-            _detach(pd, record)  # clsact filters: netlink, no grace period to wait for
+        if _may_have_filters(record):
+            _detach_filters(pd, record)  # netlink, no grace period to wait for
         _unpin(pd)
     except BaseException:
         _release_links(links, detach=False)

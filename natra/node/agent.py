@@ -21,14 +21,21 @@ Rules kept:
   client that went ahead never interleave.
 - One call at a time, in arrival order (the kernel serialises the expensive
   parts under rtnl anyway); reading a request is bounded in time and size.
+- Work that need not delay an answer waits for it: a DEL's detaches, and an
+  `auto` ADD's move from clsact to tcx links (natra.kernel.datapath.move_to_tcx),
+  which runs once no call has come for IDLE_BEFORE_MOVE_S since the last one
+  ended, one Pod at a time, under the container's lock. Moves left unfinished
+  by a previous agent are found in the pin root at start and finished.
 Must not know: what a call does (natra.cni.plugin does).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import io
 import os
+import select
 import signal
 import socket
 import stat
@@ -56,6 +63,9 @@ DEFAULT_POOL_DEPTH = 8
 # agent CPU limit) with more CPUs to spare during a burst.
 DEFAULT_LOADERS = 2
 OTHER_SHAPES_DEPTH = 2
+# A Pod's move to tcx holds rtnl for two RCU grace periods (~25 ms): it waits until
+# no call has come for this long, so a burst of ADDs is answered first.
+IDLE_BEFORE_MOVE_S = 0.2
 FAILED_OPEN = "ADD failed open"  # natra.cni.executor's log line for an ADD that limits nothing
 
 
@@ -117,8 +127,11 @@ class Agent:
     """The accept loop and the call runner; `serve` returns when `stop()` is called."""
 
     def __init__(self, path: str, *, pool=None, log=None, clock=time.monotonic_ns, wall=time.time_ns,
-                 allowed_uid: int = ROOT_UID):
+                 allowed_uid: int = ROOT_UID, pin_root: str | None = None,
+                 move_idle_s: float = IDLE_BEFORE_MOVE_S):
         self.path = path
+        self.pin_root = pin_root  # where start() looks for moves to tcx left unfinished
+        self.move_idle_s = move_idle_s
         self.pool = pool
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self.clock, self.wall = clock, wall
@@ -127,18 +140,41 @@ class Agent:
         self._sock: socket.socket | None = None
         self.served = self.refused = self.expired = self.handed_back = 0
         self._deferred: list = []  # teardown steps of the current call, run after its reply
+        self._moves: collections.deque = collections.deque()  # (lock env, container id, step) to tcx
+        self._env: dict[str, str] = {}  # the call being run
+        self.moved = 0
+        self._last_call_ns = 0  # when the last call ended (clock ns): moves wait for quiet after it
 
     def start(self) -> None:
         from natra.cni import plugin  # noqa: F401 - warm every import before the first call
         from natra.kernel import datapath
 
         datapath.use_deferred_teardown(self._deferred.append)
+        datapath.use_tcx_later(self._later_move)
+        self._find_unfinished_moves(datapath)
         if self.pool is not None:
             datapath.use_object_source(self.pool.take)
             self.pool.start()
         self._sock = make_socket(self.path)
         self.log(f"natra agent: listening on {self.path}"
                  + (f" ({self.pool.loaders} loading programs)" if self.pool is not None else ""))
+
+    def _later_move(self, container_id: str, step) -> None:
+        lock_env = {k: v for k, v in self._env.items() if k == serial.LOCK_DIR_ENV}
+        self._moves.append(({**lock_env, "CNI_CONTAINERID": container_id}, step))
+
+    def _find_unfinished_moves(self, datapath) -> None:
+        try:
+            unfinished = datapath.pending_moves(root=self.pin_root)
+        except Exception as exc:  # noqa: BLE001 - the moves wait for the next start; Pods stay limited
+            self.log(f"natra agent: cannot look for unfinished moves to tcx: {exc}")
+            return
+        for container_id in unfinished:
+            lock_env = {k: v for k, v in os.environ.items() if k == serial.LOCK_DIR_ENV}
+            self._moves.append(({**lock_env, "CNI_CONTAINERID": container_id},
+                                lambda c=container_id: datapath.move_to_tcx(c, root=self.pin_root)))
+        if unfinished:
+            self.log(f"natra agent: {len(unfinished)} Pod(s) still to move to tcx")
 
     def stop(self) -> None:
         self._stop.set()
@@ -152,6 +188,11 @@ class Agent:
         assert self._sock is not None, "start() first"
         try:
             while not self._stop.is_set():
+                if self._moves:
+                    quiet_s = (self.clock() - self._last_call_ns) / 1e9
+                    if not self._call_waiting(max(0.0, self.move_idle_s - quiet_s)):
+                        self.run_move()
+                        continue
                 try:
                     conn, _ = self._sock.accept()
                 except OSError:
@@ -160,8 +201,29 @@ class Agent:
                     raise
                 with conn:
                     self.handle(conn)
+                self._last_call_ns = self.clock()
         finally:
             self.close()
+
+    def _call_waiting(self, timeout_s: float) -> bool:
+        try:
+            readable, _, _ = select.select([self._sock], [], [], timeout_s)
+        except (OSError, ValueError):
+            return True  # let accept() report it
+        return bool(readable)
+
+    def run_move(self) -> None:
+        """One Pod's move from clsact to tcx, under its container's lock."""
+        lock_env, step = self._moves.popleft()
+        container_id = lock_env["CNI_CONTAINERID"]
+        started = self.clock()
+        with serial.hold(lock_env):
+            try:
+                said = step()
+            except Exception as exc:  # noqa: BLE001 - on clsact the Pod is limited all the same
+                said = f"move failed, still on clsact (the next start retries): {exc}"
+        self.moved += 1
+        self.log(f"natra agent: {container_id}: {said}, in {(self.clock() - started) / 1e6:.1f} ms")
 
     def close(self) -> None:
         if self._sock is not None:
@@ -175,6 +237,7 @@ class Agent:
         from natra.kernel import datapath
 
         datapath.use_deferred_teardown(None)
+        datapath.use_tcx_later(None)
         if self.pool is not None:
             datapath.use_object_source(None)
             self.pool.stop()
@@ -242,6 +305,7 @@ class Agent:
         from natra.cni import plugin
 
         stderr = io.StringIO()
+        self._env = env
         with serial.hold(env) as held:
             if not held and env.get("CNI_CONTAINERID"):
                 stderr.write(f"natra WARN: container {env['CNI_CONTAINERID']} lock not held; going ahead\n")
@@ -314,6 +378,14 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", default=proto.DEFAULT_SOCKET,
                         help=f"unix socket to listen on (default {proto.DEFAULT_SOCKET}; the plugin "
                              f"looks there unless ${proto.SOCKET_ENV} names another)")
+    parser.add_argument("--bpffs-root", default=None, metavar="DIR",
+                        help="the pin root of the node's Natra entry (its bpffsRoot; default "
+                             "$NATRA_BPFFS_ROOT or /sys/fs/bpf/natra), where the agent finishes at start "
+                             "the moves to tcx that a previous agent left")
+    parser.add_argument("--tcx-move-idle-ms", type=int, default=int(IDLE_BEFORE_MOVE_S * 1000), metavar="MS",
+                        help="an attachMode auto ADD is answered on clsact filters; the agent moves the Pod "
+                             "to tcx links once no call has come for this long (default "
+                             f"{int(IDLE_BEFORE_MOVE_S * 1000)}; each move holds rtnl ~25 ms)")
     parser.add_argument("--pool", type=int, default=DEFAULT_POOL_DEPTH, metavar="N",
                         help="loaded programs kept ready for the default tuning (0: load at each ADD; "
                              f"default {DEFAULT_POOL_DEPTH}, ~330 KiB of kernel memory each); other tunings "
@@ -334,7 +406,11 @@ def agent_main(args: argparse.Namespace) -> int:
     if args.loaders < 1:
         print("natra agent: --loaders must be >= 1", file=sys.stderr)
         return 2
-    agent = Agent(args.socket, pool=default_pool(args.pool, args.loaders) if args.pool else None)
+    if args.tcx_move_idle_ms < 0:
+        print("natra agent: --tcx-move-idle-ms must be >= 0", file=sys.stderr)
+        return 2
+    agent = Agent(args.socket, pool=default_pool(args.pool, args.loaders) if args.pool else None,
+                  pin_root=args.bpffs_root, move_idle_s=args.tcx_move_idle_ms / 1000)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop())
     try:

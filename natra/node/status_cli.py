@@ -143,6 +143,7 @@ def render_status(views: list[observe.PodView], missing: list[observe.NotLimited
     for v in sorted(views, key=lambda v: (v.namespace, v.pod, v.container_id)):
         out.append(f"{_title(v)}  (uid {v.uid})")
         out.append(f"  container {v.container_id}  interface {v.interface}  mode {v.attach_mode}"
+                   f"{' (moving to tcx)' if v.tcx_pending else ''}"
                    f"  heavy-flow table {sum(d.flow_entries for d in v.directions) + v.unassigned_flows}"
                    f"/{v.flow_table_size}")
         for d in v.directions:

@@ -51,18 +51,21 @@ class AgentLab:
         self.agent_log = os.path.join(self.tmp, "agent.log")
         self.pods: list[C.Pod] = []
         self.env = {"NATRA_AGENT_SOCKET": self.sock, "NATRA_LOCK_DIR": os.path.join(self.tmp, "lock")}
-        natra = C.natra_entry(bpffsRoot=self.root, stateDir=os.path.join(self.tmp, "state"))
+        self.cni_log = os.path.join(self.tmp, "cni.log")
+        natra = C.natra_entry(bpffsRoot=self.root, stateDir=os.path.join(self.tmp, "state"),
+                              logFile=self.cni_log)
         ptp = C.ptp(f"10.205.{AgentLab.counter}.0/24", os.path.join(self.tmp, "ipam"))
         self.chain = C.Chain({"cniVersion": "1.0.0", "name": f"nt4agent{AgentLab.counter}",
                               "plugins": [ptp, natra]}, self.bin_dir)
         self.chain.extra_env = dict(self.env)
 
-    def start_agent(self, pool: int = 1) -> None:
+    def start_agent(self, pool: int = 1, args: tuple[str, ...] = ()) -> None:
         started = self.log_text().count("listening on")
         with open(self.agent_log, "a") as log:
             self.agent = subprocess.Popen([sys.executable, "-m", "natra", "agent", "--socket", self.sock,
-                                           "--pool", str(pool)], stdout=log, stderr=log,
-                                          env={**os.environ, "PYTHONPATH": C.REPO})
+                                           "--pool", str(pool), "--bpffs-root", self.root, *args],
+                                          stdout=log, stderr=log,
+                                          env={**os.environ, **self.env, "PYTHONPATH": C.REPO})
         deadline = time.monotonic() + 20
         while self.log_text().count("listening on") == started:
             assert self.agent.poll() is None, self.log_text()
@@ -224,6 +227,41 @@ def test_limits_survive_an_agent_restart(lab):
     assert eventually(lambda: f"CHECK {pod.container_id} exit 0" in lab.log_text())
 
 
+def test_an_auto_add_is_answered_on_clsact_and_moved_to_tcx_once_calls_stop(lab):
+    lab.start_agent()
+    pod = lab.pod("move")
+    lab.add(pod)
+    assert eventually(lambda: f"{pod.container_id}: moved to tcx" in lab.log_text()), lab.log_text()
+    found = datapath.inspect(pod.container_id, root=lab.root)
+    assert limited(lab, pod) and found.mode == "tcx" and found.meta["tcx_pending"] is False
+    assert found.meta["requested_mode"] == "auto"
+    assert "clsact" not in netns.run("tc", "qdisc", "show", "dev", found.host_ifname)
+    with open(lab.cni_log) as f:
+        assert "via clsact (tcx links follow the answer)" in f.read()
+    checks = lab.chain.check(pod)
+    assert all(c.ok for c in checks), checks
+
+
+def test_a_restarted_agent_finishes_the_moves_the_last_one_left(lab):
+    lab.start_agent(args=("--tcx-move-idle-ms", "600000"))  # this agent never gets to its moves
+    pods = [lab.pod(f"left{i}") for i in range(2)]
+    for pod in pods:
+        lab.add(pod)
+    for pod in pods:
+        found = datapath.inspect(pod.container_id, root=lab.root)
+        assert limited(lab, pod) and found.mode == "clsact" and found.meta["tcx_pending"] is True
+    lab.stop_agent(signal.SIGKILL)
+    assert all(limited(lab, pod) for pod in pods)
+    checks = lab.chain.check(pods[0])  # no agent: the plugin checks the clsact filters itself
+    assert all(c.ok for c in checks), checks
+    lab.start_agent()
+    assert "2 Pod(s) still to move to tcx" in lab.log_text()
+    assert eventually(lambda: all(f"{p.container_id}: moved to tcx" in lab.log_text() for p in pods))
+    for pod in pods:
+        found = datapath.inspect(pod.container_id, root=lab.root)
+        assert limited(lab, pod) and found.mode == "tcx" and found.meta["tcx_pending"] is False
+
+
 def _connect_as(uid: int, path: str) -> str:
     """Connect and send a harmless call as `uid` in a child process; what happened."""
     code = (  # imports first: the interpreter may live where uid cannot read
@@ -274,6 +312,7 @@ def test_agent_refuses_to_replace_a_file_that_is_not_a_socket(lab):
 @pytest.mark.parametrize("args, message", [
     (["--pool", "-1"], "--pool must be >= 0"),
     (["--loaders", "0"], "--loaders must be >= 1"),
+    (["--tcx-move-idle-ms", "-5"], "--tcx-move-idle-ms must be >= 0"),
 ])
 def test_agent_refuses_bad_counts(lab, args, message):
     out = subprocess.run([sys.executable, "-m", "natra", "agent", "--socket", lab.sock, *args],

@@ -265,3 +265,118 @@ def test_overlong_container_id_is_found_through_its_meta(root, veth):
     datapath.remove(cid, root=root)
     assert datapath.list_installed(root=root) == []
     assert nothing_attached(veth)
+
+
+# ---- an `auto` install answered on clsact, moved to tcx afterwards (the node agent's way) ----
+
+@pytest.fixture
+def tcx_later():
+    """Stand in for the node agent: keep the moves an `auto` install hands over."""
+    moves = []
+    datapath.use_tcx_later(lambda container_id, step: moves.append((container_id, step)))
+    try:
+        yield moves
+    finally:
+        datapath.use_tcx_later(None)
+
+
+def our_prog_ids(root: str) -> dict[str, int]:
+    pd = pins.pin_dir(CID, root)
+    return {attach.HOOK_NAME[d]: attach.pinned_prog_id(pd.prog(d)) for d in BOTH}
+
+
+def test_auto_with_a_mover_is_on_clsact_at_once_and_on_tcx_after_the_move(root, veth, tcx_later):
+    done = datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode="auto", root=root)
+    assert done.mode == "clsact" and done.tcx_pending and [c for c, _ in tcx_later] == [CID]
+    ours, progs = our_prog_ids(root), attached_programs(veth)
+    assert {h: progs[f"clsact {h}"] for h in ours} == {h: [p] for h, p in ours.items()}
+    assert progs["tcx egress"] == progs["tcx ingress"] == []
+    seen = datapath.inspect(CID, root=root)
+    assert seen.ok and seen.mode == "clsact" and seen.meta["tcx_pending"] is True, seen.problems
+    assert datapath.pending_moves(root=root) == [CID]
+
+    assert tcx_later[0][1]() == "moved to tcx"
+    progs = attached_programs(veth)
+    assert {h: progs[f"tcx {h}"] for h in ours} == {h: [p] for h, p in ours.items()}
+    assert progs["clsact egress"] == progs["clsact ingress"] == []
+    assert "clsact" not in netns.run("tc", "qdisc", "show", "dev", veth.host_if)  # the qdisc we made
+    seen = datapath.inspect(CID, root=root)
+    assert seen.ok and seen.mode == "tcx" and seen.meta["tcx_pending"] is False, seen.problems
+    assert datapath.pending_moves(root=root) == []
+    assert tcx_later[0][1]().startswith("nothing to move")
+    datapath.remove(CID, root=root)
+    assert nothing_attached(veth)
+
+
+def test_a_move_cut_short_is_finished_and_keeps_the_link_it_made(root, veth, tcx_later):
+    datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode="auto", root=root)
+    pd = pins.pin_dir(CID, root)
+    fd = bpfsys.obj_get(pd.prog(L.DIR_TO_POD))  # the move got as far as one link, then its process died
+    try:
+        attach.attach_tcx(fd, veth.host_ifindex, L.DIR_TO_POD, pd.link(L.DIR_TO_POD))
+    finally:
+        os.close(fd)
+    first_link = attach.tcx_link(pd.link(L.DIR_TO_POD)).link_id
+    assert datapath.inspect(CID, root=root).ok  # the filters still run: CHECK passes meanwhile
+    assert datapath.move_to_tcx(CID, root=root) == "moved to tcx"
+    assert attach.tcx_link(pd.link(L.DIR_TO_POD)).link_id == first_link
+    progs = attached_programs(veth)
+    assert len(progs["tcx egress"]) == len(progs["tcx ingress"]) == 1
+    assert progs["clsact egress"] == progs["clsact ingress"] == []
+    datapath.remove(CID, root=root)
+    assert nothing_attached(veth)
+
+
+@pytest.mark.parametrize("hooks_left", ["filters and a link", "links, record says tcx, filters not yet gone"])
+def test_remove_in_the_middle_of_a_move_takes_both_hooks(root, veth, tcx_later, hooks_left):
+    datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode="auto", root=root)
+    pd = pins.pin_dir(CID, root)
+    for d in BOTH if hooks_left.startswith("links") else (L.DIR_FROM_POD,):
+        fd = bpfsys.obj_get(pd.prog(d))
+        try:
+            attach.attach_tcx(fd, veth.host_ifindex, d, pd.link(d))
+        finally:
+            os.close(fd)
+    if hooks_left.startswith("links"):
+        meta.write(pd.meta, {**datapath.meta_record(pd), "mode": "tcx"})
+        assert datapath.inspect(CID, root=root).ok
+    progs = attached_programs(veth)
+    assert progs["clsact egress"] and progs["clsact ingress"] and progs["tcx ingress"]
+    datapath.remove(CID, root=root)
+    assert nothing_attached(veth)
+    assert tcx_later[0][1]().startswith("nothing to move")
+
+
+def test_a_move_whose_tcx_attach_fails_leaves_the_pod_limited_on_clsact(root, veth, tcx_later, monkeypatch):
+    """This kernel has tcx, so the refusal is simulated (a mock): the attach raises as a
+    kernel without tcx answers (EOPNOTSUPP)."""
+    datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode="auto", root=root)
+
+    def refuse(prog_fd, ifindex, direction, link_pin):
+        raise attach.AttachError(f"attach tcx {attach.HOOK_NAME[direction]} to ifindex {ifindex}",
+                                 OSError(95, "Operation not supported"))
+
+    monkeypatch.setattr(attach, "attach_tcx", refuse)
+    said = datapath.move_to_tcx(CID, root=root)
+    monkeypatch.undo()
+    assert said.startswith("stays on clsact") and "not supported" in said
+    seen = datapath.inspect(CID, root=root)
+    assert seen.ok and seen.mode == "clsact" and seen.meta["tcx_pending"] is False
+    assert "not supported" in seen.meta["tcx_error"] and datapath.pending_moves(root=root) == []
+    datapath.remove(CID, root=root)
+    assert nothing_attached(veth)
+
+
+def test_auto_with_a_mover_beside_an_ingress_qdisc_attaches_tcx_at_once(root, veth, tcx_later):
+    """clsact cannot share the device with an `ingress` qdisc (the standard plugin's): tcx in line."""
+    netns.run("tc", "qdisc", "add", "dev", veth.host_if, "ingress")
+    try:
+        done = datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode="auto", root=root)
+        assert done.mode == "tcx" and not done.tcx_pending and tcx_later == []
+        progs = attached_programs(veth)
+        assert len(progs["tcx egress"]) == len(progs["tcx ingress"]) == 1
+        assert datapath.inspect(CID, root=root).ok
+        datapath.remove(CID, root=root)
+    finally:
+        netns.run("tc", "qdisc", "del", "dev", veth.host_if, "ingress")
+    assert nothing_attached(veth)
