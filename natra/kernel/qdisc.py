@@ -611,13 +611,15 @@ def replace_htb_root(ifindex: int, handle_major: int, default_minor: int, r2q: i
 
 
 def replace_htb_class(ifindex: int, classid: int, parent: int, rate_bps: int, ceil_bps: int,
-                      burst_bytes: int, cburst_bytes: int, prio: int = 0, quantum_bytes: int = 0) -> None:
+                      burst_bytes: int, cburst_bytes: int, prio: int = 0, quantum_bytes: int = 0, *,
+                      parent_known: bool = False) -> None:
     """Create or change htb class `classid` under `parent` (a class, or the htb qdisc's handle).
 
     quantum_bytes=0 leaves the quantum to the kernel (rate / r2q, clamped to
     1000..200000 bytes). The parent class must exist: the kernel itself would
-    quietly make a class whose parent is missing a root class. An existing class
-    keeps its parent (the kernel ignores a new one).
+    quietly make a class whose parent is missing a root class, so it is looked
+    up first, unless the caller has just made it (`parent_known`). An existing
+    class keeps its parent (the kernel ignores a new one).
     """
     step = f"RTM_NEWTCLASS htb {handle_str(classid)} under {handle_str(parent)}"
     _check(classid & TC_H_MIN_MASK != 0, step, ifindex, "a class needs a non-zero minor")
@@ -626,7 +628,7 @@ def replace_htb_class(ifindex: int, classid: int, parent: int, rate_bps: int, ce
     _check(burst_bytes > 0 and cburst_bytes > 0, step, ifindex, "burst and cburst must be > 0 bytes")
     _check(0 <= prio <= HTB_PRIO_MAX, step, ifindex, f"prio {prio} is outside 0..{HTB_PRIO_MAX}")
     _check(0 <= quantum_bytes <= QUANTUM_MAX_BYTES, step, ifindex, f"quantum {quantum_bytes} bytes")
-    if parent & TC_H_MIN_MASK:
+    if parent & TC_H_MIN_MASK and not parent_known:
         _require_class(ifindex, parent, step)
     body = (tcmsg(ifindex, classid, parent) + _attr(TCA_KIND, cstring("htb"))
             + htb_class_options(rate_bps, ceil_bps, burst_bytes, cburst_bytes, prio, quantum_bytes))

@@ -218,15 +218,20 @@ def apply(ifindex: int, tree: ShaperPlan) -> None:
     # deepest class queue: the device stays open if this process dies in between.
     _step("tbf root", ifindex, qdisc.replace_tbf_root, ifindex, qdisc.handle(TBF_MAJOR), tree.rate_bps,
           tree.burst_bytes, tree.peak_bps, tree.max_packet_bytes, tree.queue_bytes)
-    _step("htb under the tbf", ifindex, qdisc.replace_htb_root, ifindex, QDISC_MAJOR, tree.default_minor,
-          parent=TBF_CHILD)
+    fresh = _step("htb under the tbf", ifindex, qdisc.replace_htb_root, ifindex, QDISC_MAJOR,
+                  tree.default_minor, parent=TBF_CHILD)
+    made: set[int] = set()  # classes made or changed above: their children need no lookup of them
     for c in tree.classes:
         parent = qdisc.handle(QDISC_MAJOR, c.parent_minor) if c.parent_minor else qdisc.handle(QDISC_MAJOR)
         _step(f"class {c.name}", ifindex, qdisc.replace_htb_class, ifindex, c.classid, parent, c.rate_bps,
-              c.ceil_bps, c.burst_bytes, c.cburst_bytes, c.prio, c.quantum_bytes)
+              c.ceil_bps, c.burst_bytes, c.cburst_bytes, c.prio, c.quantum_bytes,
+              parent_known=c.parent_minor in made)
+        made.add(c.minor)
         if c.queue_bytes:
             _step(f"queue of class {c.name}", ifindex, qdisc.replace_bfifo, ifindex, c.leaf_handle, c.classid,
                   c.queue_bytes)
+    if fresh:
+        return  # a new htb has only the classes just made
     wanted = {c.minor for c in tree.classes}
     for cls in _step("list classes", ifindex, qdisc.dump_classes, ifindex):
         if cls.kind == "htb" and cls.classid >> 16 == QDISC_MAJOR and cls.classid & 0xFFFF not in wanted:
