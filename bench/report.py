@@ -853,7 +853,8 @@ def section_control(data: dict, img_dir: str, rel: str, aims: list) -> list[str]
     if paced_rows:
         out += [
             f"The same Pods started at a steady pace instead: one ADD every {data.get('paced_gap_s')} s "
-            "(longer than a verification, so each ADD finds a verified object ready), then the DELs; "
+            "(longer than a verification, so each ADD finds a verified object ready), the variants "
+            "taking turns, then the DELs; "
             "the agent as above, ms. The agent answers an `attachMode: auto` ADD (the default) with the "
             "programs on clsact filters and moves the Pod to tcx links once no call has come for "
             f"{IDLE_BEFORE_MOVE_S * 1000:.0f} ms (two RCU grace periods, off the ADD; docs/design.md, "

@@ -732,10 +732,9 @@ def control_plane(bench: Bench, s: Settings) -> dict:
             del_s.append(bench.delete_pod(pod)[plugin])
         entry["del_s"] = del_s
         results[name] = entry
-    paced = {}
-    for _limiter, runner, mode in variants:
-        if runner == "bundle-agent" and mode in PACED_MODES:
-            paced[f"natra-{mode}-{runner}"] = _paced_adds(bench, s, runner, CONTROL_OPTIONS.get(mode, {}))
+    paced_modes = [m for _lim, runner, m in variants if runner == "bundle-agent" and m in PACED_MODES]
+    by_mode = _paced_adds(bench, s, "bundle-agent", paced_modes) if paced_modes else {}
+    paced = {f"natra-{mode}-bundle-agent": v for mode, v in by_mode.items()}
     floors = {}
     for limiter, runner, mode in variants:
         if limiter == "natra" and f"natra-{runner}" not in floors:
@@ -754,17 +753,26 @@ PACED_GAP_S = 0.4
 PACED_MODES = ("shape", "shape-clsact")
 
 
-def _paced_adds(bench: Bench, s: Settings, runner: str, options: dict) -> dict:
-    log(f"control plane: {s.control_pods} Pods, one ADD every {PACED_GAP_S} s, natra {options or 'defaults'}")
-    pods, add_s = [], []
+def _paced_adds(bench: Bench, s: Settings, runner: str, modes: list[str]) -> dict[str, dict]:
+    """Each mode's Pods ADDed one every PACED_GAP_S, the modes taking turns (so a slow
+    spell of the host falls on both alike), then each mode's moves settled and its DELs."""
+    log(f"control plane: {s.control_pods} Pods per variant, one ADD every {PACED_GAP_S} s, "
+        f"variants in turn: {', '.join(modes)}")
+    pods: dict[str, list] = {mode: [] for mode in modes}
+    add_s: dict[str, list[float]] = {mode: [] for mode in modes}
     for _ in range(s.control_pods):
-        time.sleep(PACED_GAP_S)
-        pod = bench.add_pod("natra", CONTROL_RATE_BPS, natra_runner=runner, options=options)
-        pods.append(pod)
-        add_s.append(pod.add_s["natra"])
-    attached = settle_attach_modes([p.container_id for p in pods])
-    del_s = [bench.delete_pod(pod)["natra"] for pod in pods]
-    return {"add_s": add_s, "del_s": del_s, "attach": attached}
+        for mode in modes:
+            time.sleep(PACED_GAP_S)
+            pod = bench.add_pod("natra", CONTROL_RATE_BPS, natra_runner=runner,
+                                options=CONTROL_OPTIONS.get(mode, {}))
+            pods[mode].append(pod)
+            add_s[mode].append(pod.add_s["natra"])
+    out = {}
+    for mode in modes:
+        attached = settle_attach_modes([p.container_id for p in pods[mode]])
+        del_s = [bench.delete_pod(pod)["natra"] for pod in pods[mode]]
+        out[mode] = {"add_s": add_s[mode], "del_s": del_s, "attach": attached}
+    return out
 
 
 FLOOR_RUNS = 10
