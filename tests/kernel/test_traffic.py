@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 import netns
@@ -87,6 +88,38 @@ CASES = [(mode, rate, d) for d in (L.DIR_TO_POD, L.DIR_FROM_POD)
          for mode in ("tcx", "clsact") for rate in RATES]
 
 
+def read_counters(root: str, direction: int) -> list[int]:
+    from natra.kernel import bpfsys
+
+    fd = bpfsys.obj_get(pins.pin_dir(CID, root).map("natra_counters"))
+    try:
+        return maps.read_counters(fd, direction)
+    finally:
+        os.close(fd)
+
+
+def judge(report: dict, counters: list[int], rate_bps: int, burst_bits: int, label: str) -> None:
+    """Assert the run stayed within R*t+B and reached MIN_GOODPUT_RATIO of R (overall and steady)."""
+    intervals = [(iv["sum"]["start"], iv["sum"]["end"], iv["sum"]["bytes"]) for iv in report["intervals"]]
+    rate_bytes, burst_bytes = rate_bps / 8, burst_bits / 8
+    excess = worst_excess(intervals, rate_bytes, burst_bytes)
+    received = report["end"]["sum_received"]
+    goodput_ratio = received["bytes"] * 8 / received["seconds"] / rate_bps
+    # After the first second the initial burst B is spent: what TCP sustains at R.
+    steady = [iv for iv in intervals if iv[0] >= STEADY_AFTER_S]
+    steady_ratio = sum(b for _, _, b in steady) * 8 / (steady[-1][1] - steady[0][0]) / rate_bps
+    drops = sum(counters[L.verdict_packets_index(v)] for v in L.DROPPING_VERDICTS)
+    marks = counters[L.verdict_packets_index(L.V_MARK)]
+    print(f"\n{label}: goodput {goodput_ratio:.3f} of R over "
+          f"{received['seconds']:.2f} s ({steady_ratio:.3f} after {STEADY_AFTER_S:.0f} s), "
+          f"worst window {excess / 1e3:+.0f} kB vs R*t+B, "
+          f"frames {counters[L.C_FRAMES]}, drops {drops}, CE marks {marks}")
+    assert counters[L.C_FRAMES] > 0  # the traffic really crossed our program
+    assert excess <= 0, f"{excess:.0f} bytes above R*t+B"
+    assert goodput_ratio > MIN_GOODPUT_RATIO
+    assert steady_ratio > MIN_GOODPUT_RATIO
+
+
 @pytest.mark.parametrize("mode, rate, direction", CASES,
                          ids=[f"{L.DIRECTION_NAMES[d]}-{m}-{r}" for m, r, d in CASES])
 def test_tcp_stays_within_the_limit_and_reaches_it(topology, root, mode, rate, direction):
@@ -97,32 +130,47 @@ def test_tcp_stays_within_the_limit_and_reaches_it(topology, root, mode, rate, d
     try:
         assert done.mode == mode
         report = iperf(topology, direction, DURATION_S[rate])
-        fd_path = pins.pin_dir(CID, root).map("natra_counters")
-        from natra.kernel import bpfsys
-
-        fd = bpfsys.obj_get(fd_path)
-        try:
-            counters = maps.read_counters(fd, direction)
-        finally:
-            os.close(fd)
+        counters = read_counters(root, direction)
     finally:
         datapath.remove(CID, root=root)
+    judge(report, counters, rate_bps, params.burst_bits, f"{L.DIRECTION_NAMES[direction]} {mode} {rate}")
 
-    intervals = [(iv["sum"]["start"], iv["sum"]["end"], iv["sum"]["bytes"]) for iv in report["intervals"]]
-    rate_bytes, burst_bytes = rate_bps / 8, params.burst_bits / 8
-    excess = worst_excess(intervals, rate_bytes, burst_bytes)
-    received = report["end"]["sum_received"]
-    goodput_ratio = received["bytes"] * 8 / received["seconds"] / rate_bps
-    # After the first second the initial burst B is spent: what TCP sustains at R.
-    steady = [iv for iv in intervals if iv[0] >= STEADY_AFTER_S]
-    steady_ratio = sum(b for _, _, b in steady) * 8 / (steady[-1][1] - steady[0][0]) / rate_bps
-    drops = sum(counters[L.verdict_packets_index(v)] for v in L.DROPPING_VERDICTS)
-    marks = counters[L.verdict_packets_index(L.V_MARK)]
-    print(f"\n{L.DIRECTION_NAMES[direction]} {mode} {rate}: goodput {goodput_ratio:.3f} of R over "
-          f"{received['seconds']:.2f} s ({steady_ratio:.3f} after {STEADY_AFTER_S:.0f} s), "
-          f"worst window {excess / 1e3:+.0f} kB vs R*t+B, "
-          f"frames {counters[L.C_FRAMES]}, drops {drops}, CE marks {marks}")
-    assert counters[L.C_FRAMES] > 0  # the traffic really crossed our program
-    assert excess <= 0, f"{excess:.0f} bytes above R*t+B"
-    assert goodput_ratio > MIN_GOODPUT_RATIO
-    assert steady_ratio > MIN_GOODPUT_RATIO
+
+MOVE_AFTER_S = 1.5  # into the transfer: the burst is spent and TCP runs at R
+
+
+@pytest.mark.parametrize("direction", [L.DIR_TO_POD, L.DIR_FROM_POD], ids=lambda d: L.DIRECTION_NAMES[d])
+def test_the_move_from_clsact_to_tcx_in_mid_transfer_keeps_the_limit(topology, root, direction):
+    """The node agent's way (an `auto` ADD answered on clsact, moved to tcx afterwards),
+    with the move made while bulk TCP runs: both hooks run the program for a grace
+    period, which may only tighten the limit; the transfer must stay within R*t+B and
+    still reach 80 % of R, and end on the tcx link."""
+    rate_bps = RATES["100M"]
+    params = params_for(rate_bps)
+    cfgs = [to_config(params if d == direction else None) for d in (L.DIR_TO_POD, L.DIR_FROM_POD)]
+    moves, moved = [], []
+    datapath.use_tcx_later(lambda container_id, step: moves.append(step))
+    try:
+        done = datapath.install(CID, topology.pod.host_if, cfgs, directions={direction}, mode="auto",
+                                root=root)
+    finally:
+        datapath.use_tcx_later(None)
+    try:
+        assert done.mode == "clsact" and done.tcx_pending and len(moves) == 1
+
+        def move_midway() -> None:
+            time.sleep(SERVER_START_S + MOVE_AFTER_S)
+            moved.append(moves[0]())
+
+        mover = threading.Thread(target=move_midway)
+        mover.start()
+        try:
+            report = iperf(topology, direction, DURATION_S["100M"])
+        finally:
+            mover.join()
+        found = datapath.inspect(CID, root=root)
+        counters = read_counters(root, direction)
+    finally:
+        datapath.remove(CID, root=root)
+    assert moved == ["moved to tcx"] and found.ok and found.mode == "tcx", (moved, found.problems)
+    judge(report, counters, rate_bps, params.burst_bits, f"{L.DIRECTION_NAMES[direction]} moved mid-run 100M")
