@@ -778,6 +778,7 @@ def section_control(data: dict, img_dir: str, rel: str, aims: list) -> list[str]
         )
     floors = data.get("process_floor_s") or {}
     client_ms = percentile([x * 1e3 for x in floors.get("natra-bundle-agent", [])], 50)
+    python_ms = percentile([x * 1e3 for x in floors.get("python3 -c pass", [])], 50)
     burst_rows = []
     for name in ("natra-shape-bundle-agent", "natra-police-bundle-agent", "natra-shape-clsact-bundle-agent"):
         v = variants.get(name)
@@ -803,7 +804,9 @@ def section_control(data: dict, img_dir: str, rel: str, aims: list) -> list[str]
                            _num(percentile(add_ms, 99), ".1f"), _num(max(add_ms), ".1f"),
                            _num(percentile(del_ms, 50), ".1f"), _num(percentile(del_ms, 99), ".1f"),
                            _attach_text(v.get("attach"))])
-        why = f"one ADD every {data.get('paced_gap_s')} s, each finds a verified object ready"
+        why = (f"one ADD every {data.get('paced_gap_s')} s, each finds a verified object ready; the thin "
+               f"client's start alone is {_num(client_ms, '.1f')} ms and `python3 -c pass` "
+               f"{_num(python_ms, '.1f')} ms in this sitting (CNI VERSION, section 5)")
         for what, value, aim in (("ADD p50", percentile(add_ms, 50), AIM_ADD_P50_MS),
                                  ("ADD p99", percentile(add_ms, 99), AIM_ADD_P99_MS),
                                  ("DEL p50", percentile(del_ms, 50), AIM_DEL_P50_MS)):
