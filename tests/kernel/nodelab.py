@@ -134,12 +134,15 @@ def remove_ifbs(pin_root: str) -> list[str]:
 
 
 def hooked_programs(ifname: str) -> int:
-    """Programs on the veth's two tcx hooks, or Natra's clsact filters when it fell back."""
+    """Natra's programs on the veth: per direction, the programs on its tcx hook, or
+    Natra's clsact filter when the hook has none (an `auto` ADD through the node agent
+    is on clsact until the agent moves it to tcx; in the move's midst both hooks hold
+    it, and the link is what stays)."""
     index = socket.if_nametoindex(ifname)
-    count = sum(len(attach.tcx_prog_ids(index, direction)) for direction in (0, 1))
-    for parent in ("ingress", "egress"):
-        out = subprocess.run(["tc", "filter", "show", "dev", ifname, parent], capture_output=True, text=True)
-        count += out.stdout.count("natra")
+    count = 0
+    for direction in (0, 1):
+        on_tcx = len(attach.tcx_prog_ids(index, direction))
+        count += on_tcx or int(attach.our_clsact_filter(index, direction) is not None)
     return count
 
 
