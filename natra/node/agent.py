@@ -277,6 +277,7 @@ class Agent:
 
         def reply(code: int, out: bytes, err: bytes) -> None:
             replied[0] = self.clock()
+            self.served += 1  # before the answer leaves: a client that has it sees it counted
             try:
                 conn.sendall(encode_reply(code, out, err))
                 conn.shutdown(socket.SHUT_WR)
@@ -286,7 +287,6 @@ class Agent:
         code = self.run(env, stdin, reply)
         if code is None:
             return
-        self.served += 1
         self.log(f"natra agent: {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} "
                  f"exit {code}, answered in {(replied[0] - started) / 1e6:.1f} ms, "
                  f"done in {(self.clock() - started) / 1e6:.1f} ms"
