@@ -296,7 +296,10 @@ def move_to_tcx(container_id: str, *, root: str | None = None) -> str:
                 attach.attach_tcx(fd, ifindex, direction, pd.link(direction))
             except attach.AttachError as e:
                 for d in directions:
-                    attach.detach_tcx(pd.link(d))
+                    try:
+                        attach.detach_tcx(pd.link(d))
+                    except attach.AttachError:
+                        pass  # the filters still run; remove unpins what is left
                 record.update({"tcx_pending": False, "tcx_error": str(e)[:REASON_MAX_CHARS]})
                 _write_meta(pd, record)
                 return f"stays on clsact: {e}"

@@ -69,6 +69,12 @@ IDLE_BEFORE_MOVE_S = 0.2
 FAILED_OPEN = "ADD failed open"  # natra.cni.executor's log line for an ADD that limits nothing
 
 
+def _lock_env(env, container_id: str) -> dict[str, str]:
+    """What serial.hold needs to take `container_id`'s lock where `env`'s calls take it."""
+    return {**({serial.LOCK_DIR_ENV: env[serial.LOCK_DIR_ENV]} if serial.LOCK_DIR_ENV in env else {}),
+            "CNI_CONTAINERID": container_id}
+
+
 def peer_uid(conn: socket.socket) -> tuple[int, int]:
     """(pid, uid) of the process at the other end of a unix socket."""
     pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
@@ -140,9 +146,8 @@ class Agent:
         self._sock: socket.socket | None = None
         self.served = self.refused = self.expired = self.handed_back = 0
         self._deferred: list = []  # teardown steps of the current call, run after its reply
-        self._moves: collections.deque = collections.deque()  # (lock env, container id, step) to tcx
+        self._moves: collections.deque = collections.deque()  # (lock env naming the container, step)
         self._env: dict[str, str] = {}  # the call being run
-        self.moved = 0
         self._last_call_ns = 0  # when the last call ended (clock ns): moves wait for quiet after it
 
     def start(self) -> None:
@@ -160,8 +165,7 @@ class Agent:
                  + (f" ({self.pool.loaders} loading programs)" if self.pool is not None else ""))
 
     def _later_move(self, container_id: str, step) -> None:
-        lock_env = {k: v for k, v in self._env.items() if k == serial.LOCK_DIR_ENV}
-        self._moves.append(({**lock_env, "CNI_CONTAINERID": container_id}, step))
+        self._moves.append((_lock_env(self._env, container_id), step))
 
     def _find_unfinished_moves(self, datapath) -> None:
         try:
@@ -170,8 +174,7 @@ class Agent:
             self.log(f"natra agent: cannot look for unfinished moves to tcx: {exc}")
             return
         for container_id in unfinished:
-            lock_env = {k: v for k, v in os.environ.items() if k == serial.LOCK_DIR_ENV}
-            self._moves.append(({**lock_env, "CNI_CONTAINERID": container_id},
+            self._moves.append((_lock_env(os.environ, container_id),
                                 lambda c=container_id: datapath.move_to_tcx(c, root=self.pin_root)))
         if unfinished:
             self.log(f"natra agent: {len(unfinished)} Pod(s) still to move to tcx")
@@ -222,7 +225,6 @@ class Agent:
                 said = step()
             except Exception as exc:  # noqa: BLE001 - on clsact the Pod is limited all the same
                 said = f"move failed, still on clsact (the next start retries): {exc}"
-        self.moved += 1
         self.log(f"natra agent: {container_id}: {said}, in {(self.clock() - started) / 1e6:.1f} ms")
 
     def close(self) -> None:
