@@ -6,7 +6,8 @@ ARCH_INCLUDE := /usr/include/$(shell uname -m)-linux-gnu
 BPF_CFLAGS := -O2 -g -target bpf -mcpu=v3 -Wall -Werror -I bpf -I $(ARCH_INCLUDE)
 OUT ?= natra/bpf
 FAST_SO ?= reference/_natra_fast.so
-OBJECTS := $(OUT)/natra.bpf.o $(OUT)/natra_trace.bpf.o $(OUT)/natra_parse.bpf.o $(OUT)/natra_compat.bpf.o
+OBJECTS := $(OUT)/natra.bpf.o $(OUT)/natra_trace.bpf.o $(OUT)/natra_parse.bpf.o $(OUT)/natra_compat.bpf.o \
+	$(OUT)/natra_shared.bpf.o $(OUT)/natra_shared_compat.bpf.o
 
 .PHONY: all bpf accel clean check-clang test lint
 
@@ -32,6 +33,16 @@ $(OUT)/natra_trace.bpf.o: bpf/natra.bpf.c bpf/natra.h
 $(OUT)/natra_compat.bpf.o: bpf/natra.bpf.c bpf/natra.h
 	@mkdir -p $(OUT)
 	$(CLANG) $(BPF_CFLAGS) -DNATRA_COMPAT_LOCK -c $< -o $@
+
+# The shared interim copy (one per node, a Pod's maps found by its host veth's
+# ifindex), with each lock.
+$(OUT)/natra_shared.bpf.o: bpf/natra.bpf.c bpf/natra.h
+	@mkdir -p $(OUT)
+	$(CLANG) $(BPF_CFLAGS) -DNATRA_SHARED -c $< -o $@
+
+$(OUT)/natra_shared_compat.bpf.o: bpf/natra.bpf.c bpf/natra.h
+	@mkdir -p $(OUT)
+	$(CLANG) $(BPF_CFLAGS) -DNATRA_SHARED -DNATRA_COMPAT_LOCK -c $< -o $@
 
 $(OUT)/natra_parse.bpf.o: bpf/natra.bpf.c bpf/natra.h
 	@mkdir -p $(OUT)

@@ -38,7 +38,11 @@
  * Builds: -DNATRA_COMPAT_LOCK takes bpf_spin_lock (natra_compat.bpf.o, loaded
  * where the kernel lacks bpf_res_spin_lock); -DNATRA_PARSE_ONLY keeps only the parser and the frame counters (the
  * benchmark's baseline); -DNATRA_TRACE adds one natra_trace_rec per frame in a
- * ring buffer (tests replaying real traffic).
+ * ring buffer (tests replaying real traffic); -DNATRA_SHARED is the shared
+ * interim build (natra_shared*.bpf.o): one copy, verified once per node, that
+ * finds a Pod's five maps through the device the frame is on (skb->ifindex,
+ * the Pod's host veth: its slot, then maps of maps), so a Pod can be limited
+ * before its own copy is verified.  Its algorithm is this same code.
  *
  * Must not know: how it is loaded, attached or pinned; Kubernetes.
  */
@@ -109,6 +113,7 @@ _Static_assert(sizeof(struct natra_trace_rec) == 16, "natra_trace_rec layout");
 
 /* ---- Maps ------------------------------------------------------------------ */
 
+#ifndef NATRA_SHARED /* the shared build finds these per Pod, below */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, NATRA_NDIRS);
@@ -145,6 +150,53 @@ struct {
 	__type(key, __u32);
 	__type(value, struct natra_counters);
 } natra_counters SEC(".maps");
+#endif
+
+#ifdef NATRA_SHARED
+/* The shared build.  natra_if_slot names the slot of each Pod it limits, by
+ * its host veth's ifindex; each outer map holds, per slot, one map of the
+ * kind above (the loader gives each a map made from the own build as its
+ * inner template, so a copy serves one shape: sketch and flow-table size).
+ * Slots are filled with fresh maps ahead of need, because entering a map in a
+ * map of maps from user space waits for an RCU grace period; naming a Pod's
+ * slot in the plain hash waits for none. */
+#define NATRA_SHARED_PODS 4096
+#define NATRA_SHARED_SLOTS 256
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, NATRA_SHARED_PODS);
+	__type(key, __u32);
+	__type(value, __u32);
+} natra_if_slot SEC(".maps");
+
+#define NATRA_OUTER(name)                                  \
+	struct {                                           \
+		__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);  \
+		__uint(max_entries, NATRA_SHARED_SLOTS);   \
+		__uint(key_size, sizeof(__u32));           \
+		__uint(value_size, sizeof(__u32));         \
+	} name SEC(".maps")
+NATRA_OUTER(natra_slot_config);
+NATRA_OUTER(natra_slot_state);
+NATRA_OUTER(natra_slot_sketch);
+NATRA_OUTER(natra_slot_flows);
+NATRA_OUTER(natra_slot_counters);
+#define NATRA_SLOT_PARAM , __u32 slot
+#define NATRA_SLOT_ARG , slot
+#define NATRA_MAP_STATE m_state
+#define NATRA_MAP_SKETCH m_sketch
+#define NATRA_MAP_FLOWS m_flows
+#define NATRA_MAP_CONFIG m_config
+#define NATRA_MAP_COUNTERS m_counters
+#else
+#define NATRA_MAP_STATE (&natra_state)
+#define NATRA_MAP_SKETCH (&natra_sketch)
+#define NATRA_MAP_FLOWS (&natra_flows)
+#define NATRA_MAP_CONFIG (&natra_config)
+#define NATRA_MAP_COUNTERS (&natra_counters)
+#define NATRA_SLOT_PARAM
+#define NATRA_SLOT_ARG
+#endif
 
 #ifdef NATRA_TRACE
 /* 1 MiB holds ~43k records (24 B each with the ring's header): a replay test's
@@ -690,19 +742,19 @@ static __always_inline int decide_heavy(const struct natra_config *cfg, struct n
 /* Create the zeroed flow-table entry of a heavy key that a lookup just missed,
  * and return it.  Called without the lock (it calls helpers).  A flow the
  * sketch already held heavy had an entry before: the table lost it. */
-static __always_inline struct natra_flow *new_flow(const struct natra_flow_key *key,
+static __always_inline struct natra_flow *new_flow(void *flows, const struct natra_flow_key *key,
 						   struct natra_counters *ctr, int was_heavy)
 {
 	struct natra_flow zero = {};
 	struct natra_flow *flow;
 
 	/* NOEXIST: if another CPU created it meanwhile, use theirs. */
-	if (bpf_map_update_elem(&natra_flows, key, &zero, BPF_NOEXIST) == 0) {
+	if (bpf_map_update_elem(flows, key, &zero, BPF_NOEXIST) == 0) {
 		ctr->c[NATRA_C_FLOW_NEW] += 1;
 		if (was_heavy)
 			ctr->c[NATRA_C_FLOW_OVERFLOW] += 1;
 	}
-	flow = bpf_map_lookup_elem(&natra_flows, key);
+	flow = bpf_map_lookup_elem(flows, key);
 	if (!flow)
 		ctr->c[NATRA_C_FLOW_MISSING] += 1;
 	return flow;
@@ -759,7 +811,7 @@ static __always_inline __u32 heavy_class(struct natra_state *st, __u32 h1, __u64
 
 /* Everything after parsing and counting, for an enabled direction. */
 static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct natra_config *cfg,
-				  struct parsed *p, struct natra_counters *ctr, struct step *s)
+				  struct parsed *p, struct natra_counters *ctr, struct step *s NATRA_SLOT_PARAM)
 {
 	struct natra_cell *cells[NATRA_MAX_DEPTH];
 	struct natra_state *st;
@@ -768,9 +820,17 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 	__u32 h1, h2, base;
 	int r, verdict, guessed, was_heavy;
 
+#ifdef NATRA_SHARED
+	void *m_state = bpf_map_lookup_elem(&natra_slot_state, &slot);
+	void *m_sketch = bpf_map_lookup_elem(&natra_slot_sketch, &slot);
+	void *m_flows = bpf_map_lookup_elem(&natra_slot_flows, &slot);
+
+	if (!m_state || !m_sketch || !m_flows)
+		return NATRA_V_PASS_ERROR;
+#endif
 	if (depth < 1 || depth > NATRA_MAX_DEPTH || width == 0)
 		return NATRA_V_PASS_ERROR;
-	st = bpf_map_lookup_elem(&natra_state, &dir);
+	st = bpf_map_lookup_elem(NATRA_MAP_STATE, &dir);
 	if (!st)
 		return NATRA_V_PASS_ERROR;
 
@@ -793,7 +853,7 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 	for (r = 0; r < NATRA_MAX_DEPTH; r++) {
 		if (r < depth) {
 			__u32 idx = base + r * width + (fmix32(h1 + (__u32)r * h2) & (width - 1));
-			struct natra_cell *c = bpf_map_lookup_elem(&natra_sketch, &idx);
+			struct natra_cell *c = bpf_map_lookup_elem(NATRA_MAP_SKETCH, &idx);
 
 			if (!c)
 				return NATRA_V_PASS_ERROR;
@@ -824,9 +884,9 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 	flow = NULL;
 	guessed = sketch_guess(cells, depth, cfg, s, &was_heavy);
 	if (guessed) {
-		flow = bpf_map_lookup_elem(&natra_flows, &p->key);
+		flow = bpf_map_lookup_elem(NATRA_MAP_FLOWS, &p->key);
 		if (!flow)
-			flow = new_flow(&p->key, ctr, was_heavy);
+			flow = new_flow(NATRA_MAP_FLOWS, &p->key, ctr, was_heavy);
 	}
 
 	if (natra_lock(st))
@@ -840,9 +900,9 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 	if (!flow && !guessed) {
 		/* Helpers may not run under the lock: drop it to find or create the entry. */
 		natra_unlock(st);
-		flow = bpf_map_lookup_elem(&natra_flows, &p->key);
+		flow = bpf_map_lookup_elem(NATRA_MAP_FLOWS, &p->key);
 		if (!flow)
-			flow = new_flow(&p->key, ctr, s->was_heavy);
+			flow = new_flow(NATRA_MAP_FLOWS, &p->key, ctr, s->was_heavy);
 		if (natra_lock(st))
 			goto lock_failed;
 	}
@@ -869,8 +929,22 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 	int verdict;
 #endif
 
+#ifdef NATRA_SHARED
+	__u32 ifindex = skb->ifindex;
+	__u32 *slot_of = bpf_map_lookup_elem(&natra_if_slot, &ifindex);
+	__u32 slot;
+	void *m_counters, *m_config;
+
+	if (!slot_of)
+		return NATRA_TCX_NEXT; /* not (or no longer) a Pod of this copy: fail open */
+	slot = *slot_of;
+	m_counters = bpf_map_lookup_elem(&natra_slot_counters, &slot);
+	m_config = bpf_map_lookup_elem(&natra_slot_config, &slot);
+	if (!m_counters || !m_config)
+		return NATRA_TCX_NEXT;
+#endif
 	parse_skb(skb, &p);
-	ctr = bpf_map_lookup_elem(&natra_counters, &dir);
+	ctr = bpf_map_lookup_elem(NATRA_MAP_COUNTERS, &dir);
 	if (!ctr)
 		return NATRA_TCX_NEXT; /* cannot happen for dir < 2; fail open */
 	count_frame(ctr, &p, skb_len);
@@ -891,13 +965,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 		s.skb_len = skb_len;
 	}
 	s.cost = s.len * NATRA_NBIT_PER_BYTE;
-	cfg = bpf_map_lookup_elem(&natra_config, &dir);
+	cfg = bpf_map_lookup_elem(NATRA_MAP_CONFIG, &dir);
 	if (!cfg)
 		verdict = NATRA_V_PASS_ERROR;
 	else if (!(cfg->flags & NATRA_CFG_ENABLED))
 		verdict = NATRA_V_PASS_UNLIMITED;
 	else
-		verdict = police(skb, dir, cfg, &p, ctr, &s);
+		verdict = police(skb, dir, cfg, &p, ctr, &s NATRA_SLOT_ARG);
 
 	verdict &= NATRA_NVERDICTS - 1;
 	ctr->c[NATRA_C_VERDICT_BASE + 2 * verdict] += 1;

@@ -226,6 +226,19 @@ def prog_info(fd: int) -> dict:
     return {"type": ptype, "id": pid, "name": name}
 
 
+_PROG_INFO_NR_MAP_IDS = 52  # struct bpf_prog_info: nr_map_ids (u32), then map_ids (u64 pointer)
+
+
+def prog_map_ids(fd: int, most: int = 64) -> list[int]:
+    """The ids of the maps a program uses."""
+    ids = (ctypes.c_uint32 * most)()
+    ibuf = ctypes.create_string_buffer(_INFO_SIZE)
+    struct.pack_into("=IQ", ibuf, _PROG_INFO_NR_MAP_IDS, most, _addr(ids))
+    _call(BPF_OBJ_GET_INFO_BY_FD, _attr("IIQ", fd, _INFO_SIZE, _addr(ibuf)), "obj_get_info_by_fd")
+    count = struct.unpack_from("=I", ibuf.raw, _PROG_INFO_NR_MAP_IDS)[0]
+    return list(ids[:min(count, most)])
+
+
 def link_info(fd: int) -> dict:
     """type, id and prog_id of a link fd (plus ifindex/attach_type for tcx links)."""
     raw = obj_get_info_by_fd(fd)

@@ -78,6 +78,9 @@ def _declare(lib) -> None:
         "bpf_program__fd": ([vp], i),
         "bpf_map__fd": ([vp], i),
         "bpf_object__close": ([vp], None),
+        "bpf_program__set_autoload": ([vp, ctypes.c_bool], i),
+        "bpf_map__reuse_fd": ([vp, i], i),
+        "bpf_map__set_inner_map_fd": ([vp, i], i),
         "libbpf_set_print": ([_PRINT_FN], vp),
     }
     for name, (args, res) in sigs.items():
@@ -157,6 +160,27 @@ def program_set_log_buf(prog: int, buf: ctypes.Array) -> None:
     err = lib().bpf_program__set_log_buf(prog, buf, len(buf))
     if err:
         raise LibbpfError(-err, "bpf_program__set_log_buf")
+
+
+def program_set_autoload(prog: int, autoload: bool) -> None:
+    """Whether `object_load` loads this program (False: its maps are still made)."""
+    err = lib().bpf_program__set_autoload(prog, autoload)
+    if err:
+        raise LibbpfError(-err, "bpf_program__set_autoload")
+
+
+def map_reuse_fd(map_ptr: int, fd: int) -> None:
+    """Have `object_load` bind the programs to this existing map instead of making one."""
+    err = lib().bpf_map__reuse_fd(map_ptr, fd)
+    if err:
+        raise LibbpfError(-err, "bpf_map__reuse_fd", recent_messages())
+
+
+def map_set_inner_map_fd(map_ptr: int, fd: int) -> None:
+    """A map of maps: the map whose kind, sizes and value layout every inner map must have."""
+    err = lib().bpf_map__set_inner_map_fd(map_ptr, fd)
+    if err:
+        raise LibbpfError(-err, "bpf_map__set_inner_map_fd")
 
 
 def object_load(obj: int) -> None:

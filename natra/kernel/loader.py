@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from natra.kernel import layout as L
@@ -25,7 +25,8 @@ from natra.kernel.maps import write_config
 from natra.kernel.params import ConfigValues
 
 OBJECT_DIR = Path(__file__).resolve().parents[1] / "bpf"  # natra/bpf, built by make bpf
-VARIANTS = ("natra", "natra_trace", "natra_parse", "natra_compat")  # make bpf builds all four
+VARIANTS = ("natra", "natra_trace", "natra_parse", "natra_compat", "natra_shared",
+            "natra_shared_compat")  # make bpf builds them all
 # natra.bpf.o takes bpf_res_spin_lock (kernels 6.15+); natra_compat.bpf.o, the
 # same program with bpf_spin_lock, is what the default load falls back to.
 RES_LOCK_KERNEL = (6, 15)
@@ -105,23 +106,30 @@ class BpfObject:
 
     @classmethod
     def load(cls, configs: Sequence[ConfigValues], *, flow_table: int = DEFAULT_FLOW_TABLE,
-             path: str | None = None) -> BpfObject:
+             path: str | None = None, maps_only: bool = False,
+             reuse: Mapping[str, int] | None = None) -> BpfObject:
         """Load `path`, or by default natra.bpf.o where the kernel has bpf_res_spin_lock
-        and natra_compat.bpf.o where it has not (or where natra.bpf.o fails to load)."""
+        and natra_compat.bpf.o where it has not (or where natra.bpf.o fails to load).
+
+        `maps_only`: make the maps (config written) and load no program: a Pod's
+        maps for the shared interim program (natra.kernel.interim), in a few ms.
+        `reuse` ({map name: fd}): bind the programs to a Pod's existing maps, whose
+        contents (config included) are kept, instead of making new ones."""
         if path is not None:
-            return cls._load(configs, flow_table, path)
+            return cls._load(configs, flow_table, path, maps_only, reuse)
         if _kernel_release() >= RES_LOCK_KERNEL:
             try:
-                return cls._load(configs, flow_table, object_path())
+                return cls._load(configs, flow_table, object_path(), maps_only, reuse)
             except ObjectMissing:
                 raise
             except LoadError as e:
                 if e.step != "load":
                     raise
-        return cls._load(configs, flow_table, object_path("natra_compat"))
+        return cls._load(configs, flow_table, object_path("natra_compat"), maps_only, reuse)
 
     @classmethod
-    def _load(cls, configs: Sequence[ConfigValues], flow_table: int, path: str) -> BpfObject:
+    def _load(cls, configs: Sequence[ConfigValues], flow_table: int, path: str, maps_only: bool = False,
+              reuse: Mapping[str, int] | None = None) -> BpfObject:
         full = _checked_configs(configs)
         if not 1 <= flow_table <= (1 << 24):
             raise LoadError("config", f"flow table size {flow_table} outside 1..2^24")
@@ -140,12 +148,20 @@ class BpfObject:
                 libbpf.map_set_max_entries(libbpf.find_map(obj, "natra_flows"), flow_table)
             except libbpf.LibbpfError as e:
                 raise LoadError("size maps", str(e)) from e
+            try:
+                for name, fd in (reuse or {}).items():
+                    libbpf.map_reuse_fd(libbpf.find_map(obj, name), fd)
+            except libbpf.LibbpfError as e:
+                raise LoadError("reuse maps", str(e)) from e
             progs = {}
             for direction, name in L.PROG_NAMES.items():
                 try:
                     progs[direction] = libbpf.find_program(obj, name)
                 except libbpf.LibbpfError as e:
                     raise LoadError("find program", str(e)) from e
+                if maps_only:
+                    libbpf.program_set_autoload(progs.pop(direction), False)
+                    continue
                 buf = ctypes.create_string_buffer(VERIFIER_LOG_BYTES)
                 libbpf.program_set_log_buf(progs[direction], buf)
                 log_bufs.append(buf)
@@ -167,6 +183,8 @@ class BpfObject:
         except BaseException:
             libbpf.object_close(obj)
             raise
+        if reuse:
+            return self  # the Pod's config is in its maps already
         try:
             self.configure(full)
         except LoadError:
@@ -193,6 +211,8 @@ class BpfObject:
 
     def prog_fd(self, direction: int) -> int:
         self._check_open()
+        if direction not in self._prog_fds:
+            raise KeyError(f"{self.path} was loaded without its programs (maps only)")
         return self._prog_fds[direction]
 
     def map_fd(self, name: str) -> int:

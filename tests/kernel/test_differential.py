@@ -45,6 +45,11 @@ mouse, heavy and unlimited frames, and that every kernel flow entry is a key
 the model classified heavy, within the table's size. (Frames' verdicts then
 depend on which flows each side forgot, so they are not compared.)
 
+The same machine also drives the compat build (bpf_spin_lock) and the shared
+interim build (natra_shared.bpf.o: a Pod bound to one of its slots, its own
+program swapped in on the same maps at a step Hypothesis picks; 25 sequences
+each, NATRA_DIFF_COMPAT_EXAMPLES and NATRA_DIFF_SHARED_EXAMPLES).
+
 CI runs 200 sequences of up to 200 steps; NATRA_DIFF_EXAMPLES and
 NATRA_DIFF_STEPS override both for local runs. NATRA_DIFF_OBJECT names another
 build of the program to compare (tests/kernel/test_mutants.py runs this machine
@@ -61,7 +66,7 @@ import ci_tally
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from natra.kernel import bpfsys, maps, testrun
 from natra.kernel import layout as L
@@ -235,13 +240,11 @@ class KernelVersusModel(RuleBasedStateMachine):
                 start=st.one_of(st.just(0), st.integers(0, 10**12), st.integers(2**62, 2**63)),
                 flow_table=st.one_of(st.just(FLOW_TABLE), st.just(FLOW_TABLE), st.integers(*SMALL_TABLES)))
     def load(self, data, width, depth, enabled, start, flow_table):
-        from natra.kernel.loader import BpfObject
-
         self.width, self.depth, self.flow_table = width, depth, flow_table
         configs = [to_config(data.draw(params(width, depth)) if on else None, test_clock=True,
                              width=width, depth=depth, redirect_ifindex=TEST_REDIRECT[d])
                    for d, on in enumerate(enabled)]
-        self.obj = BpfObject.load(configs, flow_table=flow_table, path=self.object_path)
+        self.obj = self.load_object(configs, flow_table)
         # The pure-Python spec, not the optional C accelerator: the spec is the judge.
         self.model = engine.Model(configs, flow_table=flow_table, accelerator=False)
         self.now = start
@@ -250,6 +253,11 @@ class KernelVersusModel(RuleBasedStateMachine):
         type(self).examples_run += 1
         if self.tallied:
             ci_tally.add(ci_tally.DIFF_EXAMPLES)
+
+    def load_object(self, configs, flow_table):
+        from natra.kernel.loader import BpfObject
+
+        return BpfObject.load(configs, flow_table=flow_table, path=self.object_path)
 
     def teardown(self):
         if self.obj is not None:
@@ -359,12 +367,13 @@ def machine_for(object_path: str | None) -> type[KernelVersusModel]:
                 {"object_path": object_path, "tallied": False, "examples_run": 0})
 
 
-KernelVersusModel.TestCase.settings = settings(
-    max_examples=MAX_EXAMPLES,
-    stateful_step_count=STEP_COUNT,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-)
+def machine_settings(examples: int) -> settings:
+    return settings(max_examples=examples, stateful_step_count=STEP_COUNT, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.filter_too_much])
+
+
+KernelVersusModel.TestCase.settings = machine_settings(MAX_EXAMPLES)
 
 
 @pytest.mark.root
@@ -378,14 +387,69 @@ COMPAT_EXAMPLES = int(os.environ.get("NATRA_DIFF_COMPAT_EXAMPLES", "25"))
 
 
 _CompatMachine = machine_for(str(OBJECT_DIR / "natra_compat.bpf.o"))
-_CompatMachine.TestCase.settings = settings(
-    max_examples=COMPAT_EXAMPLES, stateful_step_count=STEP_COUNT, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+_CompatMachine.TestCase.settings = machine_settings(COMPAT_EXAMPLES)
 
 
 @pytest.mark.root
 class TestCompatKernelVersusModel(_CompatMachine.TestCase):
     """natra_compat.bpf.o (bpf_spin_lock, for kernels before 6.15) against the model."""
+
+    @pytest.fixture(autouse=True)
+    def _needs_kernel(self, kernel):
+        """Skip without root, bpffs or the built objects (fixture in conftest)."""
+
+
+SHARED_EXAMPLES = int(os.environ.get("NATRA_DIFF_SHARED_EXAMPLES", "25"))
+
+
+class SharedVersusModel(KernelVersusModel):
+    """The shared interim build (natra_shared.bpf.o), a Pod bound to one of its slots
+    under ifindex 1 (a test run's frames are on the loopback device), against the
+    model; and, at a step Hypothesis picks, the Pod's own program swapped in on the
+    same maps, as the node agent does: the model runs on, unaware, and must still agree."""
+
+    object_path = None
+    tallied = False
+    examples_run = 0
+
+    def load_object(self, configs, flow_table):
+        from natra.kernel import interim
+
+        self.shared = interim.SharedProgram.load(configs, flow_table=flow_table)
+        assert self.shared.fill_slot()
+        self.bound = self.shared.bind(configs, 1)
+        self.own = None
+        event("on the shared program")
+        return self.bound
+
+    @precondition(lambda self: self.obj is not None and self.own is None)
+    @rule()
+    def swap_to_own(self):
+        from natra.kernel import interim
+        from natra.kernel.loader import BpfObject
+
+        fds = {name: self.bound.map_fd(name) for name in L.MAP_NAMES}
+        configs = [maps.read_config(fds["natra_config"], d) for d in range(L.NDIRS)]
+        self.own = BpfObject.load(configs, flow_table=self.flow_table, reuse=fds)
+        assert interim.unbind(self.shared.prog_ids().values(), 1)
+        self.obj = self.own
+        event("swapped to its own program")
+
+    def teardown(self):
+        for part in ("own", "bound", "shared"):
+            obj = getattr(self, part, None)
+            if obj is not None:
+                obj.close()
+                setattr(self, part, None)
+        self.obj = None
+
+
+SharedVersusModel.TestCase.settings = machine_settings(SHARED_EXAMPLES)
+
+
+@pytest.mark.root
+class TestSharedKernelVersusModel(SharedVersusModel.TestCase):
+    """natra_shared.bpf.o against the model, then the own program swapped in on its maps."""
 
     @pytest.fixture(autouse=True)
     def _needs_kernel(self, kernel):

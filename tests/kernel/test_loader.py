@@ -187,10 +187,10 @@ def test_the_default_object_takes_the_resilient_lock_and_older_kernels_the_compa
     monkeypatch.setattr(loader, "_kernel_release", lambda: (6, 18))
     real = loader.BpfObject._load.__func__
 
-    def failing(cls, configs, flow_table, path):
+    def failing(cls, configs, flow_table, path, *how):
         if path.endswith("natra.bpf.o"):
             raise LoadError("load", "bpf_res_spin_lock: not found in kernel BTF")
-        return real(cls, configs, flow_table, path)
+        return real(cls, configs, flow_table, path, *how)
 
     monkeypatch.setattr(loader.BpfObject, "_load", classmethod(failing))
     with BpfObject.load(_configs()) as obj:
