@@ -34,7 +34,8 @@ one loaded object, read from /proc/self/fdinfo, for Natra at defaults and at
 the largest tuning, and for the peer.
 
 Needs root and `make bpf`. Usage:
-  python3 bench/peer_cost.py [--peer PATH] [--rounds 7] [--repeat 200000] [--json]
+  python3 bench/peer_cost.py [--peer PATH] [--rounds 7] [--repeat 200000] [--shared] [--json]
+(--shared adds each mode on the shared interim program, a Pod bound to one of its slots.)
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from natra.kernel import interim, libbpf, maps, testrun
 from natra.kernel import layout as L
-from natra.kernel import libbpf, maps, testrun
 from natra.kernel.bpfsys import map_update
 from natra.kernel.loader import BpfObject
 from natra.kernel.params import (
@@ -215,10 +216,26 @@ def natra_params(case: str, mode: str):
 NATRA_OBJECT: str | None = None  # --natra-object; None: the loader's choice for this kernel
 
 
+SHARED_SUFFIX = "_shared"  # --shared: the same mode on the shared interim program
+TEST_RUN_IFINDEX = 1  # a test run's frames are on the loopback device
+
+
 def load_natra(case: str, mode: str, flow_table: int | None = None) -> tuple[Contender, BpfObject]:
-    p = natra_params(case, mode)
+    base = mode.removesuffix(SHARED_SUFFIX)
+    p = natra_params(case, base)
     table = flow_table or flow_table_entries([p, None])
-    obj = BpfObject.load([to_config(p), to_config(None)], flow_table=table, path=NATRA_OBJECT)
+    cfgs = [to_config(p), to_config(None)]
+    if mode.endswith(SHARED_SUFFIX):
+        program = interim.SharedProgram.load(cfgs, flow_table=table, path=NATRA_OBJECT)
+        program.fill_slot()
+        obj = program.bind(cfgs, TEST_RUN_IFINDEX)
+
+        def close() -> None:
+            obj.close()
+            program.close()
+    else:
+        obj = BpfObject.load(cfgs, flow_table=table, path=NATRA_OBJECT)
+        close = obj.close
 
     def counts() -> dict:
         c = maps.read_counters(obj.map_fd("natra_counters"), L.DIR_TO_POD)
@@ -227,7 +244,7 @@ def load_natra(case: str, mode: str, flow_table: int | None = None) -> tuple[Con
         out["flow_table"] = map_entries(obj.map_fd("natra_flows"))
         return out
 
-    return Contender(f"natra_{mode}", obj.prog_fd(L.DIR_TO_POD), counts, obj.close), obj
+    return Contender(f"natra_{mode}", obj.prog_fd(L.DIR_TO_POD), counts, close), obj
 
 
 def load_peer(path: str, case: str) -> Contender:
@@ -391,7 +408,7 @@ def format_row(case: str, n: int, row: dict, modes) -> str:
 
 def header(modes) -> str:
     cols = ["case       ", " flows", " trivial"] + [f"{m:>8}" for m in modes] + ["    peer"]
-    cols += [f"{m[:5] + '/p':>7}" for m in modes]
+    cols += [f"{m.replace(SHARED_SUFFIX, '+s')[:5] + '/p':>7}" for m in modes]
     return " ".join(cols)
 
 
@@ -443,12 +460,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=200_000, help="runs per call in the one-flow cases")
     ap.add_argument("--flows", default=",".join(map(str, FLOW_COUNTS)))
     ap.add_argument("--modes", default=f"{MODE_POLICE},{MODE_SHAPE}")
+    ap.add_argument("--shared", action="store_true",
+                    help="also each mode on the shared interim program (a Pod bound to one of its slots)")
     ap.add_argument("--flow-table", type=int, help="Natra's flow-table entries instead of the derived size")
     ap.add_argument("--natra-object", help="Natra's object (e.g. natra/bpf/natra_compat.bpf.o); "
                     "default: what the loader picks for this kernel")
     ap.add_argument("--json", metavar="FILE", help="also write the record here")
     args = ap.parse_args(argv)
     modes = args.modes.split(",")
+    if args.shared:
+        modes += [m + SHARED_SUFFIX for m in list(modes)]
     global NATRA_OBJECT
     NATRA_OBJECT = args.natra_object
     flow_counts = [int(x) for x in args.flows.split(",")]

@@ -597,22 +597,30 @@ MOVES_TIMEOUT_S = 30.0
 
 
 def settle_attach_modes(container_ids: list[str], timeout_s: float = MOVES_TIMEOUT_S) -> dict:
-    """Wait until no Pod is still to move from clsact to tcx (the node agent moves an `auto`
-    Pod once calls stop); how the Pods are attached then, and how long that took."""
+    """Wait until no Pod is still to settle (the node agent swaps a Pod bound to the shared
+    interim program to its own and moves an `auto` Pod to tcx once calls stop); how the
+    Pods are attached then, how long that took, and how many the first look found on the
+    shared program."""
     from natra.kernel import datapath
 
     started = time.monotonic()
+    on_shared = None
     while True:
         modes = {}
+        shared_now = 0
         for cid in container_ids:
             found = datapath.inspect(cid)
             mode = (found.mode if found is not None else "gone") or "?"
-            if found is not None and found.meta.get("tcx_pending"):
+            if found is not None and found.meta.get("interim"):
+                shared_now += 1
+                mode += " (on the shared program)"
+            elif found is not None and found.meta.get("tcx_pending"):
                 mode += " (moving to tcx)"
             modes[mode] = modes.get(mode, 0) + 1
+        on_shared = shared_now if on_shared is None else on_shared
         waited = time.monotonic() - started
-        if not any("moving" in m for m in modes) or waited >= timeout_s:
-            return {"modes": modes, "settled_s": round(waited, 3)}
+        if not any("(" in m for m in modes) or waited >= timeout_s:
+            return {"modes": modes, "settled_s": round(waited, 3), "on_shared_at_first": on_shared}
         time.sleep(0.05)
 
 

@@ -214,6 +214,7 @@ def add(plan: Plan, log: Log, now: int, kernel: Kernel = KERNEL) -> dict:
     log.info(now, f"ADD: limited {_describe(attachment, installed.direction_modes, installed.configs)} "
              f"on {host} via {installed.mode}"
              + (" (tcx links follow the answer)" if installed.tcx_pending else "")
+             + (" (on the shared program until its own is verified)" if installed.interim else "")
              + (f" (tcx unavailable: {installed.tcx_error})" if installed.tcx_error else ""))
     return plan.result
 

@@ -9,9 +9,14 @@ Owns: the order of the kernel steps for one container, nothing else:
              -> take down the trees of directions no longer shaped
              -> load the object -> pin maps and programs
              -> attach each limited direction (links pinned) -> final meta
-    move_to_tcx (a long-lived process, after it has answered an `auto` ADD that
-             it attached with clsact): attach the tcx links -> meta "tcx"
-             -> delete our clsact filters (and the qdisc we made) -> final meta
+    settle   (a long-lived process, after it has answered the ADD):
+             own_program (a Pod it bound to the shared interim program): load
+                the Pod's own copy bound to its pinned maps -> swap it in where
+                the shared one runs (link update, or filter replace) -> pin it
+                -> take the Pod's slot name out of the shared program -> meta
+             move_to_tcx (an `auto` ADD it attached with clsact): attach the tcx
+                links -> meta "tcx" -> delete our clsact filters (and the qdisc
+                we made) -> final meta
     remove:  detach (tcx links; our clsact filters while the veth exists)
              -> take down the shaping trees (host veth if it still exists, the IFB)
              -> unpin everything -> remove the directory
@@ -39,6 +44,11 @@ Rules kept:
   and remove deletes both. A move that finds the container gone or re-made
   does nothing; one whose tcx attach fails leaves the Pod on clsact with
   "tcx_error", as `auto` does on a kernel without tcx.
+- shared interim program: a process whose object source hands out Pods bound to
+  the shared program (natra.kernel.interim) records "interim" {"prog_ids"}
+  until own_program has swapped the Pod's own copy in; both copies run on the
+  same maps, so the Pod's state carries over, and each swap is atomic (no frame
+  meets both). remove takes the Pod's slot name out of the shared program.
 - remove succeeds when everything is already gone, when the veth or the netns
   vanished, and when called twice.
 - inspect reports what the kernel really has (link attached to the expected
@@ -57,7 +67,7 @@ import socket
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from natra.kernel import attach, bpfsys, maps, meta, pins, shapers
+from natra.kernel import attach, bpfsys, interim, maps, meta, pins, shapers
 from natra.kernel import layout as L
 from natra.kernel.params import MODE_POLICE, MODE_SHAPE, ConfigValues, DataPathParams
 from natra.kernel.shapers import Wish
@@ -99,7 +109,8 @@ def use_tcx_later(later) -> None:
 
 
 def use_object_source(take) -> None:
-    """Make install take loaded objects from `take(configs, flow_table=, path=)`; None: load."""
+    """Make install take loaded objects from `take(configs, flow_table=, path=, ifindex=)`
+    (which may hand out a Pod bound to the shared program); None: load."""
     global _object_source
     _object_source = take
 
@@ -123,6 +134,7 @@ class Installed:
     directions: tuple[int, ...]
     tcx_error: str | None = None  # why 'auto' fell back to clsact
     tcx_pending: bool = False  # on clsact now; the caller's `later` moves it to tcx
+    interim: bool = False  # on the shared program now; the caller's `later` swaps its own copy in
     direction_modes: Mapping[str, str] = field(default_factory=dict)  # direction name -> shape|police
     shape_fallback: Mapping[str, str] = field(default_factory=dict)  # direction name -> why it polices
     configs: tuple[ConfigValues, ...] = ()  # what the kernel got (fallback and redirect applied)
@@ -211,7 +223,13 @@ def install(container_id: str, host_ifname: str, configs: Sequence[ConfigValues]
         step = "write meta"
         _write_meta(pd, record)
         step = "load object"
-        obj = (_object_source or loader.BpfObject.load)(configs, flow_table=flow_table, path=object_path)
+        if _object_source is not None:
+            obj = _object_source(configs, flow_table=flow_table, path=object_path, ifindex=ifindex)
+        else:
+            obj = loader.BpfObject.load(configs, flow_table=flow_table, path=object_path)
+        if getattr(obj, "interim", False):
+            record["interim"] = {"prog_ids": {str(d): i for d, i in obj.prog_ids().items()},
+                                 "slot": obj.slot, "object_path": obj.path}
         step = "pin maps"
         obj.pin_maps(pd.path)
         step = "pin programs"
@@ -236,6 +254,8 @@ def install(container_id: str, host_ifname: str, configs: Sequence[ConfigValues]
         _write_meta(pd, record)
     except BaseException as e:
         _undo(container_id, root)
+        if "interim" in record:
+            _unbind(record)
         if isinstance(e, attach.AttachError):
             raise DatapathError(e.step, e.cause) from e
         if isinstance(e, Exception):
@@ -244,10 +264,16 @@ def install(container_id: str, host_ifname: str, configs: Sequence[ConfigValues]
     finally:
         if obj is not None:
             obj.close()
-    if pending:
-        _tcx_later(container_id, lambda: move_to_tcx(container_id, root=root))
+    bound = "interim" in record
+    if pending or bound:
+        if _tcx_later is not None:
+            _tcx_later(container_id, lambda: settle(container_id, root=root))
+        else:
+            settle(container_id, root=root)  # a source of bound Pods without a later: swap in line
+            bound = pending = False
     return Installed(container_id=container_id, pin_dir=pd.path, mode=used, ifindex=ifindex,
                      host_ifname=host_ifname, directions=wanted, tcx_error=tcx_error, tcx_pending=pending,
+                     interim=bound,
                      direction_modes=dict(record["direction_modes"]), shape_fallback=fallback,
                      configs=tuple(configs))
 
@@ -264,6 +290,92 @@ def _attach_all(pd: pins.PinDir, obj, ifindex: int, wanted: Sequence[int], mode:
         record["mode"] = used  # known after the first hook; kept for cleanup
         _write_meta(pd, record)
     return used, tcx_error
+
+
+def settle(container_id: str, *, root: str | None = None) -> str:
+    """What a long-lived process does for a Pod once it has answered its ADD: put the Pod's
+    own program in place of the shared interim one, then move it to tcx links. What it did,
+    in words, for the log."""
+    try:
+        pd = pins.pin_dir(container_id, root)
+    except pins.PinError as e:
+        raise DatapathError("container id", e) from e
+    record = meta_record(pd) if pd.exists() else {}
+    words = []
+    if record.get("interim"):
+        words.append(own_program(pd, record))
+    if record.get("tcx_pending"):
+        words.append(move_to_tcx(container_id, root=root))
+    return "; ".join(words) or "nothing to do (removed, re-made, or settled already)"
+
+
+def own_program(pd: pins.PinDir, record: dict) -> str:
+    """Swap the Pod's own verified program in where the shared interim one runs, bound to the
+    same pinned maps; then take its slot name out of the shared program. Updates `record`.
+
+    Order: load (the verifier, ~90-190 ms of CPU) -> per direction, the tcx link is
+    updated or our clsact filter replaced (each atomic) -> the program pin replaced ->
+    the slot name removed -> meta. Cut short, it is redone by the next call: a pin still
+    holding the shared program's id means that direction is not done."""
+    from natra.kernel import loader  # libbpf binding
+
+    ifindex = record.get("ifindex")
+    if not _same_interface(ifindex, record.get("host_ifname")):
+        return f"nothing to swap: host interface {record.get('host_ifname')} is gone"
+    shared_ids = {int(d): i for d, i in record["interim"].get("prog_ids", {}).items()}
+    directions = record.get("directions", [])
+    todo = [d for d in directions if attach.pinned_prog_id(pd.prog(d)) in (shared_ids.get(d), None)]
+    if todo:
+        configs = _read_configs(pd)
+        fds: dict[str, int] = {}
+        try:
+            for name in L.MAP_NAMES:
+                fds[name] = bpfsys.obj_get(pd.map(name))
+            obj = loader.BpfObject.load([configs[d] for d in sorted(configs)],
+                                        flow_table=record.get("flow_table", loader.DEFAULT_FLOW_TABLE),
+                                        path=record["interim"].get("object_path"), reuse=fds)
+        except (OSError, KeyError, loader.LoadError) as e:
+            record["interim_error"] = str(e)[:REASON_MAX_CHARS]
+            _write_meta(pd, record)
+            return f"stays on the shared program: {e}"
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        try:
+            for direction in todo:
+                fd = obj.prog_fd(direction)
+                if os.path.exists(pd.link(direction)):
+                    link = bpfsys.obj_get(pd.link(direction))
+                    try:
+                        bpfsys.link_update(link, fd)
+                    finally:
+                        os.close(link)
+                if _may_have_filters(record) and attach.our_clsact_filter(ifindex, direction) is not None:
+                    attach.attach_clsact(fd, ifindex, direction, L.PROG_NAMES[direction])
+                fresh = pd.prog(direction) + "_own"
+                pins.unpin(fresh)
+                bpfsys.obj_pin(fd, fresh)
+                pins.secure(fresh)
+                os.replace(fresh, pd.prog(direction))  # atomic: the pin always names a program
+        except (OSError, attach.AttachError) as e:
+            raise DatapathError("swap in the Pod's own program", e) from e
+        finally:
+            obj.close()
+    _unbind(record)
+    record.pop("interim", None)
+    record.pop("interim_error", None)
+    _write_meta(pd, record)
+    return "own program in place of the shared one"
+
+
+def _unbind(record: dict) -> None:
+    """Take the Pod's slot name out of the shared program it was bound to (if any)."""
+    bound = record.get("interim") or {}
+    if bound.get("prog_ids") and record.get("ifindex"):
+        try:
+            interim.unbind(bound["prog_ids"].values(), record["ifindex"], bound.get("slot"))
+        except OSError:
+            pass  # the shared program's owner refills nothing while the name stays; harmless
 
 
 def move_to_tcx(container_id: str, *, root: str | None = None) -> str:
@@ -316,11 +428,13 @@ def move_to_tcx(container_id: str, *, root: str | None = None) -> str:
 
 
 def pending_moves(*, root: str | None = None) -> list[str]:
-    """Containers whose move to tcx was not finished (a process that moves them died)."""
+    """Containers still to settle: a move to tcx or a swap from the shared program not
+    finished (the process that was to do it died)."""
     found = []
     for container_id in list_installed(root=root):
         try:
-            if meta_record(pins.pin_dir(container_id, root)).get("tcx_pending"):
+            record = meta_record(pins.pin_dir(container_id, root))
+            if record.get("tcx_pending") or (record.get("interim") and not record.get("interim_error")):
                 found.append(container_id)
         except pins.PinError:
             continue
@@ -388,13 +502,15 @@ def _remove_programs(pd: pins.PinDir, record: dict) -> None:
 
 
 def _detach(pd: pins.PinDir, record: dict) -> None:
-    """Detach the programs (tcx links; our clsact filters while the veth exists)."""
+    """Detach the programs (tcx links; our clsact filters while the veth exists; the slot
+    name in the shared program)."""
     for direction in L.DIRECTION_NAMES:
         try:
             attach.detach_tcx(pd.link(direction))
         except attach.AttachError:
             pass  # unpinning below drops the last reference, which detaches it too
     _detach_filters(pd, record)
+    _unbind(record)
 
 
 def _may_have_filters(record: dict) -> bool:
@@ -468,6 +584,7 @@ def remove(container_id: str, *, root: str | None = None, later=None) -> None:
     try:
         if _may_have_filters(record):
             _detach_filters(pd, record)  # netlink, no grace period to wait for
+        _unbind(record)  # a plain hash: no grace period either
         _unpin(pd)
     except BaseException:
         _release_links(links, detach=False)

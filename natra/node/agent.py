@@ -5,7 +5,10 @@ listens on a unix socket for the plugin's thin client (natra.cni.agentclient
 speaks the other half of the protocol), runs each call through the same
 `natra.cni.plugin.run` the plugin's own process runs, and keeps a pool of
 loaded programs (natra.kernel.pool), so that a Pod's ADD skips Python's start
-and imports and the verifier.
+and imports and the verifier. When a burst of ADDs has taken every ready
+object, a Pod is bound to the pool's shared interim program (natra.kernel.interim,
+verified once) instead of waiting for a verification, and gets its own program
+after the answer.
 Rules kept:
 - Who may call: the socket is made mode 0600 in a directory of mode 0700, both
   owned by the agent's user (root); each connection's peer credentials
@@ -22,10 +25,11 @@ Rules kept:
 - One call at a time, in arrival order (the kernel serialises the expensive
   parts under rtnl anyway); reading a request is bounded in time and size.
 - Work that need not delay an answer waits for it: a DEL's detaches, and an
-  `auto` ADD's move from clsact to tcx links (natra.kernel.datapath.move_to_tcx),
-  which runs once no call has come for IDLE_BEFORE_MOVE_S since the last one
-  ended, one Pod at a time, under the container's lock. Moves left unfinished
-  by a previous agent are found in the pin root at start and finished.
+  ADD's settling (natra.kernel.datapath.settle): the Pod's own program in place
+  of the shared one, and an `auto` ADD's move from clsact to tcx links. It runs
+  once no call has come for IDLE_BEFORE_MOVE_S since the last one ended, one
+  Pod at a time, under the container's lock. Pods left unsettled by a previous
+  agent are found in the pin root at start and settled.
 Must not know: what a call does (natra.cni.plugin does).
 """
 
@@ -63,6 +67,15 @@ DEFAULT_POOL_DEPTH = 8
 # agent CPU limit) with more CPUs to spare during a burst.
 DEFAULT_LOADERS = 2
 OTHER_SHAPES_DEPTH = 2
+# Slots of the shared interim program kept filled for the default tuning (each a
+# Pod's maps, 236 KiB): ADDs beyond the ready objects are bound to it at once.
+# A slot refills in ~20-30 ms (five RCU grace periods, waited side by side).
+DEFAULT_SHARED_SLOTS = 8
+# With the shared program to fall back on, no ADD of the default tuning waits for a
+# loader, so the loaders run at the lowest priority: during a burst they take only
+# the CPU time the ADDs leave (a load competing with an ADD on a 2-CPU node cost it
+# ~15 ms). Without it, they keep the agent's priority.
+LOADER_NICE = 19
 # A Pod's move to tcx holds rtnl for two RCU grace periods (~25 ms): it waits until
 # no call has come for this long, so a burst of ADDs is answered first.
 IDLE_BEFORE_MOVE_S = 0.2
@@ -175,9 +188,9 @@ class Agent:
             return
         for container_id in unfinished:
             self._moves.append((_lock_env(os.environ, container_id),
-                                lambda c=container_id: datapath.move_to_tcx(c, root=self.pin_root)))
+                                lambda c=container_id: datapath.settle(c, root=self.pin_root)))
         if unfinished:
-            self.log(f"natra agent: {len(unfinished)} Pod(s) still to move to tcx")
+            self.log(f"natra agent: {len(unfinished)} Pod(s) still to settle (own program, tcx)")
 
     def stop(self) -> None:
         self._stop.set()
@@ -216,7 +229,7 @@ class Agent:
         return bool(readable)
 
     def run_move(self) -> None:
-        """One Pod's move from clsact to tcx, under its container's lock."""
+        """One Pod's settling (own program, move to tcx), under its container's lock."""
         lock_env, step = self._moves.popleft()
         container_id = lock_env["CNI_CONTAINERID"]
         started = self.clock()
@@ -224,7 +237,7 @@ class Agent:
             try:
                 said = step()
             except Exception as exc:  # noqa: BLE001 - on clsact the Pod is limited all the same
-                said = f"move failed, still on clsact (the next start retries): {exc}"
+                said = f"settling failed, still limited as answered (the next start retries): {exc}"
         self.log(f"natra agent: {container_id}: {said}, in {(self.clock() - started) / 1e6:.1f} ms")
 
     def close(self) -> None:
@@ -292,7 +305,8 @@ class Agent:
         self.log(f"natra agent: {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '-')} "
                  f"exit {code}, answered in {(replied[0] - started) / 1e6:.1f} ms, "
                  f"done in {(self.clock() - started) / 1e6:.1f} ms"
-                 + (f" (programs ready: {self.pool.ready_count()})" if self.pool is not None else ""))
+                 + (f" (programs ready: {self.pool.ready_count()}, on the shared program: "
+                    f"{self.pool.interim})" if self.pool is not None else ""))
 
     @staticmethod
     def sees_netns(path: str) -> bool:
@@ -357,16 +371,18 @@ def loaders_for(asked: int) -> int:
     return max(1, min(asked, os.cpu_count() or 1))
 
 
-def default_pool(depth: int, loaders: int = DEFAULT_LOADERS):
+def default_pool(depth: int, loaders: int = DEFAULT_LOADERS, slots: int = DEFAULT_SHARED_SLOTS, note=None):
     """A pool primed with `depth` objects of the shape a Pod with default tuning limited
     to 100 Mbit/s asks for (the flow table follows the rate of the policing fallback,
     natra.cni.plan). Other shapes join the pool when a Pod first asks for them, with
-    up to OTHER_SHAPES_DEPTH ready each; it keeps the last eight."""
+    up to OTHER_SHAPES_DEPTH ready each; it keeps the last eight. With `slots`, the default
+    shape also has a shared interim program with that many slots filled."""
     from natra.kernel import loader, pool
     from natra.kernel import params as P
 
     objects = pool.ObjectPool(per_shape=min(depth, OTHER_SHAPES_DEPTH), shapes=8,
-                              loaders=loaders_for(loaders))
+                              loaders=loaders_for(loaders), shared=slots > 0, slots=slots, note=note,
+                              nice=LOADER_NICE if slots > 0 else 0)
     police = P.params_for(100_000_000, mode=P.MODE_POLICE)
     try:
         objects.prime([P.to_config(P.params_for(100_000_000, mode=P.MODE_SHAPE))] * 2,
@@ -392,6 +408,11 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="loaded programs kept ready for the default tuning (0: load at each ADD; "
                              f"default {DEFAULT_POOL_DEPTH}, ~330 KiB of kernel memory each); other tunings "
                              f"keep up to {OTHER_SHAPES_DEPTH}")
+    parser.add_argument("--shared-slots", type=int, default=DEFAULT_SHARED_SLOTS, metavar="N",
+                        help="Pods of the default tuning that a burst of ADDs can bind at once to the shared "
+                             "interim program (verified once) when no loaded program is ready; each gets its "
+                             f"own program after the answer (0: wait for the verifier; default "
+                             f"{DEFAULT_SHARED_SLOTS}, 236 KiB each)")
     parser.add_argument("--loaders", type=int, default=DEFAULT_LOADERS, metavar="N",
                         help="threads loading programs for the pool at once, at most one per CPU "
                              f"(default {DEFAULT_LOADERS}; each verification is ~0.1-0.2 s of one CPU)")
@@ -408,10 +429,17 @@ def agent_main(args: argparse.Namespace) -> int:
     if args.loaders < 1:
         print("natra agent: --loaders must be >= 1", file=sys.stderr)
         return 2
+    if args.shared_slots < 0:
+        print("natra agent: --shared-slots must be >= 0", file=sys.stderr)
+        return 2
     if args.tcx_move_idle_ms < 0:
         print("natra agent: --tcx-move-idle-ms must be >= 0", file=sys.stderr)
         return 2
-    agent = Agent(args.socket, pool=default_pool(args.pool, args.loaders) if args.pool else None,
+    def note(message: str) -> None:
+        print(f"natra agent: {message}", file=sys.stderr, flush=True)
+
+    objects = default_pool(args.pool, args.loaders, args.shared_slots, note) if args.pool else None
+    agent = Agent(args.socket, pool=objects,
                   pin_root=args.bpffs_root, move_idle_s=args.tcx_move_idle_ms / 1000)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop())

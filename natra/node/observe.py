@@ -196,6 +196,7 @@ class PodView:
     attach_mode: str
     directions: tuple[DirectionView, ...] = field(default_factory=tuple)
     tcx_pending: bool = False  # on clsact filters until the node agent moves it to tcx links
+    interim: bool = False  # on the shared interim program until the node agent swaps its own in
     flow_table_size: int = 0
     unassigned_flows: int = 0  # table entries whose direction could not be told
 
@@ -452,6 +453,7 @@ def build_view(raw: RawPod, now: int, top: int = DEFAULT_TOP) -> PodView:
         interface=_meta_text(meta, "host_ifname", "interface", "ifname"),
         attach_mode=_meta_text(meta, "mode", "attach_mode"),
         tcx_pending=meta.get("tcx_pending") is True,
+        interim=bool(meta.get("interim")),
         directions=tuple(views),
         flow_table_size=raw.flow_table_size,
         unassigned_flows=len(per_dir.get(None, [])),

@@ -144,6 +144,7 @@ def render_status(views: list[observe.PodView], missing: list[observe.NotLimited
         out.append(f"{_title(v)}  (uid {v.uid})")
         out.append(f"  container {v.container_id}  interface {v.interface}  mode {v.attach_mode}"
                    f"{' (moving to tcx)' if v.tcx_pending else ''}"
+                   f"{' (shared program until its own is verified)' if v.interim else ''}"
                    f"  heavy-flow table {sum(d.flow_entries for d in v.directions) + v.unassigned_flows}"
                    f"/{v.flow_table_size}")
         for d in v.directions:

@@ -140,6 +140,13 @@ def ifb_exists(pod: C.Pod) -> bool:
         return False
 
 
+def moved(lab: AgentLab, pod: C.Pod) -> bool:
+    """The agent has logged the Pod's move to tcx (after its own program took the shared
+    one's place, if it was bound to it)."""
+    return any(line.startswith(f"natra agent: {pod.container_id}: ") and "moved to tcx, in" in line
+               for line in lab.log_text().splitlines())
+
+
 def eventually(predicate, timeout_s: float = 3.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -231,7 +238,7 @@ def test_an_auto_add_is_answered_on_clsact_and_moved_to_tcx_once_calls_stop(lab)
     lab.start_agent()
     pod = lab.pod("move")
     lab.add(pod)
-    assert eventually(lambda: f"{pod.container_id}: moved to tcx" in lab.log_text()), lab.log_text()
+    assert eventually(lambda: moved(lab, pod)), lab.log_text()
     found = datapath.inspect(pod.container_id, root=lab.root)
     assert limited(lab, pod) and found.mode == "tcx" and found.meta["tcx_pending"] is False
     assert found.meta["requested_mode"] == "auto"
@@ -255,11 +262,38 @@ def test_a_restarted_agent_finishes_the_moves_the_last_one_left(lab):
     checks = lab.chain.check(pods[0])  # no agent: the plugin checks the clsact filters itself
     assert all(c.ok for c in checks), checks
     lab.start_agent()
-    assert "2 Pod(s) still to move to tcx" in lab.log_text()
-    assert eventually(lambda: all(f"{p.container_id}: moved to tcx" in lab.log_text() for p in pods))
+    assert "2 Pod(s) still to settle (own program, tcx)" in lab.log_text()
+    assert eventually(lambda: all(moved(lab, p) for p in pods)), lab.log_text()
     for pod in pods:
         found = datapath.inspect(pod.container_id, root=lab.root)
         assert limited(lab, pod) and found.mode == "tcx" and found.meta["tcx_pending"] is False
+
+
+def test_a_burst_beyond_the_ready_programs_is_bound_to_the_shared_program_then_settled(lab):
+    """One ready object, two filled slots of the shared program: of three back-to-back ADDs
+    at least two find no object ready and are bound to the shared program at once; once
+    calls stop, each gets its own program, on tcx; CHECK passes throughout."""
+    lab.start_agent(pool=1, args=("--shared-slots", "2", "--loaders", "1"))
+    assert eventually(lambda: "shared interim program ready" in lab.log_text(), 20), lab.log_text()
+    pods = [lab.pod(f"burst{i}") for i in range(3)]
+    for pod in pods:
+        lab.add(pod)
+    bound = [p for p in pods if "interim" in datapath.inspect(p.container_id, root=lab.root).meta]
+    assert eventually(lambda: all(moved(lab, p) for p in pods), 10), lab.log_text()
+    assert eventually(lambda: all(
+        "interim" not in datapath.inspect(p.container_id, root=lab.root).meta
+        and datapath.inspect(p.container_id, root=lab.root).mode == "tcx" for p in pods), 10), lab.log_text()
+    log = lab.log_text()
+    assert len(bound) >= 2, log
+    assert "on the shared program: 2)" in log or "on the shared program: 3)" in log, log
+    for pod in bound:
+        assert f"{pod.container_id}: own program in place of the shared one; moved to tcx" in log, log
+    with open(lab.cni_log) as f:
+        assert "(on the shared program until its own is verified)" in f.read()
+    for pod in pods:
+        assert limited(lab, pod)
+        checks = lab.chain.check(pod)
+        assert all(c.ok for c in checks), checks
 
 
 def _connect_as(uid: int, path: str) -> str:
@@ -313,6 +347,7 @@ def test_agent_refuses_to_replace_a_file_that_is_not_a_socket(lab):
     (["--pool", "-1"], "--pool must be >= 0"),
     (["--loaders", "0"], "--loaders must be >= 1"),
     (["--tcx-move-idle-ms", "-5"], "--tcx-move-idle-ms must be >= 0"),
+    (["--shared-slots", "-1"], "--shared-slots must be >= 0"),
 ])
 def test_agent_refuses_bad_counts(lab, args, message):
     out = subprocess.run([sys.executable, "-m", "natra", "agent", "--socket", lab.sock, *args],

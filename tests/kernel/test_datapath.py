@@ -303,7 +303,7 @@ def test_auto_with_a_mover_is_on_clsact_at_once_and_on_tcx_after_the_move(root, 
     seen = datapath.inspect(CID, root=root)
     assert seen.ok and seen.mode == "tcx" and seen.meta["tcx_pending"] is False, seen.problems
     assert datapath.pending_moves(root=root) == []
-    assert tcx_later[0][1]().startswith("nothing to move")
+    assert tcx_later[0][1]().startswith("nothing to do")
     datapath.remove(CID, root=root)
     assert nothing_attached(veth)
 
@@ -344,7 +344,7 @@ def test_remove_in_the_middle_of_a_move_takes_both_hooks(root, veth, tcx_later, 
     assert progs["clsact egress"] and progs["clsact ingress"] and progs["tcx ingress"]
     datapath.remove(CID, root=root)
     assert nothing_attached(veth)
-    assert tcx_later[0][1]().startswith("nothing to move")
+    assert tcx_later[0][1]().startswith("nothing to do")
 
 
 def test_a_move_whose_tcx_attach_fails_leaves_the_pod_limited_on_clsact(root, veth, tcx_later, monkeypatch):
@@ -380,3 +380,136 @@ def test_auto_with_a_mover_beside_an_ingress_qdisc_attaches_tcx_at_once(root, ve
     finally:
         netns.run("tc", "qdisc", "del", "dev", veth.host_if, "ingress")
     assert nothing_attached(veth)
+
+
+# ---- the shared interim program -------------------------------------------------------
+
+@pytest.fixture
+def shared_pool(tcx_later):
+    """Stand in for the node agent with a real pool that has no ready object, only the
+    shared interim program with one slot filled: an install is bound to it."""
+    from natra.kernel import pool as pool_mod
+
+    objects = pool_mod.ObjectPool(per_shape=0, shared=True, slots=1)
+    objects.prime(configs(), flow_table=4096, depth=0)
+    assert objects.shared_once() and objects.shared_once()  # the program, then a slot
+    datapath.use_object_source(objects.take)
+    try:
+        yield objects
+    finally:
+        datapath.use_object_source(None)
+        objects.stop()
+
+
+def shared_program(objects):
+    (program,) = [p for p in objects._shared.values() if p is not None]
+    return program
+
+
+def map_ids_pinned(root: str) -> set[int]:
+    pd = pins.pin_dir(CID, root)
+    ids = set()
+    for name in L.MAP_NAMES:
+        fd = bpfsys.obj_get(pd.map(name))
+        try:
+            ids.add(bpfsys.map_info(fd)["id"])
+        finally:
+            os.close(fd)
+    return ids
+
+
+def prog_map_ids(prog_id: int) -> set[int]:
+    fd = bpfsys.prog_get_fd_by_id(prog_id)
+    try:
+        return set(bpfsys.prog_map_ids(fd))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("mode", ["auto", "clsact", "tcx"])
+def test_a_pod_bound_to_the_shared_program_gets_its_own_on_the_same_maps(root, veth, shared_pool, tcx_later,
+                                                                          mode):
+    from natra.kernel import interim
+
+    shared = shared_program(shared_pool)
+    shared_ids = shared.prog_ids()
+    done = datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode=mode, root=root)
+    assert done.interim and shared_pool.interim == 1 and [c for c, _ in tcx_later] == [CID]
+    hook = "tcx" if mode == "tcx" else "clsact"
+    progs = attached_programs(veth)
+    assert {h: progs[f"{hook} {h}"] for h in ("egress", "ingress")} == {
+        attach.HOOK_NAME[d]: [shared_ids[d]] for d in BOTH}
+    seen = datapath.inspect(CID, root=root)
+    assert seen.ok and seen.meta["interim"]["prog_ids"] == {str(d): i for d, i in shared_ids.items()}
+    assert datapath.pending_moves(root=root) == [CID]
+    pod_maps = map_ids_pinned(root)
+
+    said = tcx_later[0][1]()
+    assert said.startswith("own program in place of the shared one"), said
+    ours = our_prog_ids(root)
+    assert not set(ours.values()) & set(shared_ids.values())
+    final = "clsact" if mode == "clsact" else "tcx"
+    progs = attached_programs(veth)
+    assert {h: progs[f"{final} {h}"] for h in ours} == {h: [p] for h, p in ours.items()}
+    other = "tcx" if final == "clsact" else "clsact"
+    assert progs[f"{other} egress"] == progs[f"{other} ingress"] == []
+    for prog_id in ours.values():  # the own programs run on the maps the shared one used
+        assert prog_map_ids(prog_id) == pod_maps
+    assert not interim.unbind(shared_ids.values(), veth.host_ifindex)  # the slot name is gone
+    assert shared.reclaim() == 1
+    seen = datapath.inspect(CID, root=root)
+    assert seen.ok and "interim" not in seen.meta and seen.mode == final, seen.problems
+    assert datapath.pending_moves(root=root) == []
+    datapath.remove(CID, root=root)
+    assert nothing_attached(veth)
+
+
+def test_remove_of_a_pod_still_on_the_shared_program_takes_its_slot_name(root, veth, shared_pool):
+    shared = shared_program(shared_pool)
+    assert datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode="auto", root=root).interim
+    datapath.remove(CID, root=root)
+    assert nothing_attached(veth)
+    assert shared.reclaim() == 1  # the name went with the Pod: the slot is refilled
+    assert shared.fill_slot()
+
+
+def test_a_swap_cut_short_before_the_slot_name_went_is_finished_by_the_next(root, veth, shared_pool,
+                                                                              monkeypatch):
+    """The process dying between swapping the programs in and taking the slot name out is
+    stood in for by an exception at that step (a mock: the point is exact)."""
+    shared = shared_program(shared_pool)
+    datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode="clsact", root=root)
+
+    def dies(record):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(datapath, "_unbind", dies)
+        with pytest.raises(KeyboardInterrupt):
+            datapath.settle(CID, root=root)
+    ours = our_prog_ids(root)
+    assert datapath.pending_moves(root=root) == [CID]
+    assert datapath.settle(CID, root=root) == "own program in place of the shared one"
+    assert our_prog_ids(root) == ours  # not loaded a second time
+    assert shared.reclaim() == 1
+    assert datapath.inspect(CID, root=root).ok
+    datapath.remove(CID, root=root)
+    assert nothing_attached(veth)
+
+
+def test_removing_a_pod_leaves_the_slot_name_its_ifindex_now_has_for_another_pod(root, veth, shared_pool):
+    """A veth's ifindex can be given again to the veth of a Pod made later (the first Pod's
+    veth gone without its DEL, GC removing it afterwards): removing the first Pod must not
+    take the name of the second's slot. The second Pod's binding is made directly."""
+    import struct
+
+    shared = shared_program(shared_pool)
+    datapath.install(CID, veth.host_if, configs(), directions=BOTH, mode="clsact", root=root)
+    assert shared.fill_slot()
+    second = shared.bind(configs(), veth.host_ifindex)
+    try:
+        datapath.remove(CID, root=root)
+        named = bpfsys.map_lookup(shared._if_slot_fd, struct.pack("=I", veth.host_ifindex), 4)
+        assert named == struct.pack("=I", second.slot)
+    finally:
+        second.close()

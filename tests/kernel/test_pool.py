@@ -194,3 +194,32 @@ def test_libbpf_messages_are_kept_per_thread():
     (error, theirs), = failed
     assert "elf" in theirs.lower() and theirs.splitlines()[-1] in error  # the failing thread's own report
     assert libbpf.recent_messages() == ""  # nothing of it reached this thread
+
+
+def test_a_take_that_finds_none_ready_is_bound_to_the_shared_program_when_a_slot_is_filled():
+    from natra.kernel import bpfsys, interim
+
+    objects = pool.ObjectPool(per_shape=0, shared=True, slots=1)
+    try:
+        objects.prime(configs(1_000_000), flow_table=512, depth=0)
+        assert objects.shared_once() and objects.shared_once()  # the program, then its slot
+        assert not objects.shared_once()  # the one slot is filled
+        wanted = configs(40_000_000)
+        with objects.take(wanted, flow_table=512, ifindex=7001) as bound:
+            assert bound.interim and (objects.hits, objects.misses, objects.interim) == (0, 0, 1)
+            with loader.BpfObject.load(wanted, flow_table=512) as fresh:
+                assert maps.snapshot(bound) == maps.snapshot(fresh)  # what a fresh load gives
+            shared_ids = bound.prog_ids()
+        # No slot left: a take without one loads in line, as without a shared program.
+        with objects.take(wanted, flow_table=512, ifindex=7002) as loaded:
+            assert not getattr(loaded, "interim", False) and objects.misses == 1
+        # Another shape has no shared program: it loads.
+        with objects.take(configs(1_000_000), flow_table=1024, ifindex=7003) as other:
+            assert not getattr(other, "interim", False)
+        # Once the first Pod's slot name is gone, the slot is refilled with fresh maps.
+        assert interim.unbind(shared_ids.values(), 7001)
+        assert objects.shared_once()
+        program = [p for p in objects._shared.values() if p is not None][0]
+        assert program.has_free_slot() and bpfsys.map_keys(program._if_slot_fd, 4) == []
+    finally:
+        objects.stop()

@@ -139,6 +139,20 @@ def test_tcp_stays_within_the_limit_and_reaches_it(topology, root, mode, rate, d
 MOVE_AFTER_S = 1.5  # into the transfer: the burst is spent and TCP runs at R
 
 
+def iperf_with_a_step_midway(topology: netns.Topology, direction: int, step) -> dict:
+    """100M bulk TCP in `direction`, `step()` run MOVE_AFTER_S into it; the server's report."""
+    def midway() -> None:
+        time.sleep(SERVER_START_S + MOVE_AFTER_S)
+        step()
+
+    runner = threading.Thread(target=midway)
+    runner.start()
+    try:
+        return iperf(topology, direction, DURATION_S["100M"])
+    finally:
+        runner.join()
+
+
 @pytest.mark.parametrize("direction", [L.DIR_TO_POD, L.DIR_FROM_POD], ids=lambda d: L.DIRECTION_NAMES[d])
 def test_the_move_from_clsact_to_tcx_in_mid_transfer_keeps_the_limit(topology, root, direction):
     """The node agent's way (an `auto` ADD answered on clsact, moved to tcx afterwards),
@@ -158,19 +172,49 @@ def test_the_move_from_clsact_to_tcx_in_mid_transfer_keeps_the_limit(topology, r
     try:
         assert done.mode == "clsact" and done.tcx_pending and len(moves) == 1
 
-        def move_midway() -> None:
-            time.sleep(SERVER_START_S + MOVE_AFTER_S)
-            moved.append(moves[0]())
-
-        mover = threading.Thread(target=move_midway)
-        mover.start()
-        try:
-            report = iperf(topology, direction, DURATION_S["100M"])
-        finally:
-            mover.join()
+        report = iperf_with_a_step_midway(topology, direction, lambda: moved.append(moves[0]()))
         found = datapath.inspect(CID, root=root)
         counters = read_counters(root, direction)
     finally:
         datapath.remove(CID, root=root)
     assert moved == ["moved to tcx"] and found.ok and found.mode == "tcx", (moved, found.problems)
     judge(report, counters, rate_bps, params.burst_bits, f"{L.DIRECTION_NAMES[direction]} moved mid-run 100M")
+
+
+@pytest.mark.parametrize("direction", [L.DIR_TO_POD, L.DIR_FROM_POD], ids=lambda d: L.DIRECTION_NAMES[d])
+def test_a_pod_on_the_shared_program_keeps_the_limit_through_its_own_program_and_the_move(
+        topology, root, direction):
+    """The node agent's way when a burst has taken every ready object: the ADD binds the Pod
+    to the shared interim program (a real pool with one filled slot); while bulk TCP runs,
+    its own program is swapped in on the same maps and the Pod moves to tcx. The transfer
+    must stay within R*t+B, reach 80 % of R, and end on the Pod's own program on tcx."""
+    from natra.kernel import pool as pool_mod
+
+    rate_bps = RATES["100M"]
+    params = params_for(rate_bps)
+    cfgs = [to_config(params if d == direction else None) for d in (L.DIR_TO_POD, L.DIR_FROM_POD)]
+    objects = pool_mod.ObjectPool(per_shape=0, shared=True, slots=1)
+    objects.prime(cfgs, flow_table=4096, depth=0)
+    assert objects.shared_once() and objects.shared_once()  # the program, then a slot
+    moves, moved = [], []
+    datapath.use_tcx_later(lambda container_id, step: moves.append(step))
+    datapath.use_object_source(objects.take)
+    try:
+        done = datapath.install(CID, topology.pod.host_if, cfgs, directions={direction}, mode="auto",
+                                root=root)
+    finally:
+        datapath.use_tcx_later(None)
+        datapath.use_object_source(None)
+    try:
+        assert done.interim and done.tcx_pending and len(moves) == 1
+
+        report = iperf_with_a_step_midway(topology, direction, lambda: moved.append(moves[0]()))
+        found = datapath.inspect(CID, root=root)
+        counters = read_counters(root, direction)
+    finally:
+        datapath.remove(CID, root=root)
+        objects.stop()
+    assert moved == ["own program in place of the shared one; moved to tcx"], moved
+    assert found.ok and found.mode == "tcx" and "interim" not in found.meta, found.problems
+    judge(report, counters, rate_bps, params.burst_bits,
+          f"{L.DIRECTION_NAMES[direction]} shared, then own, 100M")
