@@ -116,7 +116,12 @@ class ObjectPool:
             self.hits += 1
             return obj
         if shared is not None:
-            bound = shared.bind(configs, ifindex)
+            try:
+                bound = shared.bind(configs, ifindex)
+            except loader.LoadError as exc:  # load in line below, as without a shared program
+                bound = None
+                with self._lock:
+                    self.failures = (self.failures + [f"bind to the shared program: {exc}"])[-5:]
             if bound is not None:
                 with self._lock:
                     self.interim += 1

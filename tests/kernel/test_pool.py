@@ -223,3 +223,28 @@ def test_a_take_that_finds_none_ready_is_bound_to_the_shared_program_when_a_slot
         assert program.has_free_slot() and bpfsys.map_keys(program._if_slot_fd, 4) == []
     finally:
         objects.stop()
+
+
+def test_a_take_whose_binding_fails_loads_in_line_and_the_slot_is_refilled():
+    """The shared program's hash of slot names full (filled here by hand, for real): the
+    bind is refused, the take loads the Pod's own object instead."""
+    import struct
+
+    from natra.kernel import bpfsys
+
+    objects = pool.ObjectPool(per_shape=0, shared=True, slots=1)
+    try:
+        objects.prime(configs(1_000_000), flow_table=512, depth=0)
+        assert objects.shared_once() and objects.shared_once()
+        program = [p for p in objects._shared.values() if p is not None][0]
+        for ifindex in range(100_000, 100_000 + 4096):  # NATRA_SHARED_PODS names
+            bpfsys.map_update(program._if_slot_fd, struct.pack("=I", ifindex), struct.pack("=I", 255))
+        with objects.take(configs(40_000_000), flow_table=512, ifindex=7001) as loaded:
+            assert not getattr(loaded, "interim", False)
+        assert (objects.interim, objects.misses) == (0, 1)
+        assert "bind to the shared program" in objects.failures[-1]
+        for ifindex in range(100_000, 100_000 + 4096):
+            bpfsys.map_delete(program._if_slot_fd, struct.pack("=I", ifindex))
+        assert program.reclaim() == 1 and objects.shared_once() and program.has_free_slot()
+    finally:
+        objects.stop()
