@@ -53,7 +53,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from natra.kernel import interim, libbpf, maps, testrun
+from natra.kernel import interim, libbpf, maps, testrun, ticks
 from natra.kernel import layout as L
 from natra.kernel.bpfsys import map_update
 from natra.kernel.loader import BpfObject
@@ -75,7 +75,11 @@ CASES = ("mouse", "heavy_pass", "heavy_drop")
 SADDR_AT = 14 + 12
 SPORT_AT = 14 + 20
 UNREACHABLE_THRESHOLD = 1 << 62  # bytes: no flow ever turns heavy
-PASS_RATE_BPS = 10**15  # the largest rate: the bucket never fills in a sitting
+PASS_RATE_BPS = 10**15  # the peer's passing rate: the largest, its bucket never fills in a sitting
+# Natra's passing rate: far above what a test run sends (~0.12 Tbit/s), so the bucket
+# never fills in a sitting, yet a Pod's rate whose bucket spares a timer tick of rate,
+# so policing reads the coarse clock as the plugin configures it (at 1 Pbit/s it would not).
+NATRA_PASS_RATE_BPS = 500 * 10**9
 DROP_RATE_BPS = 1000  # bit/s: after the first frames every heavy frame is refused
 TRIVIAL_C = """
 #include <linux/bpf.h>
@@ -207,9 +211,10 @@ class Contender:
 
 def natra_params(case: str, mode: str):
     if case == "mouse":
-        return params_for(PASS_RATE_BPS, 1 << 34, mode=mode, threshold_bytes=UNREACHABLE_THRESHOLD, ecn=False)
+        return params_for(NATRA_PASS_RATE_BPS, 1 << 34, mode=mode, threshold_bytes=UNREACHABLE_THRESHOLD,
+                          ecn=False)
     if case == "heavy_pass":
-        return params_for(PASS_RATE_BPS, 1 << 34, mode=mode, threshold_bytes=1, ecn=False)
+        return params_for(NATRA_PASS_RATE_BPS, 1 << 34, mode=mode, threshold_bytes=1, ecn=False)
     return params_for(DROP_RATE_BPS, None, mode=mode, threshold_bytes=1, ecn=False)
 
 
@@ -224,7 +229,7 @@ def load_natra(case: str, mode: str, flow_table: int | None = None) -> tuple[Con
     base = mode.removesuffix(SHARED_SUFFIX)
     p = natra_params(case, base)
     table = flow_table or flow_table_entries([p, None])
-    cfgs = [to_config(p), to_config(None)]
+    cfgs = [to_config(p, coarse_tick_ns=ticks.coarse_tick_ns()), to_config(None)]  # as the plugin does
     if mode.endswith(SHARED_SUFFIX):
         program = interim.SharedProgram.load(cfgs, flow_table=table, path=NATRA_OBJECT)
         program.fill_slot()

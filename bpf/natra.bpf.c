@@ -835,12 +835,14 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 		return NATRA_V_PASS_ERROR;
 
 	/* Shaping reads the clock only to number sketch windows (the qdisc keeps
-	 * the rate), so the coarse clock serves: it lags by at most a tick and reads
-	 * no cycle counter.  Policing drains its buckets by the nanosecond: a
-	 * lagging clock would let R * tick more through. */
+	 * the rate), so the coarse clock serves: it lags by less than a tick and
+	 * reads no cycle counter.  Policing drains its buckets by the nanosecond:
+	 * a clock lagging by up to a tick lets up to R * tick more through, so it
+	 * reads the coarse clock only where the plan took R * tick off the
+	 * bucket (NATRA_CFG_COARSE_CLOCK), else the fine one. */
 	if (cfg->flags & NATRA_CFG_TEST_CLOCK)
 		s->now = skb->tstamp;
-	else if (cfg->flags & NATRA_CFG_SHAPE)
+	else if (cfg->flags & (NATRA_CFG_SHAPE | NATRA_CFG_COARSE_CLOCK))
 		s->now = natra_window_clock_ns();
 	else
 		s->now = bpf_ktime_get_ns();

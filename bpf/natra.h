@@ -80,6 +80,10 @@ struct natra_flow_key {
 /* Shaping mode: the program only classifies (skb->priority names an HTB class
  * of the direction's qdisc) and kernel queues pace; nothing is dropped here. */
 #define NATRA_CFG_SHAPE 0x08
+/* Policing reads the coarse clock (CLOCK_MONOTONIC_COARSE, which lags the fine
+ * one by less than a timer tick): the plan set it only where it took R x tick
+ * off the bucket, so R*t + B still holds (design.md, "Units"). */
+#define NATRA_CFG_COARSE_CLOCK 0x10
 
 /* ---- Shaping: the classes of a direction's HTB, by minor number ---------- */
 /* The root class holds the Pod's limit (rate = ceil = R); the mice class has

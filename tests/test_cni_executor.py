@@ -26,6 +26,7 @@ from natra.cni.plan import make_plan
 from natra.cni.plugin import run
 from natra.cni.request import parse_request
 from natra.kernel import layout as L
+from natra.kernel import params as P
 from natra.kernel.datapath import DatapathError, Hook
 
 NOW = 1_700_000_000 * 10**9
@@ -77,8 +78,11 @@ def call(command, where, fake, **kwargs):
 
 
 def plan_of(command, where, **kwargs):
+    """The plan the plugin makes for this call (with this node's timer tick, as it does)."""
+    from natra.kernel import ticks
+
     env, stdin = request(command, where, **kwargs)
-    return make_plan(parse_request(env, stdin), env)
+    return make_plan(parse_request(env, stdin), env, clock_tick_ns=ticks.coarse_tick_ns())
 
 
 def marker(where, cid=CID):
@@ -150,7 +154,10 @@ def test_add_with_a_shape_fallback_logs_it_and_polices(where, fake):
     errors = [m for level, m in logged if level == "ERROR"]
     assert errors == ["ADD: from_pod falls back to police mode (the Pod is limited, by dropping): "
                       "shaping qdiscs cannot be installed: ifb: Operation not supported"]
-    fallback_burst = attachment.fallback_config(L.DIR_FROM_POD).tau_nbit // 10**9
+    # The B of R*t + B the fallback keeps (its bucket gave a tick of rate up for the coarse clock).
+    fallback_burst = P.promised_burst_bits(attachment.fallback_config(L.DIR_FROM_POD),
+                                           attachment.clock_tick_ns)
+    assert fallback_burst == attachment.fallback[L.DIR_FROM_POD].burst_bits
     assert logged[-1] == ("INFO", f"ADD: limited to_pod {RATE} bit/s burst "
                           f"{attachment.configs[0].tau_nbit // 10**9} bits (shape); from_pod {RATE} bit/s "
                           f"burst {fallback_burst} bits (police) on veth1234 via tcx")

@@ -30,12 +30,12 @@ ENV = {"CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/p", "CNI_IFNAME": "eth0
        "CNI_ARGS": "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web;K8S_POD_UID=u"}
 
 
-def plan_of(command="ADD", version="1.0.0", prev=PTP_RESULT, env=None, **config):
+def plan_of(command="ADD", version="1.0.0", prev=PTP_RESULT, env=None, tick_ns=0, **config):
     body = {"cniVersion": version, "name": "net", "type": "natra", **config}
     if prev is not None:
         body["prevResult"] = prev
     request = parse_request({**ENV, "CNI_COMMAND": command, **(env or {})}, json.dumps(body).encode())
-    return make_plan(request, {})
+    return make_plan(request, {}, clock_tick_ns=tick_ns)
 
 
 def containerd(ingress=10_000_000, egress=20_000_000):
@@ -65,6 +65,18 @@ def test_containerd_add_plans_both_directions_with_clamped_bursts():
     assert a.meta["pod"] == "ns/web"
     assert a.meta["ips"] == [ip["address"] for ip in PTP_RESULT["ips"]]  # observability needs them
     assert plan.result == PTP_RESULT and plan.cause is None
+
+
+def test_with_the_nodes_tick_policing_reads_the_coarse_clock_and_shaping_is_unchanged():
+    tick = 4_000_000
+    shaped = plan_of(runtimeConfig=containerd(), tick_ns=tick).attachment
+    policed = plan_of(runtimeConfig=containerd(), mode="police", tick_ns=tick).attachment
+    for direction, rate in ((IN, 10_000_000), (OUT, 20_000_000)):
+        assert shaped.configs[direction] == plan_of(runtimeConfig=containerd()).attachment.configs[direction]
+        for config in (policed.configs[direction], shaped.fallback_config(direction)):
+            assert config == P.to_config(P.params_for(rate, MAXU32), coarse_tick_ns=tick)
+            assert config.flags & L.CFG_COARSE_CLOCK
+            assert config.tau_nbit == rate * P.DEFAULT_BURST_TIME_NS - rate * tick
 
 
 def test_one_direction_leaves_the_other_unlimited():

@@ -15,6 +15,7 @@ from natra.kernel.params import (
     default_burst_bits,
     default_reserve_bits,
     params_for,
+    promised_burst_bits,
     to_config,
 )
 
@@ -87,3 +88,48 @@ def test_unlimited_direction_keeps_sketch_shape():
     cfg = to_config(None, width=256, depth=2)
     assert cfg.flags & L.CFG_ENABLED == 0
     assert (cfg.width, cfg.depth) == (256, 2)
+
+
+TICK_NS = 4_000_000  # HZ=250
+
+
+def test_a_policed_direction_reads_the_coarse_clock_with_one_tick_of_rate_off_its_bucket():
+    p = params_for(100_000_000)
+    fine, coarse = to_config(p), to_config(p, coarse_tick_ns=TICK_NS)
+    slack = 100_000_000 * TICK_NS  # nbit: R x tick
+    assert not fine.flags & L.CFG_COARSE_CLOCK and coarse.flags & L.CFG_COARSE_CLOCK
+    assert coarse.tau_nbit == fine.tau_nbit - slack
+    assert coarse.heavy_line_nbit == fine.heavy_line_nbit - slack  # the reserve keeps its size
+    assert coarse.early_line_nbit == coarse.heavy_line_nbit * p.early_percent // 100
+    assert coarse.rate_bps == fine.rate_bps and coarse.window_ns == fine.window_ns
+
+
+@pytest.mark.parametrize("why, params, kwargs", [
+    ("shaping reads the coarse clock anyway", params_for(100_000_000, mode="shape"), {}),
+    ("a burst of a few ticks of rate", params_for(1_000_000_000, 4_000_000), {}),
+    ("no tick known", params_for(100_000_000), {"coarse_tick_ns": 0}),
+    ("the test clock", params_for(100_000_000), {"test_clock": True}),
+])
+def test_the_bucket_is_whole_where_the_coarse_clock_is_not_taken(why, params, kwargs):
+    args = {"coarse_tick_ns": TICK_NS, **kwargs}
+    cfg = to_config(params, **args)
+    assert not cfg.flags & L.CFG_COARSE_CLOCK, why
+    assert cfg.tau_nbit == params.burst_bits * 10**9, why
+
+
+@given(rate=st.integers(1, L.MAX_RATE_BPS), burst=st.one_of(st.none(), st.integers(1, L.MAX_BURST_BITS)),
+       tick=st.sampled_from([0, 1_000_000, 3_333_333, 4_000_000, 10_000_000]))
+@settings(max_examples=300)
+def test_the_coarse_clock_never_costs_more_than_a_quarter_of_the_heavy_zone(rate, burst, tick):
+    p = params_for(rate, burst)
+    cfg = to_config(p, coarse_tick_ns=tick)
+    taken = p.burst_bits * 10**9 - cfg.tau_nbit
+    assert taken == (rate * tick if cfg.flags & L.CFG_COARSE_CLOCK else 0)
+    assert 4 * taken <= (p.burst_bits - p.reserve_bits) * 10**9
+    assert cfg.heavy_line_nbit > 0 and cfg.early_line_nbit <= cfg.heavy_line_nbit < cfg.tau_nbit
+
+
+def test_the_promised_burst_counts_the_tick_a_coarse_clock_config_gave_up():
+    p = params_for(100_000_000)
+    for tick in (0, TICK_NS):
+        assert promised_burst_bits(to_config(p, coarse_tick_ns=tick), TICK_NS) == p.burst_bits

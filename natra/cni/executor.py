@@ -30,7 +30,7 @@ from natra.cni.errors import CniError, Kind
 from natra.cni.log import Log
 from natra.cni.plan import Attachment, Plan, configs_in_force, drift, floor_note, keeps
 from natra.kernel import layout as L
-from natra.kernel.params import MODE_POLICE
+from natra.kernel.params import MODE_POLICE, promised_burst_bits
 
 FAIL_OPEN_DIR = failopen.FAIL_OPEN_DIR  # under Settings.state_dir: one record per failed-open container
 
@@ -148,7 +148,7 @@ def _describe(attachment: Attachment, modes=None, configs=None) -> str:
         limit = attachment.meta.get("limits", {}).get(name, {})
         burst = limit.get("burst_bits")
         if configs and configs[direction].tau_nbit:
-            burst = configs[direction].tau_nbit // 10**9
+            burst = promised_burst_bits(configs[direction], attachment.clock_tick_ns)
         mode = (modes or {}).get(name)
         parts.append(f"{name} {limit.get('rate_bps')} bit/s burst {burst} bits"
                      + (f" ({mode})" if mode else ""))

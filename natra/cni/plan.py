@@ -52,6 +52,7 @@ class Attachment:
     # shaped direction the policing parameters it falls back to when its tree cannot be built.
     params: tuple[P.DataPathParams | None, ...] = (None, None)
     fallback: tuple[P.DataPathParams | None, ...] = (None, None)
+    clock_tick_ns: int = 0  # the node's timer tick: policed directions may read the coarse clock
 
     def shaped(self) -> dict[int, P.DataPathParams]:
         """Directions the plan shapes, with their (shaping) parameters."""
@@ -63,7 +64,7 @@ class Attachment:
         params = self.fallback[direction]
         if params is None:
             raise ValueError(f"direction {direction} has no policing fallback")
-        return P.to_config(params, width=params.width, depth=params.depth)
+        return P.to_config(params, width=params.width, depth=params.depth, coarse_tick_ns=self.clock_tick_ns)
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def floor_note(name: str, asked_bits: int | None, params: P.DataPathParams) -> s
             f"64 KiB GSO packets): at most R*t + {params.burst_bits} bits pass")
 
 
-def _configs(limits: Limits, request: Request, settings: Settings, notes: list[str]):
+def _configs(limits: Limits, request: Request, settings: Settings, notes: list[str], clock_tick_ns: int):
     annotations = pod_annotations(request.config)
     tuning, tuning_notes = pod_tuning(settings.tuning, annotations)
     notes.extend(tuning_notes)
@@ -147,7 +148,8 @@ def _configs(limits: Limits, request: Request, settings: Settings, notes: list[s
             notes.append(note)
         fallback = (direction_params(rate, limit.burst_bits, tuning, limit.overrides, P.MODE_POLICE)
                     if params.mode == P.MODE_SHAPE else None)
-        configs.append(P.to_config(params, width=tuning.width, depth=tuning.depth))
+        configs.append(P.to_config(params, width=tuning.width, depth=tuning.depth,
+                                   coarse_tick_ns=clock_tick_ns))
         params_of.append(params)
         fallback_of.append(fallback)
         described[name] = {
@@ -181,7 +183,8 @@ def _pod_ips(prev_result) -> list[str]:
             if isinstance(ip, Mapping) and isinstance(ip.get("address"), str)]
 
 
-def _limit_plan(request: Request, settings: Settings) -> tuple[Attachment | None, str | None, list[str]]:
+def _limit_plan(request: Request, settings: Settings,
+                clock_tick_ns: int) -> tuple[Attachment | None, str | None, list[str]]:
     limits = extract_limits(request.config)
     notes = list(request.warnings) + list(limits.notes)
     if not limits:
@@ -190,7 +193,8 @@ def _limit_plan(request: Request, settings: Settings) -> tuple[Attachment | None
         shape = _sketch_shape(limits)
         if shape:
             settings = replace(settings, tuning=replace(settings.tuning, **shape).validate())
-        configs, described, tuning, params, fallback = _configs(limits, request, settings, notes)
+        configs, described, tuning, params, fallback = _configs(limits, request, settings, notes,
+                                                                clock_tick_ns)
     except (P.ParamError, ValueError) as exc:
         return None, f"{CAUSE_UNREPRESENTABLE}: {exc}", notes
     candidates = host_candidates(request.prev_result, request.ifname)
@@ -202,7 +206,7 @@ def _limit_plan(request: Request, settings: Settings) -> tuple[Attachment | None
     attachment = Attachment(
         container_id=request.container_id, pod_ifname=request.ifname, netns=request.netns,
         host_candidates=candidates, directions=frozenset(limits.directions), configs=configs,
-        params=params, fallback=fallback,
+        params=params, fallback=fallback, clock_tick_ns=clock_tick_ns,
         mode=settings.attach_mode, flow_table=tuning.flow_table or P.flow_table_entries(
             [fb or p for p, fb in zip(params, fallback, strict=True)]),
         meta=meta)
@@ -223,8 +227,10 @@ def _keep(config: Mapping) -> frozenset[tuple[str, str]]:
     return frozenset()
 
 
-def make_plan(request: Request, env: Mapping[str, str] | None = None) -> Plan:
-    """What `request` should do. `env` only supplies location fallbacks (NATRA_*)."""
+def make_plan(request: Request, env: Mapping[str, str] | None = None, *, clock_tick_ns: int = 0) -> Plan:
+    """What `request` should do. `env` only supplies location fallbacks (NATRA_*);
+    `clock_tick_ns`, the node's timer tick, lets policed directions read the coarse clock
+    (0: the fine one)."""
     notes = list(request.warnings)
     try:
         settings = cluster_settings(request.config, env)
@@ -237,7 +243,7 @@ def make_plan(request: Request, env: Mapping[str, str] | None = None) -> Plan:
     base = {"command": request.command, "cni_version": request.cni_version, "settings": settings,
             "container_id": request.container_id, "pod": request.pod}
     if request.command in ("ADD", "CHECK"):
-        attachment, cause, notes = _limit_plan(request, settings)
+        attachment, cause, notes = _limit_plan(request, settings, clock_tick_ns)
         limits = extract_limits(request.config)
         asked = sorted({*limits.directions, *limits.refused})
         extra = {"asked": tuple(L.DIRECTION_NAMES[d] for d in asked),

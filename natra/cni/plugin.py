@@ -23,6 +23,7 @@ from natra.cni.log import Log
 from natra.cni.plan import Plan, make_plan
 from natra.cni.request import Request, parse_command, parse_request
 from natra.cni.tuning import DEFAULT_LOG_FILE, DEFAULT_LOG_MAX_BYTES
+from natra.kernel import ticks
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -91,7 +92,7 @@ def run(env: Mapping[str, str], stdin: bytes, *, now: int, stderr=None, log: Log
         request = parse_request(env, stdin)
         if request.command == "VERSION":
             return EXIT_OK, cmd_version(request)
-        plan = make_plan(request, env)
+        plan = make_plan(request, env, clock_tick_ns=ticks.coarse_tick_ns())
         log = log or _log_for(env, request, plan, stderr)
         return EXIT_OK, COMMANDS[request.command](plan, log, now, kernel)
     except CniError as err:

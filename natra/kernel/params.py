@@ -233,24 +233,48 @@ class ConfigValues:
         return bool(self.flags & L.CFG_SHAPE)
 
 
+def coarse_clock_slack(params: DataPathParams, tick_ns: int) -> int:
+    """nbit a policed bucket gives up to read the coarse clock (R x one tick), or 0 when it
+    keeps the fine one: no tick known, or the slack would take more than a quarter of the
+    heavy zone (a burst of a few ticks of R)."""
+    if tick_ns <= 0 or params.mode != MODE_POLICE:
+        return 0
+    slack = params.rate_bps * tick_ns
+    heavy_zone = (params.burst_bits - params.reserve_bits) * 1_000_000_000
+    return slack if 4 * slack <= heavy_zone else 0
+
+
+def promised_burst_bits(config: ConfigValues, tick_ns: int) -> int:
+    """The B of the R*t + B a config keeps: its bucket, plus the tick of rate it gave up
+    to read the coarse clock."""
+    slack = config.rate_bps * tick_ns if config.flags & L.CFG_COARSE_CLOCK else 0
+    return (config.tau_nbit + slack) // 1_000_000_000
+
+
 def to_config(params: DataPathParams | None, *, test_clock: bool = False,
               width: int = DEFAULT_WIDTH, depth: int = DEFAULT_DEPTH,
-              redirect_ifindex: int = 0) -> ConfigValues:
+              redirect_ifindex: int = 0, coarse_tick_ns: int = 0) -> ConfigValues:
     """struct natra_config for one direction; None means 'not limited'.
 
     An unlimited direction still carries the sketch shape (width, depth), since
     both directions share one sketch map. In shaping mode the frames of the
     direction are classified into the HTB with handle QDISC_MAJOR, and, when
     `redirect_ifindex` is set, sent to that device (the IFB out of the Pod).
+
+    `coarse_tick_ns` (the node's timer tick) lets a policed direction read the
+    cheaper coarse clock, which lags by less than a tick: its bucket (and the
+    lines in it) is made R x tick smaller (`coarse_clock_slack`), so that at most
+    R*t + B still passes; 0 keeps the fine clock and the whole bucket.
     """
     clock = L.CFG_TEST_CLOCK if test_clock else 0
     if params is None:
         return ConfigValues(0, 0, 0, 0, DEFAULT_WINDOW_NS, 1, width, depth, clock)
     p = params.validate()
-    tau = p.burst_bits * 1_000_000_000
+    slack = 0 if test_clock else coarse_clock_slack(p, coarse_tick_ns)
+    tau = p.burst_bits * 1_000_000_000 - slack
     heavy_line = tau - p.reserve_bits * 1_000_000_000
     early_line = heavy_line * p.early_percent // 100
-    flags = L.CFG_ENABLED | (L.CFG_ECN if p.ecn else 0) | clock
+    flags = L.CFG_ENABLED | (L.CFG_ECN if p.ecn else 0) | clock | (L.CFG_COARSE_CLOCK if slack else 0)
     if p.mode == MODE_SHAPE:
         return ConfigValues(p.rate_bps, tau, heavy_line, early_line, p.window_ns, p.threshold_bytes,
                             p.width, p.depth, flags | L.CFG_SHAPE, p.classes, QDISC_MAJOR, redirect_ifindex)

@@ -142,8 +142,11 @@ def tcx_programs(ifname: str) -> dict[int, list[str]]:
 
 
 def expected_config(rate: int, burst: int | None, mode: str = "shape") -> P.ConfigValues:
-    """The config the plan gives a direction (shaping, Natra's default, unless `mode` says)."""
-    return P.to_config(P.params_for(rate, burst, mode=mode))
+    """The config the plan gives a direction (shaping, Natra's default, unless `mode` says),
+    with this node's timer tick as the plugin reads it."""
+    from natra.kernel import ticks
+
+    return P.to_config(P.params_for(rate, burst, mode=mode), coarse_tick_ns=ticks.coarse_tick_ns())
 
 
 def in_force(pod: C.Pod, direction: int, config: P.ConfigValues) -> P.ConfigValues:

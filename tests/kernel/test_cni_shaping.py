@@ -32,7 +32,7 @@ from faultlab import Lab, add_ok, del_ok, inspection, natra_plugin, run, tc, una
 
 from natra.kernel import layout as L
 from natra.kernel import params as P
-from natra.kernel import pins, qdisc, shapers, shaping
+from natra.kernel import pins, qdisc, shapers, shaping, ticks
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
 
@@ -207,7 +207,7 @@ def test_a_foreign_root_qdisc_on_the_veth_makes_to_pod_police(lab):
     assert "from_pod" not in record["shape_fallback"]
     # Policing with the floor: the asked burst (= rate bits) is below it.
     police = P.params_for(rate, rate)
-    assert inspection(lab, pod).configs[IN] == P.to_config(police)
+    assert inspection(lab, pod).configs[IN] == P.to_config(police, coarse_tick_ns=ticks.coarse_tick_ns())
     assert C.ping(pod.ip)
     assert [c.code for c in ch.check(pod)] == [0, 0]
     natra_del = ch._run(natra, "DEL", pod, pod.cached_result)
@@ -303,6 +303,7 @@ def test_a_rate_below_what_qdiscs_count_polices(lab):
     record = assert_shaped(lab, pod, 5, set())
     assert set(record["shape_fallback"]) == {"to_pod", "from_pod"}
     assert record["limits"]["to_pod"]["fallback_burst_bits"] == P.POLICE_BURST_FLOOR_BITS
-    assert inspection(lab, pod).configs[IN] == P.to_config(P.params_for(5, 200))
+    assert inspection(lab, pod).configs[IN] == P.to_config(P.params_for(5, 200),
+                                                           coarse_tick_ns=ticks.coarse_tick_ns())
     assert [c.code for c in ch.check(pod)] == [0, 0]
     del_ok(lab, ch, pod)

@@ -84,8 +84,11 @@ def worst_excess(intervals: list[tuple[float, float, int]], rate_bytes: float, b
 
 
 RATES = {"10M": 10_000_000, "100M": 100_000_000}
-CASES = [(mode, rate, d) for d in (L.DIR_TO_POD, L.DIR_FROM_POD)
+# The fine clock in both attach modes; and the coarse clock, which the plugin gives a
+# policed direction whose bucket can spare a tick of rate (natra.kernel.params.to_config).
+CASES = [(mode, rate, d, "fine") for d in (L.DIR_TO_POD, L.DIR_FROM_POD)
          for mode in ("tcx", "clsact") for rate in RATES]
+CASES += [("tcx", rate, d, "coarse") for d in (L.DIR_TO_POD, L.DIR_FROM_POD) for rate in RATES]
 
 
 def read_counters(root: str, direction: int) -> list[int]:
@@ -120,12 +123,17 @@ def judge(report: dict, counters: list[int], rate_bps: int, burst_bits: int, lab
     assert steady_ratio > MIN_GOODPUT_RATIO
 
 
-@pytest.mark.parametrize("mode, rate, direction", CASES,
-                         ids=[f"{L.DIRECTION_NAMES[d]}-{m}-{r}" for m, r, d in CASES])
-def test_tcp_stays_within_the_limit_and_reaches_it(topology, root, mode, rate, direction):
+@pytest.mark.parametrize("mode, rate, direction, clock", CASES,
+                         ids=[f"{L.DIRECTION_NAMES[d]}-{m}-{r}-{c}" for m, r, d, c in CASES])
+def test_tcp_stays_within_the_limit_and_reaches_it(topology, root, mode, rate, direction, clock):
+    from natra.kernel import ticks
+
     rate_bps = RATES[rate]
     params = params_for(rate_bps)
-    cfgs = [to_config(params if d == direction else None) for d in (L.DIR_TO_POD, L.DIR_FROM_POD)]
+    tick = ticks.coarse_tick_ns() if clock == "coarse" else 0
+    cfgs = [to_config(params if d == direction else None, coarse_tick_ns=tick)
+            for d in (L.DIR_TO_POD, L.DIR_FROM_POD)]
+    assert bool(cfgs[direction].flags & L.CFG_COARSE_CLOCK) == (clock == "coarse")
     done = datapath.install(CID, topology.pod.host_if, cfgs, directions={direction}, mode=mode, root=root)
     try:
         assert done.mode == mode
@@ -133,7 +141,8 @@ def test_tcp_stays_within_the_limit_and_reaches_it(topology, root, mode, rate, d
         counters = read_counters(root, direction)
     finally:
         datapath.remove(CID, root=root)
-    judge(report, counters, rate_bps, params.burst_bits, f"{L.DIRECTION_NAMES[direction]} {mode} {rate}")
+    judge(report, counters, rate_bps, params.burst_bits,
+          f"{L.DIRECTION_NAMES[direction]} {mode} {rate} {clock}")
 
 
 MOVE_AFTER_S = 1.5  # into the transfer: the burst is spent and TCP runs at R

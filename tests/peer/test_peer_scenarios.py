@@ -37,7 +37,7 @@ import netns as N
 import pytest
 from nodelab import free_subnet
 
-from natra.kernel import datapath, qdisc, shaping
+from natra.kernel import datapath, qdisc, shaping, ticks
 from natra.kernel import layout as L
 from natra.kernel import params as P
 
@@ -50,8 +50,9 @@ MODES = ("shape", "police")
 
 
 def configs_in_kernel(pod: C.Pod, rate: int, burst: int, mode: str) -> dict:
-    """What the config map should hold: out of the Pod, shaping redirects to the Pod's IFB."""
-    want = P.to_config(P.params_for(rate, burst, mode=mode))
+    """What the config map should hold (as the plugin writes it, with this node's timer
+    tick): out of the Pod, shaping redirects to the Pod's IFB."""
+    want = P.to_config(P.params_for(rate, burst, mode=mode), coarse_tick_ns=ticks.coarse_tick_ns())
     out = want
     if mode == "shape":
         out = replace(want, redirect_ifindex=qdisc.link_index(shaping.ifb_name(pod.container_id)))
