@@ -193,17 +193,17 @@ class SharedProgram:
         if not self.serves(configs, self.shape[2]):
             raise loader.LoadError("config", f"sketch {configs[0].width}x{configs[0].depth} asked of a "
                                    f"shared program for {self.shape[0]}x{self.shape[1]}")
-        with self._lock:
+        with self._lock:  # reclaim, which also holds it, must not see the slot before its name
             if not self._filled:
                 return None
             slot, maps = self._filled.pop()
             self._bound[slot] = ifindex
-        try:
-            maps.configure(configs)
-            bpfsys.map_update(self._if_slot_fd, _key(ifindex), _key(slot))
-        except (OSError, loader.LoadError) as e:
-            maps.close()  # the slot's entries still hold its maps: reclaim refills it
-            raise loader.LoadError("bind to the shared program", str(e)) from e
+            try:
+                maps.configure(configs)
+                bpfsys.map_update(self._if_slot_fd, _key(ifindex), _key(slot))
+            except (OSError, loader.LoadError) as e:
+                maps.close()  # the slot's entries still hold its maps: reclaim refills it
+                raise loader.LoadError("bind to the shared program", str(e)) from e
         return BoundPod(self, maps, ifindex, slot)
 
     def reclaim(self) -> int:

@@ -369,6 +369,32 @@ def test_the_agent_loads_with_as_many_threads_as_asked_at_most_one_per_cpu(lab):
     assert f"({min(2, os.cpu_count() or 1)} loading programs)" in lab.log_text()  # the default
 
 
+def test_without_shared_slots_an_add_that_finds_no_program_ready_waits_for_the_verifier(lab):
+    """--shared-slots 0: no shared program is loaded, the loaders keep the agent's priority,
+    and a burst beyond the ready object is served by the verifier, as before."""
+    from natra.node.agent import LOADER_NICE, default_pool
+
+    objects = default_pool(1, 1, 0)
+    try:
+        assert objects.slots == 0 and objects.nice == 0
+    finally:
+        objects.stop()
+    objects = default_pool(1, 1)
+    try:
+        assert objects.slots > 0 and objects.nice == LOADER_NICE
+    finally:
+        objects.stop()
+    lab.start_agent(pool=1, args=("--shared-slots", "0"))
+    pods = [lab.pod(f"noshared{i}") for i in range(2)]
+    for pod in pods:
+        lab.add(pod)
+    assert eventually(lambda: all(moved(lab, p) for p in pods), 10), lab.log_text()
+    for pod in pods:
+        assert "interim" not in datapath.inspect(pod.container_id, root=lab.root).meta
+    log = lab.log_text()
+    assert "shared interim program ready" not in log and "on the shared program: 0)" in log, log
+
+
 def test_socket_pair_reports_peer_uid():
     from natra.node.agent import peer_uid
 
