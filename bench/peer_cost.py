@@ -25,7 +25,9 @@ Method (the same sitting, the same frames, the same harness for every program):
     verdict counters);
   * Natra in both modes: police (drops in the program) and shape
     (NATRA_CFG_SHAPE: the program only classifies; "heavy dropped" is the same
-    configuration as police, the frames are classified, the queue would pace);
+    configuration as police, the frames are classified, the queue would pace),
+    and shape with `sketchLock: false` (shape_unlocked: the sketch step without
+    the lock, the cheaper variant with the weaker promise under concurrency);
   * Natra's sketch and flow table as a Pod gets them by default (width 1,024,
     depth 4; the flow table sized by `natra.kernel.params.flow_table_entries`
     for the case's limits); the peer's maps as it declares them.
@@ -209,13 +211,22 @@ class Contender:
     close: callable = field(repr=False, default=None)
 
 
+# Shaping with `sketchLock: false` (the sketch step without the lock: cheaper, weaker
+# under concurrency; docs/design.md, "Concurrency").
+MODE_SHAPE_UNLOCKED = "shape_unlocked"
+# Column labels of the printed table.
+MODE_LABELS = {MODE_POLICE: "police", MODE_SHAPE: "shape", MODE_SHAPE_UNLOCKED: "shape-u"}
+
+
 def natra_params(case: str, mode: str):
+    knobs = ({"mode": MODE_SHAPE, "sketch_lock": False} if mode == MODE_SHAPE_UNLOCKED
+             else {"mode": mode})
     if case == "mouse":
-        return params_for(NATRA_PASS_RATE_BPS, 1 << 34, mode=mode, threshold_bytes=UNREACHABLE_THRESHOLD,
-                          ecn=False)
+        return params_for(NATRA_PASS_RATE_BPS, 1 << 34, threshold_bytes=UNREACHABLE_THRESHOLD,
+                          ecn=False, **knobs)
     if case == "heavy_pass":
-        return params_for(NATRA_PASS_RATE_BPS, 1 << 34, mode=mode, threshold_bytes=1, ecn=False)
-    return params_for(DROP_RATE_BPS, None, mode=mode, threshold_bytes=1, ecn=False)
+        return params_for(NATRA_PASS_RATE_BPS, 1 << 34, threshold_bytes=1, ecn=False, **knobs)
+    return params_for(DROP_RATE_BPS, None, threshold_bytes=1, ecn=False, **knobs)
 
 
 NATRA_OBJECT: str | None = None  # --natra-object; None: the loader's choice for this kernel
@@ -407,13 +418,19 @@ def format_row(case: str, n: int, row: dict, modes) -> str:
     for name in [f"natra_{m}" for m in modes] + ["peer"]:
         cells.append(f"{row[name]['ns_above_trivial']:>8.1f}" if name in row else f"{'-':>8}")
     for m in modes:
-        cells.append(f"{_ratio(row.get(f'natra_{m}'), row.get('peer')):>7}")
+        cells.append(f"{_ratio(row.get(f'natra_{m}'), row.get('peer')):>10}")
     return " ".join(cells)
 
 
+def mode_label(mode: str) -> str:
+    """A mode's short column label: 'shape-u', 'police+s' (on the shared program)."""
+    base = mode.removesuffix(SHARED_SUFFIX)
+    return MODE_LABELS.get(base, base) + ("+s" if mode.endswith(SHARED_SUFFIX) else "")
+
+
 def header(modes) -> str:
-    cols = ["case       ", " flows", " trivial"] + [f"{m:>8}" for m in modes] + ["    peer"]
-    cols += [f"{m.replace(SHARED_SUFFIX, '+s')[:5] + '/p':>7}" for m in modes]
+    cols = ["case       ", " flows", " trivial"] + [f"{mode_label(m):>8}" for m in modes] + ["    peer"]
+    cols += [f"{mode_label(m) + '/p':>10}" for m in modes]
     return " ".join(cols)
 
 
@@ -464,7 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--repeat", type=int, default=200_000, help="runs per call in the one-flow cases")
     ap.add_argument("--flows", default=",".join(map(str, FLOW_COUNTS)))
-    ap.add_argument("--modes", default=f"{MODE_POLICE},{MODE_SHAPE}")
+    ap.add_argument("--modes", default=f"{MODE_POLICE},{MODE_SHAPE},{MODE_SHAPE_UNLOCKED}",
+                    help=f"any of {MODE_POLICE}, {MODE_SHAPE}, {MODE_SHAPE_UNLOCKED} (shaping with "
+                         "sketchLock false)")
     ap.add_argument("--shared", action="store_true",
                     help="also each mode on the shared interim program (a Pod bound to one of its slots)")
     ap.add_argument("--flow-table", type=int, help="Natra's flow-table entries instead of the derived size")

@@ -867,14 +867,28 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 
 	if (cfg->flags & NATRA_CFG_SHAPE) {
 		/* Shaping: the sketch names mice and heavy flows, each heavy flow gets a
-		 * class; no bucket, census or flow table (the qdisc does the rest). */
-		if (natra_lock(st))
+		 * class; no bucket, census or flow table (the qdisc does the rest).
+		 * NATRA_CFG_UNLOCKED (natra.h): the sketch step runs without the lock,
+		 * and only a heavy frame takes it, for its class. */
+		__u32 unlocked = cfg->flags & NATRA_CFG_UNLOCKED;
+
+		/* Keep the choice in one register: the verifier then sees that the
+		 * lock is released exactly where it was taken. */
+		asm volatile("" : "+r"(unlocked));
+		if (!unlocked && natra_lock(st))
 			goto lock_failed;
 		sketch_step(cells, depth, cfg, st, s);
-		s->cls = s->heavy ? NATRA_CLASS_HEAVY_BASE + heavy_class(st, h1, s->epoch, cfg->classes)
-				  : NATRA_CLASS_MICE;
+		if (!s->heavy) {
+			if (!unlocked)
+				natra_unlock(st);
+			s->cls = NATRA_CLASS_MICE;
+			return NATRA_V_PASS_MOUSE;
+		}
+		if (unlocked && natra_lock(st))
+			goto lock_failed;
+		s->cls = NATRA_CLASS_HEAVY_BASE + heavy_class(st, h1, s->epoch, cfg->classes);
 		natra_unlock(st);
-		return s->heavy ? NATRA_V_PASS_HEAVY : NATRA_V_PASS_MOUSE;
+		return NATRA_V_PASS_HEAVY;
 	}
 
 	/* A frame the sketch will call heavy gets its flow entry before the lock

@@ -84,6 +84,12 @@ struct natra_flow_key {
  * one by less than a timer tick): the plan set it only where it took R x tick
  * off the bucket, so R*t + B still holds (design.md, "Units"). */
 #define NATRA_CFG_COARSE_CLOCK 0x10
+/* Shaping without the direction's lock (the `sketchLock: false` option): the
+ * sketch's conservative update and the class search run unserialised.  Exact
+ * in one CPU's order; frames of two CPUs at once may lose one frame's charge
+ * to a shared cell (design.md, "Concurrency").  Policing ignores it: its
+ * buckets need the lock. */
+#define NATRA_CFG_UNLOCKED 0x20
 
 /* ---- Shaping: the classes of a direction's HTB, by minor number ---------- */
 /* The root class holds the Pod's limit (rate = ceil = R); the mice class has

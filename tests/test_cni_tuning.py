@@ -32,9 +32,9 @@ def test_every_knob_from_the_conflist():
                           "maxBurstTime": "250ms", "reserve": "1Mi", "ecn": False, "flowTable": 512,
                           "attachMode": "clsact", "logFile": "/tmp/x.log", "logMaxBytes": 1000,
                           "bpffsRoot": "/sys/fs/bpf/t", "objectPath": "/o.o", "stateDir": "/s",
-                          "mode": "police", "classes": 8, "queue": "50ms"})
+                          "mode": "police", "classes": 8, "queue": "50ms", "sketchLock": False})
     t = s.tuning
-    assert (t.mode, t.classes, t.queue_ns) == ("police", 8, 50_000_000)
+    assert (t.mode, t.classes, t.queue_ns, t.sketch_lock) == ("police", 8, 50_000_000, False)
     assert (t.width, t.depth, t.threshold_bytes, t.window_ns) == (2048, 3, 131072, 50_000_000)
     assert (t.max_burst_time_ns, t.reserve_bits, t.ecn, t.flow_table) == (250_000_000, 1048576, False, 512)
     assert (s.attach_mode, s.log_file, s.log_max_bytes) == ("clsact", "/tmp/x.log", 1000)
@@ -52,6 +52,7 @@ def test_env_fallback_for_locations_and_config_wins():
     {"window": "2m"}, {"maxBurstTime": "1h"}, {"attachMode": "xdp"}, {"ecn": "yes"}, {"flowTable": 0},
     {"bpffsRoot": 5}, {"threshold": "1K"}, {"mode": "drop"}, {"mode": "Shape"}, {"mode": True},
     {"classes": 0}, {"classes": 33}, {"classes": "many"}, {"queue": "500us"}, {"queue": "2s"}, {"queue": "x"},
+    {"sketchLock": "no"}, {"sketchLock": 0},
 ])
 def test_bad_cluster_defaults_are_invalid_config(config):
     with pytest.raises(CniError) as excinfo:
@@ -78,9 +79,10 @@ def test_pod_overrides():
                                       "natra.io/ecn": "false", "natra.io/threshold": "1Mi",
                                       "natra.io/max-burst-time": "1s", "natra.io/reserve": "100k",
                                       "natra.io/flow-table": "64", "other/x": "y", "natra.io/mode": "police",
-                                      "natra.io/classes": "4", "natra.io/queue": "1s"})
+                                      "natra.io/classes": "4", "natra.io/queue": "1s",
+                                      "natra.io/sketch-lock": "false"})
     assert notes == []
-    assert (tuning.mode, tuning.classes, tuning.queue_ns) == ("police", 4, 10**9)
+    assert (tuning.mode, tuning.classes, tuning.queue_ns, tuning.sketch_lock) == ("police", 4, 10**9, False)
     assert (tuning.width, tuning.depth, tuning.window_ns, tuning.ecn) == (2048, 2, 200_000_000, False)
     assert (tuning.threshold_bytes, tuning.max_burst_time_ns, tuning.reserve_bits, tuning.flow_table) == (
         1048576, 10**9, 100_000, 64)
@@ -94,7 +96,7 @@ def test_every_tuning_knob_has_an_annotation():
     {"natra.io/width": "3"}, {"natra.io/depth": "x", "natra.io/width": "2048"},
     {"natra.io/window": "forever"},
     {"natra.io/ecn": "maybe"}, {"natra.io/mode": "fast"}, {"natra.io/classes": "64"},
-    {"natra.io/queue": "0ms", "natra.io/mode": "police"},
+    {"natra.io/queue": "0ms", "natra.io/mode": "police"}, {"natra.io/sketch-lock": "off"},
 ])
 def test_malformed_annotation_fails_open_to_cluster_defaults(annotations):
     base = cluster_settings({"width": 512}).tuning
@@ -115,5 +117,7 @@ def test_params_kwargs_feed_params_for():
     assert (p.threshold_bytes, p.reserve_bits) == (70_000, 300_000)
     assert p.burst_bits == P.default_burst_bits(10_000_000, 2**32 - 1, 100_000_000)
     assert (p.mode, p.classes, p.queue_ns) == (P.MODE_SHAPE, P.DEFAULT_CLASSES, P.DEFAULT_QUEUE_NS)
+    unlocked = P.params_for(10_000_000, **Tuning(sketch_lock=False).params_kwargs())
+    assert p.sketch_lock and not unlocked.sketch_lock
     police = P.params_for(10_000_000, 1000, **Tuning(mode="police", classes=3).params_kwargs())
     assert (police.mode, police.classes, police.burst_bits) == ("police", 3, P.POLICE_BURST_FLOOR_BITS)

@@ -133,3 +133,14 @@ def test_the_promised_burst_counts_the_tick_a_coarse_clock_config_gave_up():
     p = params_for(100_000_000)
     for tick in (0, TICK_NS):
         assert promised_burst_bits(to_config(p, coarse_tick_ns=tick), TICK_NS) == p.burst_bits
+
+
+def test_an_unlocked_sketch_is_a_shaping_flag_and_policing_keeps_its_lock():
+    shape = to_config(params_for(100_000_000, mode="shape"))
+    unlocked = to_config(params_for(100_000_000, mode="shape", sketch_lock=False))
+    police = to_config(params_for(100_000_000, mode="police", sketch_lock=False))
+    assert not shape.flags & L.CFG_UNLOCKED
+    assert unlocked.flags == shape.flags | L.CFG_UNLOCKED
+    assert unlocked.as_tuple()[:8] == shape.as_tuple()[:8]  # nothing else changes
+    assert not police.flags & L.CFG_UNLOCKED  # its buckets need the lock
+    assert police == to_config(params_for(100_000_000, mode="police"))

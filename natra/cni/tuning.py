@@ -2,7 +2,7 @@
 
 Owns: the plugin config keys (see docs/cni.md):
   width, depth, threshold, window, maxBurstTime, reserve, ecn, flowTable,
-  mode, classes, queue
+  mode, classes, queue, sketchLock
     (data-path tuning, the defaults of every Pod),
   attachMode, logFile, logMaxBytes, bpffsRoot, objectPath, stateDir
     (where and how the plugin works; the last three also from NATRA_BPFFS_ROOT,
@@ -63,12 +63,13 @@ class Tuning:
     mode: str = P.MODE_SHAPE
     classes: int = P.DEFAULT_CLASSES  # shaping: heavy classes (per-flow queues) per direction
     queue_ns: int = P.DEFAULT_QUEUE_NS  # shaping: ns of rate a class may queue
+    sketch_lock: bool = True  # shaping: False steps the sketch unlocked (cheaper, weaker if concurrent)
 
     def params_kwargs(self) -> dict:
         """Keyword arguments for natra.kernel.params.params_for (a fresh dict each call)."""
         kwargs = {"width": self.width, "depth": self.depth,
                   "burst_time_ns": self.max_burst_time_ns, "ecn": self.ecn, "mode": self.mode,
-                  "classes": self.classes, "queue_ns": self.queue_ns}
+                  "classes": self.classes, "queue_ns": self.queue_ns, "sketch_lock": self.sketch_lock}
         if self.window_ns is not None:
             kwargs["window_ns"] = self.window_ns
         if self.threshold_bytes is not None:
@@ -184,6 +185,7 @@ TUNING_KNOBS = {
     "mode": ("mode", read_mode),
     "classes": ("classes", read_count),
     "queue": ("queue_ns", read_duration),
+    "sketchLock": ("sketch_lock", read_bool),
 }
 # Pod annotation -> config key.
 ANNOTATION_KEYS = {
@@ -198,6 +200,7 @@ ANNOTATION_KEYS = {
     "natra.io/mode": "mode",
     "natra.io/classes": "classes",
     "natra.io/queue": "queue",
+    "natra.io/sketch-lock": "sketchLock",
 }
 # Config key -> (Settings field, environment fallback).
 LOCATION_KNOBS = {

@@ -96,6 +96,10 @@ class DataPathParams:
     mode: str = MODE_POLICE  # MODE_POLICE (drop in the program) or MODE_SHAPE (HTB queues)
     classes: int = DEFAULT_CLASSES  # shaping: heavy classes (per-flow queues)
     queue_ns: int = DEFAULT_QUEUE_NS  # shaping: ns of rate a heavy class may queue
+    # False: shaping's sketch step without the direction's lock (CFG_UNLOCKED): cheaper per
+    # frame, exact in one CPU's order, but concurrent frames may lose a charge (design.md,
+    # "Concurrency"). Policing ignores it: its buckets need the lock.
+    sketch_lock: bool = True
 
     def validate(self) -> DataPathParams:
         checks = [
@@ -276,7 +280,8 @@ def to_config(params: DataPathParams | None, *, test_clock: bool = False,
     early_line = heavy_line * p.early_percent // 100
     flags = L.CFG_ENABLED | (L.CFG_ECN if p.ecn else 0) | clock | (L.CFG_COARSE_CLOCK if slack else 0)
     if p.mode == MODE_SHAPE:
+        flags |= L.CFG_SHAPE | (0 if p.sketch_lock else L.CFG_UNLOCKED)
         return ConfigValues(p.rate_bps, tau, heavy_line, early_line, p.window_ns, p.threshold_bytes,
-                            p.width, p.depth, flags | L.CFG_SHAPE, p.classes, QDISC_MAJOR, redirect_ifindex)
+                            p.width, p.depth, flags, p.classes, QDISC_MAJOR, redirect_ifindex)
     return ConfigValues(p.rate_bps, tau, heavy_line, early_line, p.window_ns,
                         p.threshold_bytes, p.width, p.depth, flags)

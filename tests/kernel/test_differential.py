@@ -71,7 +71,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from natra.kernel import bpfsys, maps, testrun
 from natra.kernel import layout as L
 from natra.kernel.loader import OBJECT_DIR
-from natra.kernel.params import MODES, QDISC_MAJOR, DataPathParams, to_config
+from natra.kernel.params import MODE_SHAPE, MODES, QDISC_MAJOR, DataPathParams, to_config
 
 engine = pytest.importorskip("natra.reference.engine", reason="the reference model is not importable")
 
@@ -186,7 +186,9 @@ def params(draw, width: int, depth: int) -> DataPathParams:
         window_ns=draw(st.one_of(st.integers(1_000_000, 50_000_000), st.integers(1_000_000, 60 * 10**9))),
         ecn=draw(st.just(True) if congested else st.booleans()),
         early_percent=draw(st.integers(0, 60) if congested else st.integers(0, 100)),
-        mode=draw(st.sampled_from(MODES + (MODES[0],))),  # police twice as often: more branches
+        mode=(mode := draw(st.sampled_from(MODES + (MODES[0],)))),  # police twice as often: more branches
+        # shaping's sketch step with or without the lock: the same in one CPU's order
+        sketch_lock=draw(st.booleans()) if mode == MODE_SHAPE else True,
         # few classes as often as many: FLOWS heavy flows then exhaust them and share
         classes=draw(st.one_of(st.integers(1, 4), st.integers(1, L.MAX_CLASSES))),
     ).validate()

@@ -406,3 +406,66 @@ def test_without_the_test_clock_shaping_numbers_windows_by_the_coarse_clock_and_
         epoch = maps.read_state(obj_police.map_fd("natra_state"), L.DIR_TO_POD)["epoch"]
         assert before <= epoch <= after, (i, before, epoch, after)
         time.sleep(0.001)
+
+
+CONCURRENT_REPEAT = 500_000  # runs per CPU: long enough for the two CPUs' runs to overlap
+
+
+def _from_two_cpus_at_once(obj, frame: bytes, repeat: int) -> None:
+    """CPUs 0 and 1 each run `frame` `repeat` times through to_pod, started together
+    (one thread pinned to each; the test-run syscall releases the GIL)."""
+    import os
+    import threading
+
+    start = threading.Barrier(2, timeout=30)
+    errors = []
+
+    def on(cpu: int) -> None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+            start.wait()
+            _send_repeated(obj, frame, repeat)
+        except Exception as exc:  # noqa: BLE001 - reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=on, args=(cpu,)) for cpu in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def _send_repeated(obj, frame: bytes, repeat: int) -> None:
+    testrun.run(obj.prog_fd(L.DIR_TO_POD), frame, T0, repeat=repeat)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0) & {0, 1}) < 2, reason="needs CPUs 0 and 1")
+@pytest.mark.parametrize("sketch_lock", [True, False], ids=["locked", "unlocked"])
+def test_two_cpus_stepping_one_flows_cells_at_once(load_natra, sketch_lock):
+    """The guarantee the shaping lock buys (docs/design.md, "Concurrency"): with it, the
+    conservative update of two CPUs hammering one flow at once loses nothing, every cell
+    of the flow holds every byte; with `sketchLock: false` an update may be lost, so a
+    cell holds at most every byte (never more: no charge is invented). The frames are
+    mice, so the unlocked program never takes the lock for them."""
+    import dataclasses
+
+    from natra.kernel.params import MODE_SHAPE
+
+    p = dataclasses.replace(_params(), mode=MODE_SHAPE, threshold_bytes=1 << 40, sketch_lock=sketch_lock)
+    configs = [to_config(p, test_clock=True), to_config(None, width=TEST_WIDTH, depth=TEST_DEPTH)]
+    assert bool(configs[0].flags & L.CFG_UNLOCKED) is not sketch_lock
+    obj = load_natra(configs)
+    _from_two_cpus_at_once(obj, tcp4(sport=40000), CONCURRENT_REPEAT)
+
+    sent = 2 * CONCURRENT_REPEAT * FRAME_LEN
+    assert _verdict_count(obj, L.V_PASS_MOUSE) == 2 * CONCURRENT_REPEAT
+    cells = maps.read_sketch(obj.map_fd("natra_sketch"), 2 * TEST_DEPTH * TEST_WIDTH)
+    flow_cells = [cur for _epoch, cur, _prev in cells[:TEST_DEPTH * TEST_WIDTH] if cur]
+    assert len(flow_cells) == TEST_DEPTH  # one cell per row, all of them this flow's
+    if sketch_lock:
+        assert flow_cells == [sent] * TEST_DEPTH
+    else:
+        assert all(0 < cur <= sent for cur in flow_cells), (flow_cells, sent)
+        print(f"unlocked: the flow's cells hold {min(flow_cells) / sent:.4f} of the bytes sent")
