@@ -821,10 +821,10 @@ def section_control(data: dict, img_dir: str, rel: str, aims: list) -> list[str]
         s50 = percentile(std["add_s"], 50)
         for name, v in variants.items():
             if name.startswith("natra"):
-                ratio_rows.append(
-                    f"{NAMES[name]} ADD p50 is {percentile(v['add_s'], 50) / s50:.0f}x the standard "
-                    f"plugin's; DEL p50 {percentile(v['del_s'], 50) / percentile(std['del_s'], 50):.0f}x."
-                )
+                add = percentile(v["add_s"], 50) / s50
+                dele = percentile(v["del_s"], 50) / percentile(std["del_s"], 50)
+                ratio_rows.append(f"{NAMES[name]} ADD p50 is {_times(add)} the standard plugin's; "
+                                  f"DEL p50 {_times(dele)}.")
     out = [
         "## 5. Control plane",
         "",
@@ -1303,6 +1303,11 @@ SECTIONS = {
 
 
 PEER_RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_cost_results.json")
+
+
+def _times(ratio: float) -> str:
+    """A ratio as '3x', or '0.36x' below 10 (rounding 0.4 to '0x' says nothing)."""
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.2g}x"
 
 
 def section_peer(path: str = PEER_RECORD) -> list[str]:
