@@ -11,6 +11,7 @@ fallback and classes.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -22,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from natra.cni import failopen, versions
 from natra.cni.plugin import run
 from natra.kernel import layout as L
+from natra.kernel.params import params_for, to_config
 from natra.node import exporter as E
 from natra.node import observe as O
 from natra.node import status_cli as S
@@ -147,7 +149,7 @@ SHAPER = {"rate_bps": 8_000_000, "burst_bytes": 100_000, "classes": [
      "backlog_bytes": 10_000, "backlog_packets": 7, "share_bps": 8_000_000}]}
 
 
-def shaped(sent: int = 4000, fallback: str | None = None) -> O.PodView:
+def shaped(sent: int = 4000, fallback: str | None = None, sketch_lock: bool = True) -> O.PodView:
     shaper = json.loads(json.dumps(SHAPER))
     shaper["classes"][1]["sent_bytes"] = sent
     meta = {"pod": "team-a/shaped-0", "host_ifname": "veth9",
@@ -155,8 +157,8 @@ def shaped(sent: int = 4000, fallback: str | None = None) -> O.PodView:
             "direction_modes": {"to_pod": "shape", "from_pod": "police" if fallback else "shape"}}
     if fallback:
         meta["shape_fallback"] = {"from_pod": fallback}
-    raw = O.RawPod("5a" * 8, meta, {L.DIR_TO_POD: O.RawDirection(raw_dir().config, {}, [0] * L.NCOUNTERS,
-                                                                   shaper),
+    config = dataclasses.asdict(to_config(params_for(10_000_000, mode="shape", sketch_lock=sketch_lock)))
+    raw = O.RawPod("5a" * 8, meta, {L.DIR_TO_POD: O.RawDirection(config, {}, [0] * L.NCOUNTERS, shaper),
                                     L.DIR_FROM_POD: raw_dir()}, {}, 4096)
     return O.build_view(raw, 10**12)
 
@@ -172,6 +174,16 @@ def test_modes_fallback_and_classes_in_status_and_json():
     assert d[0]["classes"][1] == {
         "name": "heavy0", "sent_bytes": 4000, "sent_packets": 3, "drops_packets": 7, "backlog_bytes": 10_000,
         "backlog_packets": 7, "backlog_delay_ns": 10_000_000, "share_bps": 8_000_000}
+
+
+def test_a_shaped_direction_without_the_sketch_lock_says_so():
+    locked, unlocked = shaped(), shaped(sketch_lock=False)
+    assert "sketch unlocked" not in S.render_status([locked])
+    assert "mode shape on veth9, sketch unlocked" in S.render_status([unlocked])
+    rates = O.rates([unlocked], [unlocked], 10**9)
+    assert "mode shape on veth9, sketch unlocked" in S.render_top([unlocked], rates, 10**9)
+    d = O.to_json([unlocked], 0)["pods"][0]["directions"]
+    assert d[0]["sketch_lock"] is False and d[1]["sketch_lock"] is True  # its config keeps the lock
 
 
 def test_police_mode_when_meta_says_nothing():

@@ -169,6 +169,8 @@ class DirectionView:
     fallback: str | None = None  # why a direction meant to shape polices instead
     device: str = ""  # the shaped device: the host veth (to_pod) or the Pod's IFB (from_pod)
     classes: tuple[ShapeClass, ...] = ()  # shaping: the HTB classes, root first
+    # shaping: False when the sketch steps without the lock (sketchLock false, CFG_UNLOCKED)
+    sketch_lock: bool = True
 
 
 @dataclass(frozen=True)
@@ -443,6 +445,7 @@ def build_view(raw: RawPod, now: int, top: int = DEFAULT_TOP) -> PodView:
             heavy_hitters=rank(hitters, top),
             mode=mode, fallback=fallback, device=device,
             classes=shape_classes(rd.shaper) if mode == MODE_SHAPE else (),
+            sketch_lock=not (mode == MODE_SHAPE and cfg.get("flags", 0) & L.CFG_UNLOCKED),
         ))
     namespace, pod = pod_identity(meta, raw.container_id)
     return PodView(

@@ -106,7 +106,8 @@ def _mode_text(d: observe.DirectionView) -> str:
     if d.fallback:
         return f"  mode police (shaping fell back: {d.fallback})"
     if d.mode == observe.MODE_SHAPE:
-        return f"  mode shape on {d.device}" if d.device else "  mode shape"
+        unlocked = "" if d.sketch_lock else ", sketch unlocked"
+        return (f"  mode shape on {d.device}" if d.device else "  mode shape") + unlocked
     return "  mode police" if d.limited else ""
 
 
@@ -216,7 +217,8 @@ def render_top(views: list[observe.PodView], rates: dict[tuple[str, str], observ
             if d.fallback:
                 lines.append(f"    mode police (shaping fell back: {d.fallback})")
             elif d.mode == observe.MODE_SHAPE:
-                lines.append(f"    mode shape on {d.device or '?'}")
+                unlocked = "" if d.sketch_lock else ", sketch unlocked"
+                lines.append(f"    mode shape on {d.device or '?'}{unlocked}")
                 for c in d.classes:
                     lines.append(f"      {c.name:<8} sending {human_bits(r.classes_bps.get(c.name, 0.0)):>13}"
                                  f"  drops {r.class_drops_per_s.get(c.name, 0.0):>7.1f}/s"
