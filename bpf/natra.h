@@ -85,10 +85,10 @@ struct natra_flow_key {
  * off the bucket, so R*t + B still holds (design.md, "Units"). */
 #define NATRA_CFG_COARSE_CLOCK 0x10
 /* Shaping without the direction's lock (the `sketchLock: false` option): the
- * sketch's conservative update and the class search run unserialised.  Exact
- * in one CPU's order; frames of two CPUs at once may lose one frame's charge
- * to a shared cell (design.md, "Concurrency").  Policing ignores it: its
- * buckets need the lock. */
+ * sketch's conservative update runs unserialised; only a heavy frame takes the
+ * lock, for its class search.  Exact in one CPU's order; frames of two CPUs at
+ * once may lose one frame's charge to a shared cell (design.md, "Shaping
+ * without the lock").  Policing ignores it: its buckets need the lock. */
 #define NATRA_CFG_UNLOCKED 0x20
 
 /* ---- Shaping: the classes of a direction's HTB, by minor number ---------- */

@@ -102,12 +102,16 @@ def render_not_limited(missing: list[observe.NotLimited], wall_ns: int) -> list[
     return out
 
 
+def _unlocked_text(d: observe.DirectionView) -> str:
+    """What follows a shaped direction's mode when it runs `sketchLock: false`."""
+    return "" if d.sketch_lock else ", sketch unlocked"
+
+
 def _mode_text(d: observe.DirectionView) -> str:
     if d.fallback:
         return f"  mode police (shaping fell back: {d.fallback})"
     if d.mode == observe.MODE_SHAPE:
-        unlocked = "" if d.sketch_lock else ", sketch unlocked"
-        return (f"  mode shape on {d.device}" if d.device else "  mode shape") + unlocked
+        return (f"  mode shape on {d.device}" if d.device else "  mode shape") + _unlocked_text(d)
     return "  mode police" if d.limited else ""
 
 
@@ -217,8 +221,7 @@ def render_top(views: list[observe.PodView], rates: dict[tuple[str, str], observ
             if d.fallback:
                 lines.append(f"    mode police (shaping fell back: {d.fallback})")
             elif d.mode == observe.MODE_SHAPE:
-                unlocked = "" if d.sketch_lock else ", sketch unlocked"
-                lines.append(f"    mode shape on {d.device or '?'}{unlocked}")
+                lines.append(f"    mode shape on {d.device or '?'}{_unlocked_text(d)}")
                 for c in d.classes:
                     lines.append(f"      {c.name:<8} sending {human_bits(r.classes_bps.get(c.name, 0.0)):>13}"
                                  f"  drops {r.class_drops_per_s.get(c.name, 0.0):>7.1f}/s"

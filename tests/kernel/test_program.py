@@ -9,6 +9,8 @@ derived from the configuration in the test, not copied from a run.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from natra.reference.key import parse_frame
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -414,7 +416,6 @@ CONCURRENT_REPEAT = 500_000  # runs per CPU: long enough for the two CPUs' runs 
 def _from_two_cpus_at_once(obj, frame: bytes, repeat: int) -> None:
     """CPUs 0 and 1 each run `frame` `repeat` times through to_pod, started together
     (one thread pinned to each; the test-run syscall releases the GIL)."""
-    import os
     import threading
 
     start = threading.Barrier(2, timeout=30)
@@ -424,7 +425,7 @@ def _from_two_cpus_at_once(obj, frame: bytes, repeat: int) -> None:
         try:
             os.sched_setaffinity(0, {cpu})
             start.wait()
-            _send_repeated(obj, frame, repeat)
+            testrun.run(obj.prog_fd(L.DIR_TO_POD), frame, T0, repeat=repeat)
         except Exception as exc:  # noqa: BLE001 - reported below, in the test's thread
             errors.append(exc)
 
@@ -436,12 +437,8 @@ def _from_two_cpus_at_once(obj, frame: bytes, repeat: int) -> None:
     assert not errors, errors
 
 
-def _send_repeated(obj, frame: bytes, repeat: int) -> None:
-    testrun.run(obj.prog_fd(L.DIR_TO_POD), frame, T0, repeat=repeat)
-
-
 @pytest.mark.root
-@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0) & {0, 1}) < 2, reason="needs CPUs 0 and 1")
+@pytest.mark.skipif(len(os.sched_getaffinity(0) & {0, 1}) < 2, reason="needs CPUs 0 and 1")
 @pytest.mark.parametrize("sketch_lock", [True, False], ids=["locked", "unlocked"])
 def test_two_cpus_stepping_one_flows_cells_at_once(load_natra, sketch_lock):
     """The guarantee the shaping lock buys (docs/design.md, "Concurrency"): with it, the
