@@ -116,6 +116,8 @@ struct natra_config {
 	__u32 classes;         /* shaping: heavy classes, 1..NATRA_MAX_CLASSES */
 	__u32 qdisc_major;     /* shaping: major number of the direction's HTB handle */
 	__u32 redirect_ifindex;/* shaping out of the Pod: the IFB that queues; 0 = none */
+	__u32 flow_slots;      /* policing: slots of natra_flows, a power of two (the loader's) */
+	__u32 reserved;        /* 0 */
 };
 
 /* ---- Sketch cell (ARRAY natra_sketch, 2 * depth * width entries) -------- */
@@ -168,12 +170,23 @@ struct natra_state {
 	struct natra_slot slots[NATRA_MAX_CLASSES]; /* shaping: heavy class owners */
 };
 
-/* ---- Heavy flow (LRU_HASH natra_flows, key struct natra_flow_key) ------- */
-/* Only flows classified heavy get an entry; mice never allocate. */
+/* ---- Heavy flow (ARRAY natra_flows, flow_slots entries) ---------------- */
+/* Only flows classified heavy use a slot; mice never touch the table.  A heavy
+ * flow's slot is h1 & (flow_slots - 1).  The slot is the flow's while it stays
+ * live (counted in this window or the last); a heavy flow whose slot another
+ * live flow holds shares that slot's state (NATRA_C_FLOW_OVERFLOW); a slot
+ * never used, or whose flow was idle a whole window, is taken zeroed
+ * (NATRA_C_FLOW_NEW).  Direct mapping: one lookup the verifier inlines, no
+ * helper under the lock, and the same slot in the model (docs/design.md).
+ * 64 bytes, one cache line; the owner's key, written only when a flow takes
+ * the slot and read only by tools, is apart in ARRAY natra_flow_keys at the
+ * same index (struct natra_flow_key). */
 struct natra_flow {
+	__u32 h1;             /* the owner's key hashes (h2 odd); with the slot, its identity */
+	__u32 h2;
 	__u64 backlog_nbit;   /* nano-bits owed at the fair-share rate (cost * N) */
 	__u64 last_ns;        /* ns: time of the last drain */
-	__u64 counted_epoch;  /* window + 1 in which it was last counted in heavy_now */
+	__u64 counted_epoch;  /* window + 1 in which it was last counted in heavy_now; 0 = never used */
 	__u64 estimate_bytes; /* sketch estimate (current window) at its last frame */
 	__u64 passed_bytes;   /* bytes let through while heavy */
 	__u64 dropped_bytes;  /* bytes dropped while heavy */
@@ -202,13 +215,12 @@ struct natra_flow {
 #define NATRA_C_NON_IP 20
 #define NATRA_C_FRAGMENT 21
 #define NATRA_C_TRUNCATED 22
-#define NATRA_C_FLOW_NEW 23     /* heavy-flow entries created */
-#define NATRA_C_FLOW_MISSING 24 /* heavy frame decided without its flow entry */
+#define NATRA_C_FLOW_NEW 23     /* heavy flows that took a slot */
+#define NATRA_C_FLOW_MISSING 24 /* heavy frame decided without a slot (the lookup failed) */
 #define NATRA_C_MARK_FAILED 25  /* CE rewrite failed; the frame still passed */
-/* A heavy-flow entry created for a flow the sketch already held heavy before
- * this frame (in this window or the last): its entry was evicted, so the table
- * holds fewer entries than there are heavy flows (or, rarely, a new flow's
- * cells were all shared with heavy flows). */
+/* A heavy frame whose slot another live heavy flow holds: the two share one
+ * fair-share state, so the table has fewer slots than it needs (or, rarely,
+ * two of few flows met in one slot). */
 #define NATRA_C_FLOW_OVERFLOW 26
 /* The resilient lock gave up (held 250 ms, or taken again on the same CPU,
  * neither of which the program's short sections do): the frame passed

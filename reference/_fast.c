@@ -3,7 +3,7 @@
  * _fast.c - the reference model's sequential step, in C, for speed only.
  *
  * Owns: a line-by-line transcription of Model._step_spec and
- * Model._flow_slot (reference/engine.py), run over the model's own numpy
+ * Model._claim_slot (reference/engine.py), run over the model's own numpy
  * arrays (reference/tables.py), one frame (natra_step) or many (natra_run).
  * Rule: not a second specification.  Every branch mirrors the Python spec,
  * which stays the judge: tests/test_reference_batch.py runs random sequences
@@ -34,10 +34,8 @@ struct natra_model {
 	struct natra_config *config;   /* [NATRA_NDIRS] */
 	struct natra_state *state;     /* [NATRA_NDIRS] */
 	struct natra_cell *sketch;     /* [NATRA_NDIRS * depth * width] */
-	struct natra_flow *flows;      /* [capacity] */
+	struct natra_flow *flows;      /* [capacity], capacity 0 or a power of two */
 	__u8 *flow_keys;               /* [capacity][KEY_LEN] */
-	__u64 *flow_tick;              /* [capacity]: last use, LRU victim = smallest */
-	__u64 *flow_meta;              /* [0] slots used, [1] last tick */
 	__u64 *counters;               /* [NATRA_NDIRS][NATRA_NCOUNTERS] */
 	__u32 width, depth, capacity, pad;
 };
@@ -70,40 +68,33 @@ static inline void drain(__u64 *backlog, __u64 *last, __u64 now, __u64 rate)
 	}
 }
 
-static int64_t flow_slot(struct natra_model *m, const __u8 *key, int64_t hint, int *created)
+static int64_t claim_slot(struct natra_model *m, const __u8 *key, __u32 h1, __u32 h2, __u64 epoch,
+			  __u64 *c)
 {
-	int64_t slot;
-	__u64 tick;
+	struct natra_flow *flow;
+	__u32 slot;
 
-	*created = 0;
 	if (!m->capacity)
 		return -1;
-	tick = ++m->flow_meta[1];
-	if (hint >= 0 && (__u64)hint < m->flow_meta[0] &&
-	    !memcmp(m->flow_keys + (size_t)hint * KEY_LEN, key, KEY_LEN)) {
-		m->flow_tick[hint] = tick;
-		return hint;
+	slot = h1 & (m->capacity - 1);
+	flow = &m->flows[slot];
+	if (flow->h1 == h1 && flow->h2 == h2)
+		return slot;
+	if (flow->counted_epoch && flow->counted_epoch >= epoch) {
+		c[NATRA_C_FLOW_OVERFLOW] += 1;
+		return slot;
 	}
-	if (m->flow_meta[0] < m->capacity) {
-		slot = (int64_t)m->flow_meta[0]++;
-	} else {
-		__u32 i;
-		slot = 0;
-		for (i = 1; i < m->capacity; i++) /* bounded by the table size */
-			if (m->flow_tick[i] < m->flow_tick[slot])
-				slot = i;
-	}
-	memset(&m->flows[slot], 0, sizeof(m->flows[slot]));
+	memset(flow, 0, sizeof(*flow));
+	flow->h1 = h1;
+	flow->h2 = h2;
 	memcpy(m->flow_keys + (size_t)slot * KEY_LEN, key, KEY_LEN);
-	m->flow_tick[slot] = tick;
-	*created = 1;
+	c[NATRA_C_FLOW_NEW] += 1;
 	return slot;
 }
 
-/* One frame.  Returns verdict | heavy << 8; *slot_io: the flow's slot hint in,
- * the slot used out (-1 none); *created: a slot was (re)assigned. */
+/* One frame.  Returns verdict | heavy << 8. */
 static int step(struct natra_model *m, const __u8 *key, __u32 h1, __u32 h2, __u64 wire_len, __u64 now,
-		__u32 d, int ect, int64_t *slot_io, int *created, __u64 *est)
+		__u32 d, int ect, __u64 *est)
 {
 	struct natra_config *cfg = &m->config[d];
 	struct natra_state *st = &m->state[d];
@@ -115,7 +106,6 @@ static int step(struct natra_model *m, const __u8 *key, __u32 h1, __u32 h2, __u6
 	__u64 new_cur = 0;
 	int heavy = 0, verdict;
 
-	*created = 0;
 	c[NATRA_C_FRAMES] += 1;
 	c[NATRA_C_BYTES] += wire_len;
 	c[ethertype == ETH_P_IP ? NATRA_C_IPV4 : ethertype == ETH_P_IPV6 ? NATRA_C_IPV6 : NATRA_C_NON_IP] += 1;
@@ -126,7 +116,6 @@ static int step(struct natra_model *m, const __u8 *key, __u32 h1, __u32 h2, __u6
 
 	if (!(cfg->flags & NATRA_CFG_ENABLED)) {
 		verdict = NATRA_V_PASS_UNLIMITED;
-		*slot_io = -1;
 	} else {
 		__u64 epoch = udiv(now, cfg->window_ns);
 		__u64 cur_min = UINT64_MAX, prev_min = UINT64_MAX, f;
@@ -168,18 +157,12 @@ static int step(struct natra_model *m, const __u8 *key, __u32 h1, __u32 h2, __u6
 			} else {
 				verdict = NATRA_V_DROP_MOUSE;
 			}
-			*slot_io = -1;
 		} else {
 			__u64 heavy_line = cfg->heavy_line_nbit, fb = 0, fcost = 0;
 			struct natra_flow *flow = NULL;
 			int over_share = 0;
-			int64_t slot = flow_slot(m, key, *slot_io, created);
+			int64_t slot = claim_slot(m, key, h1, h2, epoch, c);
 
-			if (*created) {
-				c[NATRA_C_FLOW_NEW] += 1;
-				if (cur_min >= cfg->threshold_bytes || prev_min >= cfg->threshold_bytes)
-					c[NATRA_C_FLOW_OVERFLOW] += 1;
-			}
 			if (slot < 0) {
 				c[NATRA_C_FLOW_MISSING] += 1;
 			} else {
@@ -221,7 +204,6 @@ static int step(struct natra_model *m, const __u8 *key, __u32 h1, __u32 h2, __u6
 				if (verdict == NATRA_V_MARK)
 					flow->marked_packets += 1;
 			}
-			*slot_io = slot;
 		}
 	}
 	c[NATRA_C_VERDICT_BASE + 2 * verdict] += 1;
@@ -383,43 +365,25 @@ static __u32 murmur3_key(const __u8 *key, __u32 seed)
 	return fmix32(h);
 }
 
-/* The per-packet API: out[0] = estimate, out[1] = slot (re)assigned or -1. */
+/* The per-packet API: returns verdict | heavy << 8, *est the sketch estimate. */
 int natra_step(struct natra_model *m, const __u8 *key, __u64 wire_len, __u64 now, __u32 d, __u32 ect,
-	       int64_t slot, int64_t *out)
+	       __u64 *est)
 {
-	int created;
-	__u64 est;
-	int r = step(m, key, murmur3_key(key, NATRA_HASH_SEED1), murmur3_key(key, NATRA_HASH_SEED2),
-		     wire_len, now, d, (int)ect, &slot, &created, &est);
-	out[0] = (int64_t)est;
-	out[1] = created ? slot : -1;
-	return r;
+	return step(m, key, murmur3_key(key, NATRA_HASH_SEED1), murmur3_key(key, NATRA_HASH_SEED2),
+		    wire_len, now, d, (int)ect, est);
 }
 
-/* The batch API: rows in order.  uid[i] names the row's distinct key,
- * slot_of_uid[u] is that key's slot hint (updated as slots are assigned).
- * Each slot assignment is logged (ev_slot, ev_uid) for the caller's index.
- * Returns the number of logged assignments. */
-int64_t natra_run(struct natra_model *m, int64_t n, const __u8 *keys, const __u32 *h1, const __u32 *h2,
-		  const __u64 *now, const __u32 *wire_len, const __u8 *dir, const __u8 *ect, const int64_t *uid,
-		  int64_t *slot_of_uid, __u8 *verdict, __u8 *heavy, __u64 *est, int64_t *ev_slot,
-		  int64_t *ev_uid)
+/* The batch API: rows in order. */
+void natra_run(struct natra_model *m, int64_t n, const __u8 *keys, const __u32 *h1, const __u32 *h2,
+	       const __u64 *now, const __u32 *wire_len, const __u8 *dir, const __u8 *ect, __u8 *verdict,
+	       __u8 *heavy, __u64 *est)
 {
-	int64_t i, nev = 0;
+	int64_t i;
 
 	for (i = 0; i < n; i++) {
-		int64_t slot = slot_of_uid[uid[i]];
-		int created;
 		int r = step(m, keys + (size_t)i * KEY_LEN, h1[i], h2[i], wire_len[i], now[i], dir[i], ect[i],
-			     &slot, &created, &est[i]);
+			     &est[i]);
 		verdict[i] = (__u8)(r & 0xff);
 		heavy[i] = (__u8)(r >> 8);
-		if (created) {
-			slot_of_uid[uid[i]] = slot;
-			ev_slot[nev] = slot;
-			ev_uid[nev] = uid[i];
-			nev++;
-		}
 	}
-	return nev;
 }

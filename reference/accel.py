@@ -2,7 +2,7 @@
 
 Owns: finding and loading the shared object with ctypes, pointing its
 `struct natra_model` at a Tables' arrays, and the two calls (one frame, a
-batch) with the flow-table index kept in step on the Python side.
+batch).
 Rule: optional. Without the .so (`make reference/_natra_fast.so`) `bind`
 returns None and the model runs its pure-Python spec; results are identical
 (tests/test_reference_batch.py checks that).
@@ -25,7 +25,7 @@ _U64 = ctypes.c_uint64
 
 class _ModelStruct(ctypes.Structure):
     _fields_ = [("config", _P), ("state", _P), ("sketch", _P), ("flows", _P), ("flow_keys", _P),
-                ("flow_tick", _P), ("flow_meta", _P), ("counters", _P),
+                ("counters", _P),
                 ("width", ctypes.c_uint32), ("depth", ctypes.c_uint32),
                 ("capacity", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
 
@@ -38,9 +38,9 @@ def _load():
     except OSError:
         return None
     lib.natra_step.restype = ctypes.c_int
-    lib.natra_step.argtypes = [_P, ctypes.c_char_p, _U64, _U64, ctypes.c_uint32, ctypes.c_uint32, _I64, _P]
-    lib.natra_run.restype = _I64
-    lib.natra_run.argtypes = [_P, _I64] + [_P] * 14
+    lib.natra_step.argtypes = [_P, ctypes.c_char_p, _U64, _U64, ctypes.c_uint32, ctypes.c_uint32, _P]
+    lib.natra_run.restype = None
+    lib.natra_run.argtypes = [_P, _I64] + [_P] * 10
     lib.natra_parse.restype = None
     lib.natra_parse.argtypes = [ctypes.c_char_p, _U64, _P, _P]
     lib.natra_parse_many.restype = None
@@ -111,62 +111,33 @@ class Accelerated:
     def __init__(self, lib, tables):
         self._lib, self._t = lib, tables
         t = tables
-        for a in (t.config, t.state, t.sketch, t.flows, t.flow_keys, t.flow_tick, t.flow_meta, t.counters):
+        for a in (t.config, t.state, t.sketch, t.flows, t.flow_keys, t.counters):
             if not a.flags.c_contiguous:
                 raise ValueError("model tables must be C-contiguous for the accelerator")
         self._struct = _ModelStruct(_ptr(t.config), _ptr(t.state), _ptr(t.sketch), _ptr(t.flows),
-                                    _ptr(t.flow_keys), _ptr(t.flow_tick), _ptr(t.flow_meta),
-                                    _ptr(t.counters), t.width, t.depth, t.capacity, 0)
+                                    _ptr(t.flow_keys), _ptr(t.counters), t.width, t.depth, t.capacity, 0)
         self._ref = ctypes.byref(self._struct)
-        self._out = (ctypes.c_int64 * 2)()
-        self._out_ref = ctypes.byref(self._out)
+        self._est = _U64()
+        self._est_ref = ctypes.byref(self._est)
         self._step = lib.natra_step
 
     def step(self, key: bytes, wire_len: int, now: int, direction: int, ect: bool) -> tuple[int, bool, int]:
-        t = self._t
-        slot = t.slot_of.get(key, -1)
-        r = self._step(self._ref, key, wire_len, now, direction, 1 if ect else 0, slot, self._out_ref)
-        out = self._out
-        if out[1] >= 0:
-            t.record_slot(out[1], key)
-        return r & 0xFF, bool(r >> 8), out[0] & 0xFFFFFFFFFFFFFFFF
+        r = self._step(self._ref, key, wire_len, now, direction, 1 if ect else 0, self._est_ref)
+        return r & 0xFF, bool(r >> 8), self._est.value
 
     def run(self, batch, h1: np.ndarray, h2: np.ndarray):
         from natra.reference.engine import BatchResult
 
-        t = self._t
         n = len(batch)
-        keys = batch.keys
-        uid, ukeys = distinct_keys(keys, h1, h2)
-        slot_of_uid = np.fromiter((t.slot_of.get(k, -1) for k in ukeys), dtype=np.int64, count=len(ukeys))
         verdicts = np.empty(n, dtype=np.uint8)
         heavy = np.empty(n, dtype=np.uint8)
         est = np.empty(n, dtype=np.uint64)
-        ev_slot = np.empty(n, dtype=np.int64)
-        ev_uid = np.empty(n, dtype=np.int64)
         h1 = np.ascontiguousarray(h1, dtype=np.uint32)
         h2 = np.ascontiguousarray(h2, dtype=np.uint32)
-        nev = self._lib.natra_run(
-            self._ref, n, _ptr(keys), _ptr(h1), _ptr(h2), _ptr(batch.now_ns), _ptr(batch.wire_len),
-            _ptr(batch.direction), _ptr(batch.ect.view(np.uint8)), _ptr(uid), _ptr(slot_of_uid),
-            _ptr(verdicts), _ptr(heavy), _ptr(est), _ptr(ev_slot), _ptr(ev_uid))
-        for slot, u in zip(ev_slot[:nev].tolist(), ev_uid[:nev].tolist(), strict=True):
-            t.record_slot(slot, ukeys[u])
+        self._lib.natra_run(
+            self._ref, n, _ptr(batch.keys), _ptr(h1), _ptr(h2), _ptr(batch.now_ns), _ptr(batch.wire_len),
+            _ptr(batch.direction), _ptr(batch.ect.view(np.uint8)), _ptr(verdicts), _ptr(heavy), _ptr(est))
         return BatchResult(verdicts, heavy.view(bool), est)
-
-
-def distinct_keys(keys: np.ndarray, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
-    """(row -> distinct-key id int64[n], the distinct keys as bytes)."""
-    if len(keys) == 0:
-        return np.zeros(0, dtype=np.int64), []
-    tag = (h1.astype(np.uint64) << np.uint64(32)) | h2.astype(np.uint64)
-    _, first, inverse = np.unique(tag, return_index=True, return_inverse=True)
-    if not np.array_equal(keys[first][inverse.reshape(-1)], keys):  # a 64-bit hash collision
-        _, first, inverse = np.unique(keys.view(f"V{KEY_LEN}").reshape(-1), return_index=True,
-                                      return_inverse=True)
-    uid = np.ascontiguousarray(inverse.reshape(-1), dtype=np.int64)
-    ukeys = [keys[i].tobytes() for i in first.tolist()]
-    return uid, ukeys
 
 
 def bind(tables) -> Accelerated | None:

@@ -12,11 +12,9 @@ transcription of `_step_spec`, used only when built and checked against it by
 tests/test_reference_batch.py.
 Must not know: clocks, files, sockets, the kernel.
 
-The heavy-flow table is an LRU of `flow_table` entries. Its eviction order is
-"least recently looked up" exactly; the kernel's LRU hash evicts approximately
-(per-CPU lists, reference bits), so model and kernel agree on flows only while
-they hold the same flows (tests/kernel/test_differential.py compares the rest
-once they do not; design.md, fine print 11).
+The heavy-flow table is the kernel's: `flow_table` slots (a power of two), a
+heavy flow's slot h1 & (flow_table - 1), kept, shared or taken as `_claim_slot`
+says, so model and kernel hold the same flows in the same slots.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from natra.reference import accel
 from natra.reference.ecn import mark_ce
-from natra.reference.hashing import HASH_SEEDS, columns, key_columns, murmur3_32, murmur3_32_keys
+from natra.reference.hashing import HASH_SEEDS, columns, key_columns, key_hashes, murmur3_32, murmur3_32_keys
 from natra.reference.key import ETH_P_IP, ETH_P_IPV6, KEY_LEN, parse_frame
 from natra.reference.tables import Tables, config_row
 
@@ -140,34 +138,33 @@ class Model:
     def reconfigure(self, direction: int, config: ConfigValues) -> None:
         if (config.width, config.depth) != (self.width, self.depth):
             raise ValueError("width and depth are fixed for the model's lifetime")
-        self.tables.config[direction] = config_row(config)
+        self.tables.config[direction] = config_row(config, self.tables.capacity)
 
     def snapshot(self) -> dict:
         return self.tables.snapshot()
 
     # ---- the specification ----------------------------------------------
-    def _flow_slot(self, key: bytes) -> tuple[int, bool]:
-        """Look the heavy flow up (LRU touch), creating it zeroed: (slot or -1, created)."""
+    def _claim_slot(self, key: bytes, epoch: int, counters: np.ndarray) -> int:
+        """The slot a heavy frame is decided with (-1: no table): its flow's own; else,
+        while another live flow (counted in this window or the last) holds it, that
+        flow's, shared (FLOW_OVERFLOW); else the frame's flow takes it, zeroed (FLOW_NEW)."""
         t = self.tables
         if t.capacity == 0:
-            return -1, False
-        tick = int(t.flow_meta[1]) + 1
-        t.flow_meta[1] = tick
-        slot = t.slot_of.get(key)
-        if slot is not None:
-            t.flow_tick[slot] = tick
-            return slot, False
-        used = int(t.flow_meta[0])
-        if used < t.capacity:
-            slot = used
-            t.flow_meta[0] = used + 1
-        else:
-            slot = int(np.argmin(t.flow_tick))
+            return -1
+        h1, h2 = key_hashes(key)
+        slot = h1 & (t.capacity - 1)
+        flow = t.flows[slot]
+        if int(flow["h1"]) == h1 and int(flow["h2"]) == h2:
+            return slot
+        counted = int(flow["counted_epoch"])
+        if counted and counted >= epoch:
+            counters[L.C_FLOW_OVERFLOW] += 1
+            return slot
         t.flows[slot] = 0
+        flow["h1"], flow["h2"] = h1, h2
         t.flow_keys[slot] = np.frombuffer(key, dtype=np.uint8)
-        t.flow_tick[slot] = tick
-        t.record_slot(slot, key)
-        return slot, True
+        counters[L.C_FLOW_NEW] += 1
+        return slot
 
     def _heavy_class(self, d: int, key: bytes, epoch: int, classes: int) -> int:
         """design.md "Shaping": the heavy class (0..classes-1) of this key, under the lock.
@@ -217,7 +214,7 @@ class Model:
             heavy_line, early_line = int(cfg["heavy_line_nbit"]), int(cfg["early_line_nbit"])
             epoch = _div(now, int(cfg["window_ns"]))
             # -- lock: sketch step --
-            heavy, new_cur, was_heavy = self._sketch_step(d, cols, epoch, length, int(cfg["threshold_bytes"]))
+            heavy, new_cur = self._sketch_step(d, cols, epoch, length, int(cfg["threshold_bytes"]))
             st = t.state[d]
             st_epoch = int(st["epoch"])
             if epoch > st_epoch:  # heavy-flow census, rolled by window
@@ -244,13 +241,8 @@ class Model:
                     verdict = L.V_DROP_MOUSE
                 st["backlog_nbit"], st["last_ns"] = backlog, last
             else:
-                # -- unlock; flow lookup; lock -- (the drain above commutes with the
-                # census update, which touches other fields, so its place is free)
-                slot, created = self._flow_slot(key)
-                if created:
-                    counters[L.C_FLOW_NEW] += 1
-                    if was_heavy:  # heavy before this frame: its entry had been evicted
-                        counters[L.C_FLOW_OVERFLOW] += 1
+                # (the drain above touches other fields than the slot, so its place is free)
+                slot = self._claim_slot(key, epoch, counters)
                 f = backlog + cost
                 if slot < 0:
                     counters[L.C_FLOW_MISSING] += 1
@@ -300,9 +292,8 @@ class Model:
         return verdict, heavy, new_cur, cls
 
     def _sketch_step(self, d: int, cols: Sequence[int], epoch: int, length: int,
-                     threshold: int) -> tuple[bool, int, bool]:
-        """Roll the key's D cells, conservative update; (heavy, new_cur, was_heavy:
-        the sketch held the key heavy before this frame)."""
+                     threshold: int) -> tuple[bool, int]:
+        """Roll the key's D cells, conservative update; (heavy, new_cur)."""
         cells = self._cells
         base = d * self.depth * self.width
         idxs = [base + row * self.width + int(c) for row, c in enumerate(cols)]
@@ -320,7 +311,7 @@ class Model:
             if cur < new_cur:
                 cells[i, 1] = new_cur
         heavy = new_cur >= threshold or min(prevs) >= threshold
-        return heavy, new_cur, min(curs) >= threshold or min(prevs) >= threshold
+        return heavy, new_cur
 
 
 @dataclass

@@ -31,8 +31,7 @@ import numpy as np
 
 from natra.kernel import layout as L
 
-KEY_BYTES = 40  # sizeof(struct natra_flow_key)
-FLOW_VALUE_BYTES = 56  # sizeof(struct natra_flow)
+FLOW_SLOT_BYTES = 64 + 40  # sizeof(struct natra_flow) + sizeof(struct natra_flow_key)
 CELL_BYTES = 24  # sizeof(struct natra_cell)
 INT64_SAFE = 1 << 62  # sums stay below this to be exact in int64
 # A "short transfer" by total size, whatever the threshold: DCTCP's query and
@@ -48,8 +47,8 @@ _DROPPING = np.array(sorted(L.DROPPING_VERDICTS), dtype=np.uint8)
 
 
 def state_memory_bytes(width: int, depth: int, flow_table: int) -> int:
-    """Bytes of BPF map values one Pod needs: both directions' sketch + the flow LRU."""
-    return L.NDIRS * depth * width * CELL_BYTES + flow_table * (KEY_BYTES + FLOW_VALUE_BYTES)
+    """Bytes of BPF map values one Pod needs: both directions' sketch + the flow slots."""
+    return L.NDIRS * depth * width * CELL_BYTES + flow_table * FLOW_SLOT_BYTES
 
 
 def passed_mask(verdicts: np.ndarray) -> np.ndarray:

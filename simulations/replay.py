@@ -36,6 +36,7 @@ from natra.kernel.params import (
     MAX_WINDOW_NS,
     MIN_WINDOW_NS,
     ConfigValues,
+    flow_slots,
     params_for,
     to_config,
 )
@@ -305,9 +306,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=units.bounded(units.duration_ns, minimum_ns=MIN_WINDOW_NS,
                                                        maximum_ns=MAX_WINDOW_NS, what="window"),
                         default=None, help="sketch window, a duration (100ms, 1s)")
-    parser.add_argument("--flow-table", type=units.bounded(units.count, minimum=1, maximum=MAX_FLOW_TABLE,
-                                                           what="flow table"),
-                        default=DEFAULT_FLOW_TABLE, help="heavy-flow LRU entries")
+    table_count = units.bounded(units.count, minimum=1, maximum=MAX_FLOW_TABLE, what="flow table")
+    parser.add_argument("--flow-table", type=lambda text: flow_slots(table_count(text)),
+                        default=DEFAULT_FLOW_TABLE, help="heavy-flow table slots (a power of two)")
     parser.add_argument("--no-ecn", action="store_true", help="drop instead of marking ECT heavy frames")
     parser.add_argument("--engine", default="model", type=engine_name,
                         help="model (default); kernel: the real program through BPF_PROG_TEST_RUN (root); "

@@ -58,6 +58,7 @@ from natra.kernel.params import (
     MAX_FLOW_TABLE,
     MAX_WINDOW_NS,
     MIN_WINDOW_NS,
+    flow_slots,
 )
 
 DEFAULT_OUT = "sim-results"
@@ -102,7 +103,14 @@ DURATION = units.bounded(units.duration_ns, minimum_ns=MIN_DURATION_NS, maximum_
 THRESHOLD = units.bounded(units.share, what="threshold", of="the window's volume (rate x window)")
 RESERVE = units.bounded(units.share, what="reserve", of="the burst", minimum_bytes=0)
 SEED = units.bounded(units.count, minimum=0, maximum=2**63 - 1, what="seed")
-FLOW_TABLE = units.bounded(units.count, minimum=1, maximum=MAX_FLOW_TABLE, what="flow table")
+_FLOW_TABLE_COUNT = units.bounded(units.count, minimum=1, maximum=MAX_FLOW_TABLE, what="flow table")
+
+
+def FLOW_TABLE(text: str) -> int:  # noqa: N802 (an argparse type, named as the others)
+    """--flow-table: a count, rounded up to the power of two the table is made with."""
+    return flow_slots(_FLOW_TABLE_COUNT(text))
+
+
 JOBS = units.bounded(units.count, minimum=0, maximum=1024, what="jobs")
 
 
@@ -155,7 +163,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload-arg", action="append", default=[], metavar="NAME=VALUE",
                         help="passed to the workload generator, e.g. load=1.2 (repeatable; listed below)")
     parser.add_argument("--flow-table", type=FLOW_TABLE, default=DEFAULT_FLOW_TABLE,
-                        help="heavy-flow LRU entries")
+                        help="heavy-flow table slots (a power of two)")
     parser.add_argument("--jobs", type=JOBS, default=0,
                         help="worker processes of the embedded Dask LocalCluster (0: one per core; 1: run "
                              "in this process, no Dask)")

@@ -181,6 +181,11 @@ def test_cluster_tuning_and_pod_overrides_reach_the_configs():
     assert (a.mode, a.flow_table) == ("clsact", 128)
 
 
+def test_an_asked_flow_table_is_made_with_the_next_power_of_two():
+    plan = plan_of(runtimeConfig=containerd(), flowTable=5000)
+    assert plan.cause is None and plan.attachment.flow_table == 8192
+
+
 def test_malformed_natra_annotation_uses_defaults_and_notes_it():
     annotations = {"natra.io/width": "lots"}
     plan = plan_of(runtimeConfig={**containerd(), POD_ANNOTATIONS_CAPABILITY: annotations})

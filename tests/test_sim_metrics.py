@@ -124,7 +124,7 @@ def test_heavy_fairness_normalises_by_fair_share():
 
 
 def test_state_memory_of_the_default_sketch():
-    assert M.state_memory_bytes(1024, 4, 4096) == 2 * 4 * 1024 * 24 + 4096 * (40 + 56) == 589_824
+    assert M.state_memory_bytes(1024, 4, 4096) == 2 * 4 * 1024 * 24 + 4096 * (64 + 40) == 622_592
 
 
 def test_evaluate_reports_mice_loss_from_dropped_mouse_windows():

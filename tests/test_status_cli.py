@@ -94,6 +94,6 @@ def test_status_says_when_the_heavy_flow_table_overflows():
     v = O.build_view(pod({L.DIR_TO_POD: raw_dir(counters=c)}, {}, cid="b" * 20,
                          meta={"pod": "shop/flood", "host_ifname": "vethflood", "mode": "clsact"}), NOW)
     text = S.render_status([v])
-    assert "TABLE OVERFLOW: 7 entries of still-heavy flows re-created" in text
-    assert f"the {v.flow_table_size}-entry table" in text
+    assert "TABLE OVERFLOW: 7 heavy frames shared another live flow's slot" in text
+    assert f"the {v.flow_table_size}-slot table" in text
     assert O.to_json([v], NOW)["pods"][0]["directions"][0]["counters"]["flow_overflow"] == 7

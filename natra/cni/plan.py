@@ -207,7 +207,7 @@ def _limit_plan(request: Request, settings: Settings,
         container_id=request.container_id, pod_ifname=request.ifname, netns=request.netns,
         host_candidates=candidates, directions=frozenset(limits.directions), configs=configs,
         params=params, fallback=fallback, clock_tick_ns=clock_tick_ns,
-        mode=settings.attach_mode, flow_table=tuning.flow_table or P.flow_table_entries(
+        mode=settings.attach_mode, flow_table=P.flow_slots(tuning.flow_table) or P.flow_table_entries(
             [fb or p for p, fb in zip(params, fallback, strict=True)]),
         meta=meta)
     cause = None if candidates or request.command != "ADD" else \

@@ -142,12 +142,13 @@ def map_keys(fd: int, key_size: int) -> list[bytes]:
     return keys
 
 
-def map_lookup_batch(fd: int, key_size: int, value_size: int, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
-    """Every (key, value) of a map in few syscalls (BPF_MAP_LOOKUP_BATCH).
+def map_lookup_batch_raw(fd: int, key_size: int, value_size: int, chunk: int = 4096) -> tuple[bytes, bytes]:
+    """Every key and value of a map in few syscalls (BPF_MAP_LOOKUP_BATCH), back to back:
+    (keys, values), entry i at i * key_size and i * value_size.
 
     `value_size` is the full value size (per-CPU maps: rounded size times CPUs).
     """
-    out: list[tuple[bytes, bytes]] = []
+    out_keys, out_values = bytearray(), bytearray()
     token = ctypes.create_string_buffer(max(key_size, 8))  # opaque batch position
     keys = ctypes.create_string_buffer(key_size * chunk)
     values = ctypes.create_string_buffer(value_size * chunk)
@@ -164,12 +165,21 @@ def map_lookup_batch(fd: int, key_size: int, value_size: int, chunk: int = 4096)
                 raise
             done = True
         count = struct.unpack_from("=I", attr, 32)[0]
-        kraw, vraw = keys.raw, values.raw
-        out.extend((kraw[i * key_size:(i + 1) * key_size], vraw[i * value_size:(i + 1) * value_size])
-                   for i in range(count))
+        out_keys += keys.raw[:count * key_size]
+        out_values += values.raw[:count * value_size]
         if done:
-            return out
+            return bytes(out_keys), bytes(out_values)
         first = False
+
+
+def map_lookup_batch(fd: int, key_size: int, value_size: int, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a map in few syscalls (BPF_MAP_LOOKUP_BATCH).
+
+    `value_size` is the full value size (per-CPU maps: rounded size times CPUs).
+    """
+    keys, values = map_lookup_batch_raw(fd, key_size, value_size, chunk)
+    return [(keys[i * key_size:(i + 1) * key_size], values[i * value_size:(i + 1) * value_size])
+            for i in range(len(keys) // key_size)]
 
 
 # ---- pinning and ids --------------------------------------------------------------------

@@ -138,6 +138,8 @@ class Config(ctypes.Structure):
         ("classes", ctypes.c_uint32),
         ("qdisc_major", ctypes.c_uint32),
         ("redirect_ifindex", ctypes.c_uint32),
+        ("flow_slots", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
     ]
 
 
@@ -169,9 +171,12 @@ class State(ctypes.Structure):
 
 
 class Flow(ctypes.Structure):
-    """struct natra_flow: per-heavy-flow share bucket and its counters."""
+    """struct natra_flow: one slot of the heavy-flow table (its owner's hashes, share
+    bucket and counters; the owner's key is in natra_flow_keys at the same index)."""
 
     _fields_ = [
+        ("h1", ctypes.c_uint32),
+        ("h2", ctypes.c_uint32),
         ("backlog_nbit", ctypes.c_uint64),
         ("last_ns", ctypes.c_uint64),
         ("counted_epoch", ctypes.c_uint64),
@@ -212,5 +217,6 @@ STRUCTS = {
     "natra_trace_rec": TraceRec,
 }
 
-MAP_NAMES = ("natra_config", "natra_state", "natra_sketch", "natra_flows", "natra_counters")
+MAP_NAMES = ("natra_config", "natra_state", "natra_sketch", "natra_flows", "natra_flow_keys",
+             "natra_counters")
 PROG_NAMES = {DIR_TO_POD: "natra_to_pod", DIR_FROM_POD: "natra_from_pod"}

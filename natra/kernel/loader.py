@@ -133,6 +133,8 @@ class BpfObject:
         full = _checked_configs(configs)
         if not 1 <= flow_table <= (1 << 24):
             raise LoadError("config", f"flow table size {flow_table} outside 1..2^24")
+        if flow_table & (flow_table - 1):
+            raise LoadError("config", f"flow table size {flow_table} is not a power of two")
         if not os.path.isfile(path):
             raise ObjectMissing("object", f"{path} does not exist; run `make bpf`")
         width, depth = full[0].width, full[0].depth
@@ -146,6 +148,7 @@ class BpfObject:
             try:
                 libbpf.map_set_max_entries(libbpf.find_map(obj, "natra_sketch"), SKETCH_DIRS * depth * width)
                 libbpf.map_set_max_entries(libbpf.find_map(obj, "natra_flows"), flow_table)
+                libbpf.map_set_max_entries(libbpf.find_map(obj, "natra_flow_keys"), flow_table)
             except libbpf.LibbpfError as e:
                 raise LoadError("size maps", str(e)) from e
             try:
@@ -200,7 +203,7 @@ class BpfObject:
                             f"loaded for {self._shape[1]}x{self._shape[2]}")
         try:
             for direction, cfg in enumerate(full):
-                write_config(self.map_fd("natra_config"), direction, cfg)
+                write_config(self.map_fd("natra_config"), direction, cfg, flow_slots=self._shape[3])
         except OSError as e:
             raise LoadError("write config", str(e)) from e
 

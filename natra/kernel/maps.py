@@ -52,12 +52,16 @@ _CONFIG_NAMES = ("rate_bps", "tau_nbit", "heavy_line_nbit", "early_line_nbit", "
                  "threshold_bytes", "width", "depth", "flags", "classes", "qdisc_major", "redirect_ifindex")
 
 
-def write_config(fd: int, direction: int, config: ConfigValues) -> None:
+def write_config(fd: int, direction: int, config: ConfigValues, flow_slots: int) -> None:
+    """struct natra_config of `config`, with the size of the object's flow table (the
+    loader's, not the plan's: the program finds a heavy flow's slot from it)."""
     value = L.Config(*config.as_tuple())
+    value.flow_slots = flow_slots
     bpfsys.map_update(fd, _key(direction), bytes(value))
 
 
 def read_config(fd: int, direction: int) -> ConfigValues:
+    """The plan's part of a direction's config (flow_slots is the object's own)."""
     fields = _fields(L.Config, _lookup(fd, direction, L.Config))
     return ConfigValues(*(fields[name] for name in _CONFIG_NAMES))
 
@@ -90,10 +94,28 @@ def read_sketch(fd: int, n: int) -> list[tuple[int, int, int]]:
 
 # ---- heavy flows ----------------------------------------------------------------------------
 
-def read_flows(fd: int) -> dict[bytes, dict]:
-    """Every heavy-flow entry: key bytes -> natra_flow fields."""
-    rows = bpfsys.map_lookup_batch(fd, ctypes.sizeof(L.FlowKey), ctypes.sizeof(L.Flow))
-    return {key: _fields(L.Flow, raw) for key, raw in rows}
+_FLOW_SIZE = ctypes.sizeof(L.Flow)
+_COUNTED_EPOCH_WORD = L.Flow.counted_epoch.offset // 8  # natra_flow is whole u64 words
+KEY_LOOKUPS_MAX = 256  # used slots up to which their keys are looked up one by one, not batched
+
+
+def read_flows(flows_fd: int, keys_fd: int) -> dict[bytes, dict]:
+    """Every used slot of the heavy-flow table: its owner's key bytes (natra_flow_keys)
+    -> natra_flow fields. A slot never used has counted_epoch 0 and is skipped before
+    anything is decoded: the table is mostly empty."""
+    slots, values = bpfsys.map_lookup_batch_raw(flows_fd, _U32.size, _FLOW_SIZE)
+    counted = memoryview(values).cast("Q")[_COUNTED_EPOCH_WORD::_FLOW_SIZE // 8]
+    used = [i for i, epoch in enumerate(counted) if epoch]
+    if not used:
+        return {}
+    key_size = ctypes.sizeof(L.FlowKey)
+    if len(used) <= KEY_LOOKUPS_MAX:
+        keys = {i: bpfsys.map_lookup(keys_fd, slots[4 * i:4 * i + 4], key_size) for i in used}
+    else:
+        everyone = dict(bpfsys.map_lookup_batch(keys_fd, _U32.size, key_size))
+        keys = {i: everyone[slots[4 * i:4 * i + 4]] for i in used}
+    return {bytes(keys[i][:key_size]): _fields(L.Flow, values[i * _FLOW_SIZE:(i + 1) * _FLOW_SIZE])
+            for i in used}
 
 
 # ---- counters -------------------------------------------------------------------------------
@@ -145,6 +167,6 @@ def snapshot(obj_or_fds: HasMapFds | dict[str, int]) -> dict:
         "config": configs,
         "state": [read_state(fd("natra_state"), d) for d in range(L.NDIRS)],
         "sketch": read_sketch(fd("natra_sketch"), L.NDIRS * depth * width),
-        "flows": read_flows(fd("natra_flows")),
+        "flows": read_flows(fd("natra_flows"), fd("natra_flow_keys")),
         "counters": [read_counters(fd("natra_counters"), d) for d in range(L.NDIRS)],
     }

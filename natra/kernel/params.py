@@ -20,7 +20,7 @@ DEFAULT_WIDTH = 1024  # columns; 4 x 1024 cells keep recall 1.0 at 1 % threshold
 DEFAULT_DEPTH = 4
 DEFAULT_WINDOW_NS = 100_000_000  # 100 ms: ages a stopped flow out within 200 ms
 DEFAULT_EARLY_PERCENT = 50  # yellow zone starts half-way up the heavy part
-DEFAULT_FLOW_TABLE = 4096  # heavy-flow entries per Pod (LRU) when nothing else decides
+DEFAULT_FLOW_TABLE = 4096  # heavy-flow slots per Pod when nothing else decides
 # A drop policer needs hundreds of ms of rate for TCP to reach the limit
 # (a bulk TCP flow through a drop policer reached 0.97 of the limit with 500 ms
 # of burst and 0.50 with 100 ms; docs/cni.md says why the default clamps there).
@@ -43,12 +43,16 @@ MIN_WINDOW_NS = 1_000_000  # 1 ms
 MAX_WINDOW_NS = 60 * L.NS_PER_SEC
 MAX_FLOW_TABLE = 1 << 20
 # The flow table sized from what it must hold (flow_table_entries): only heavy
-# flows get an entry, and a direction has at most ceil(rate * window / threshold)
-# of them per window while its senders keep to the rate; entries of the current
-# and the previous window are live, and LRU_HASH may evict before it is full,
-# hence twice that again. Never below 256 entries, never above 65,536 when derived.
+# flows use a slot, and a direction has at most ceil(rate * window / threshold)
+# of them per window while its senders keep to the rate; slots of the current
+# and the previous window are live (x2), and x2 more for slack. A flow's slot
+# is its hash, so of k flows in m slots about k / 2m find theirs held: the
+# floor of 1,024 slots (104 KiB with the keys) makes two of four heavy flows
+# meet 1 time in 170, and gives nearly every Pod one table size, which the
+# node agent's ready objects match. Never above 65,536 slots when derived
+# (docs/design.md, "The heavy-flow table").
 FLOW_TABLE_HEADROOM = 4
-MIN_AUTO_FLOW_TABLE = 256
+MIN_AUTO_FLOW_TABLE = 1024
 MAX_AUTO_FLOW_TABLE = 1 << 16
 # Shaping: how frames over the limit are handled.  "police" drops them in the
 # program (no queue); "shape" classifies them into HTB queues that pace.
@@ -178,8 +182,9 @@ def flow_table_entries(params) -> int:
     Per policing direction: ceil(rate * window / (8e9 * threshold)) heavy flows per
     window, times FLOW_TABLE_HEADROOM; summed (both directions share the table),
     rounded up to a power of two, clamped to MIN/MAX_AUTO_FLOW_TABLE. Shaping does
-    not use the table. More heavy flows than this (senders far over the rate, a
-    threshold set low) evict live entries; the program counts that (FLOW_OVERFLOW).
+    not use the table. A heavy flow whose slot another live flow holds shares it
+    (more heavy flows than this, or two that meet by hash); the program counts
+    each such frame (FLOW_OVERFLOW).
     """
     need = 0
     for p in params:
@@ -191,6 +196,14 @@ def flow_table_entries(params) -> int:
     while size < need and size < MAX_AUTO_FLOW_TABLE:
         size *= 2
     return size
+
+
+def flow_slots(entries: int | None) -> int | None:
+    """Slots of a heavy-flow table asked to hold `entries` (None: not asked): the next
+    power of two, since a flow's slot is its hash masked by the size."""
+    if entries is None:
+        return None
+    return 1 << max(int(entries) - 1, 0).bit_length()
 
 
 def params_for(rate_bps: int, burst_bits: int | None = None, **tuning) -> DataPathParams:

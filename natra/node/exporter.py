@@ -123,7 +123,7 @@ def metric_families(views: list[observe.PodView], missing: list[observe.NotLimit
                                 labels=list(DIR_LABELS))
     heavy = GaugeMetricFamily("natra_heavy_hitters", "Heavy flows in the current and previous window",
                               labels=list(DIR_LABELS))
-    entries = GaugeMetricFamily("natra_heavy_flow_entries", "Entries of the heavy-flow table (LRU)",
+    entries = GaugeMetricFamily("natra_heavy_flow_entries", "Used slots of the heavy-flow table",
                                 labels=list(DIR_LABELS))
     table = GaugeMetricFamily("natra_heavy_flow_table_size", "Capacity of the heavy-flow table",
                               labels=list(POD_LABELS))

@@ -572,7 +572,7 @@ def read_pod(container_id: str, root: str | None = None, qdiscs: dict | None = N
     record = meta_record.read(pd.meta) or {}
     fds: dict[str, int] = {}
     try:
-        for name in ("natra_config", "natra_state", "natra_counters", "natra_flows"):
+        for name in ("natra_config", "natra_state", "natra_counters", "natra_flows", "natra_flow_keys"):
             fds[name] = _obj_get(pd.map(name))
         directions = {
             d: RawDirection(config=_fields(maps.read_config(fds["natra_config"], d)),
@@ -580,7 +580,8 @@ def read_pod(container_id: str, root: str | None = None, qdiscs: dict | None = N
                             counters=list(maps.read_counters(fds["natra_counters"], d)))
             for d in DIRECTIONS
         }
-        flows = {bytes(k): _fields(v) for k, v in maps.read_flows(fds["natra_flows"]).items()}
+        flows = {bytes(k): _fields(v)
+                 for k, v in maps.read_flows(fds["natra_flows"], fds["natra_flow_keys"]).items()}
         size = _max_entries(fds["natra_flows"])
     except FileNotFoundError:
         return None  # removed while we read it (DEL ran)

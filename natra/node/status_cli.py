@@ -131,11 +131,11 @@ def render_classes(d: observe.DirectionView) -> list[str]:
 # ---- status ------------------------------------------------------------------------------
 
 def _overflow_text(overflows: int, size: int) -> str:
-    """What `natra status` says when the heavy-flow table lost live heavy flows."""
+    """What `natra status` says when heavy flows had to share slots of the flow table."""
     if not overflows:
         return ""
-    return (f"  TABLE OVERFLOW: {overflows:,} entries of still-heavy flows re-created"
-            f" (the {size}-entry table holds fewer than the Pod's heavy flows; raise flowTable)")
+    return (f"  TABLE OVERFLOW: {overflows:,} heavy frames shared another live flow's slot"
+            f" (the {size}-slot table is small for the Pod's heavy flows; raise flowTable)")
 
 
 def render_status(views: list[observe.PodView], missing: list[observe.NotLimited] | None = None,

@@ -20,8 +20,8 @@ from natra.kernel.loader import BpfObject, LoadError, ObjectMissing, object_path
 from natra.kernel.params import params_for, to_config
 
 BPF_PROG_TYPE_SCHED_CLS = 3
-BPF_MAP_TYPE = {"natra_config": 2, "natra_state": 2, "natra_sketch": 2, "natra_flows": 9,
-                "natra_counters": 6}  # ARRAY, LRU_HASH, PERCPU_ARRAY
+BPF_MAP_TYPE = {"natra_config": 2, "natra_state": 2, "natra_sketch": 2, "natra_flows": 2,
+                "natra_flow_keys": 2, "natra_counters": 6}  # ARRAY, PERCPU_ARRAY
 PIN_PREFIX = "nt3l-"
 
 
@@ -49,13 +49,23 @@ def test_sketch_shapes_must_agree_between_directions():
     assert info.value.step == "config"
 
 
+@pytest.mark.parametrize("flow_table,why", [(0, "outside"), (1000, "power of two"), (3, "power of two"),
+                                            ((1 << 24) + 1, "outside")])
+def test_a_flow_table_not_a_power_of_two_is_refused(flow_table, why):
+    """A heavy flow's slot is its hash masked by the size: the loader takes powers of two."""
+    with pytest.raises(LoadError, match=why) as info:
+        BpfObject.load(_configs(), flow_table=flow_table)
+    assert info.value.step == "config"
+
+
 @pytest.mark.root
-@pytest.mark.parametrize("width,depth,flow_table", [(128, 3, 1000), (1024, 4, 4096), (1, 1, 1),
+@pytest.mark.parametrize("width,depth,flow_table", [(128, 3, 1024), (1024, 4, 4096), (1, 1, 1),
                                                      (L.MAX_WIDTH, L.MAX_DEPTH, 65536)])
 def test_maps_are_sized_from_the_config(load_natra, width, depth, flow_table):
     obj = load_natra(_configs(width, depth), flow_table=flow_table)
     assert bpfsys.map_info(obj.map_fd("natra_sketch"))["max_entries"] == L.NDIRS * depth * width
     assert bpfsys.map_info(obj.map_fd("natra_flows"))["max_entries"] == flow_table
+    assert bpfsys.map_info(obj.map_fd("natra_flow_keys"))["max_entries"] == flow_table
     for name, map_type in BPF_MAP_TYPE.items():
         info = bpfsys.map_info(obj.map_fd(name))
         assert info["type"] == map_type
@@ -140,8 +150,10 @@ struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 2); __type(key, _
          __type(value, struct natra_config); } natra_config SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32);
          __type(value, struct natra_cell); } natra_sketch SEC(".maps");
-struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 1);
-         __type(key, struct natra_flow_key); __type(value, struct natra_flow); } natra_flows SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1);
+         __type(key, __u32); __type(value, struct natra_flow); } natra_flows SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1);
+         __type(key, __u32); __type(value, struct natra_flow_key); } natra_flow_keys SEC(".maps");
 SEC("tc") int natra_to_pod(struct __sk_buff *skb)
 {
 	/* reads the packet without a bounds check: the verifier must refuse it */
