@@ -572,8 +572,12 @@ def read_pod(container_id: str, root: str | None = None, qdiscs: dict | None = N
     record = meta_record.read(pd.meta) or {}
     fds: dict[str, int] = {}
     try:
-        for name in ("natra_config", "natra_state", "natra_counters", "natra_flows", "natra_flow_keys"):
+        for name in ("natra_config", "natra_state", "natra_counters", "natra_flows"):
             fds[name] = _obj_get(pd.map(name))
+        try:
+            fds["natra_flow_keys"] = _obj_get(pd.map("natra_flow_keys"))
+        except FileNotFoundError:
+            pass  # a Pod limited by a version before the array of flow slots: its table is not read
         directions = {
             d: RawDirection(config=_fields(maps.read_config(fds["natra_config"], d)),
                             state=_fields(maps.read_state(fds["natra_state"], d)),
@@ -581,7 +585,8 @@ def read_pod(container_id: str, root: str | None = None, qdiscs: dict | None = N
             for d in DIRECTIONS
         }
         flows = {bytes(k): _fields(v)
-                 for k, v in maps.read_flows(fds["natra_flows"], fds["natra_flow_keys"]).items()}
+                 for k, v in maps.read_flows(fds["natra_flows"], fds["natra_flow_keys"]).items()} \
+            if "natra_flow_keys" in fds else {}
         size = _max_entries(fds["natra_flows"])
     except FileNotFoundError:
         return None  # removed while we read it (DEL ran)

@@ -16,6 +16,7 @@ and short requests into all three. Then:
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -237,3 +238,16 @@ def test_flows_of_both_directions_are_told_apart_by_the_pods_route():
     assert f"tcp {p.ip}:{N.IPERF_PORT + 1} > {remote.ip}:{N.BULK_CPORT_BASE + 1}" in from_pod
     assert all(f.split(" > ")[1].startswith(p.ip + ":") for f in to_pod)
     assert all(f.split(" ")[1].startswith(p.ip + ":") for f in from_pod)
+
+
+def test_a_pod_pinned_without_the_flow_keys_map_is_still_shown():
+    """A Pod limited by a version before the array of flow slots has no natra_flow_keys
+    pin (and a flow table of another layout): status still lists it, with its limits
+    and counters, and no heavy hitters, instead of taking it for a Pod being deleted."""
+    from natra.kernel import pins
+
+    with N.node(1, RATE_BPS) as node:
+        p = node.pods[0]
+        os.unlink(pins.pin_dir(p.container_id, node.root).map("natra_flow_keys"))
+        v = _views(node)[p.container_id]
+    assert v.direction("to_pod").limited and v.direction("to_pod").heavy_hitters == ()
