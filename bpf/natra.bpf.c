@@ -726,15 +726,7 @@ static __always_inline void claim_slot(struct natra_flow *flow, struct natra_flo
 		ctr->c[NATRA_C_FLOW_OVERFLOW] += 1;
 		return;
 	}
-	flow->h1 = h1;
-	flow->h2 = h2;
-	flow->backlog_nbit = 0;
-	flow->last_ns = 0;
-	flow->counted_epoch = 0;
-	flow->estimate_bytes = 0;
-	flow->passed_bytes = 0;
-	flow->dropped_bytes = 0;
-	flow->marked_packets = 0;
+	*flow = (struct natra_flow){ .h1 = h1, .h2 = h2 };
 	__builtin_memcpy(owner, key, sizeof(*key));
 	ctr->c[NATRA_C_FLOW_NEW] += 1;
 }

@@ -95,27 +95,23 @@ def read_sketch(fd: int, n: int) -> list[tuple[int, int, int]]:
 # ---- heavy flows ----------------------------------------------------------------------------
 
 _FLOW_SIZE = ctypes.sizeof(L.Flow)
+_KEY_SIZE = ctypes.sizeof(L.FlowKey)
 _COUNTED_EPOCH_WORD = L.Flow.counted_epoch.offset // 8  # natra_flow is whole u64 words
-KEY_LOOKUPS_MAX = 256  # used slots up to which their keys are looked up one by one, not batched
 
 
 def read_flows(flows_fd: int, keys_fd: int) -> dict[bytes, dict]:
     """Every used slot of the heavy-flow table: its owner's key bytes (natra_flow_keys)
-    -> natra_flow fields. A slot never used has counted_epoch 0 and is skipped before
-    anything is decoded: the table is mostly empty."""
-    slots, values = bpfsys.map_lookup_batch_raw(flows_fd, _U32.size, _FLOW_SIZE)
+    -> natra_flow fields. Both maps are arrays of the same size, read whole as raw
+    buffers (slot i at i * size); a slot never used has counted_epoch 0 and is skipped
+    before anything is decoded: the table is mostly empty."""
+    _, values = bpfsys.map_lookup_batch_raw(flows_fd, _U32.size, _FLOW_SIZE)
     counted = memoryview(values).cast("Q")[_COUNTED_EPOCH_WORD::_FLOW_SIZE // 8]
     used = [i for i, epoch in enumerate(counted) if epoch]
     if not used:
         return {}
-    key_size = ctypes.sizeof(L.FlowKey)
-    if len(used) <= KEY_LOOKUPS_MAX:
-        keys = {i: bpfsys.map_lookup(keys_fd, slots[4 * i:4 * i + 4], key_size) for i in used}
-    else:
-        everyone = dict(bpfsys.map_lookup_batch(keys_fd, _U32.size, key_size))
-        keys = {i: everyone[slots[4 * i:4 * i + 4]] for i in used}
-    return {bytes(keys[i][:key_size]): _fields(L.Flow, values[i * _FLOW_SIZE:(i + 1) * _FLOW_SIZE])
-            for i in used}
+    _, keys = bpfsys.map_lookup_batch_raw(keys_fd, _U32.size, _KEY_SIZE)
+    return {keys[i * _KEY_SIZE:(i + 1) * _KEY_SIZE]:
+            _fields(L.Flow, values[i * _FLOW_SIZE:(i + 1) * _FLOW_SIZE]) for i in used}
 
 
 # ---- counters -------------------------------------------------------------------------------
