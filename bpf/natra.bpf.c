@@ -589,6 +589,18 @@ static __always_inline int mark_ce(struct __sk_buff *skb, __u8 l3)
 
 /* ---- The policy --------------------------------------------------------------------- */
 
+/* Load a word whose value is not needed yet, so that its cache and TLB misses
+ * start now: they then overlap each other and the clock read instead of
+ * stalling the locked section one by one.  With many flows a frame's sketch
+ * cells and flow slot are rarely cached (design.md, "The heavy-flow table");
+ * the empty asm keeps the load. */
+static __always_inline void touch(const __u64 *word)
+{
+	__u64 v = *(const volatile __u64 *)word;
+
+	asm volatile("" : : "r"(v));
+}
+
 struct step {
 	__u64 now;      /* ns */
 	__u64 epoch;    /* now / window_ns */
@@ -807,6 +819,38 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 	if (!st)
 		return NATRA_V_PASS_ERROR;
 
+	key_hashes(p, &h1, &h2);
+	base = dir * depth * width;
+	/* Bound: NATRA_MAX_DEPTH rows, unrolled; lookups, and an early load of each
+	 * cell (touch), before the clock and the lock. */
+#pragma unroll
+	for (r = 0; r < NATRA_MAX_DEPTH; r++) {
+		if (r < depth) {
+			__u32 idx = base + r * width + (fmix32(h1 + (__u32)r * h2) & (width - 1));
+			struct natra_cell *c = bpf_map_lookup_elem(NATRA_MAP_SKETCH, &idx);
+
+			if (!c)
+				return NATRA_V_PASS_ERROR;
+			cells[r] = c;
+			touch(&c->epoch);
+		} else {
+			cells[r] = cells[0];
+		}
+	}
+
+	/* Policing: the slot a heavy frame would be decided with and its owner's
+	 * key, found before the lock (for the own build the verifier inlines these
+	 * array lookups). */
+	flow = NULL;
+	owner = NULL;
+	if (!(cfg->flags & NATRA_CFG_SHAPE)) {
+		slot_index = h1 & (cfg->flow_slots - 1);
+		flow = bpf_map_lookup_elem(NATRA_MAP_FLOWS, &slot_index);
+		owner = bpf_map_lookup_elem(NATRA_MAP_FLOW_KEYS, &slot_index);
+		if (flow)
+			touch(&flow->counted_epoch);
+	}
+
 	/* Shaping reads the clock only to number sketch windows (the qdisc keeps
 	 * the rate), so the coarse clock serves: it lags by less than a tick and
 	 * reads no cycle counter.  Policing drains its buckets by the nanosecond:
@@ -820,23 +864,6 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 	else
 		s->now = bpf_ktime_get_ns();
 	s->epoch = s->now / cfg->window_ns;
-
-	key_hashes(p, &h1, &h2);
-	base = dir * depth * width;
-	/* Bound: NATRA_MAX_DEPTH rows, unrolled; lookups before the lock. */
-#pragma unroll
-	for (r = 0; r < NATRA_MAX_DEPTH; r++) {
-		if (r < depth) {
-			__u32 idx = base + r * width + (fmix32(h1 + (__u32)r * h2) & (width - 1));
-			struct natra_cell *c = bpf_map_lookup_elem(NATRA_MAP_SKETCH, &idx);
-
-			if (!c)
-				return NATRA_V_PASS_ERROR;
-			cells[r] = c;
-		} else {
-			cells[r] = cells[0];
-		}
-	}
 
 	if (cfg->flags & NATRA_CFG_SHAPE) {
 		/* Shaping: the sketch names mice and heavy flows, each heavy flow gets a
@@ -863,13 +890,6 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 		natra_unlock(st);
 		return NATRA_V_PASS_HEAVY;
 	}
-
-	/* The slot a heavy frame would be decided with and its owner's key, found
-	 * before the lock (for the own build the verifier inlines these array
-	 * lookups; nothing is read from them yet). */
-	slot_index = h1 & (cfg->flow_slots - 1);
-	flow = bpf_map_lookup_elem(NATRA_MAP_FLOWS, &slot_index);
-	owner = bpf_map_lookup_elem(NATRA_MAP_FLOW_KEYS, &slot_index);
 
 	if (natra_lock(st))
 		goto lock_failed;
