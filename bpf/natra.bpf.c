@@ -838,15 +838,12 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 		}
 	}
 
-	/* Policing: the slot a heavy frame would be decided with and its owner's
-	 * key, found before the lock (for the own build the verifier inlines these
-	 * array lookups). */
-	flow = NULL;
-	owner = NULL;
+	/* Policing: an early load of the slot a heavy frame would be decided with
+	 * too.  The pointer is not kept: found again below, after shaping has
+	 * returned, it leaves the verifier fewer states to walk. */
 	if (!(cfg->flags & NATRA_CFG_SHAPE)) {
 		slot_index = h1 & (cfg->flow_slots - 1);
 		flow = bpf_map_lookup_elem(NATRA_MAP_FLOWS, &slot_index);
-		owner = bpf_map_lookup_elem(NATRA_MAP_FLOW_KEYS, &slot_index);
 		if (flow)
 			touch(&flow->counted_epoch);
 	}
@@ -890,6 +887,12 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 		natra_unlock(st);
 		return NATRA_V_PASS_HEAVY;
 	}
+
+	/* The slot a heavy frame is decided with and its owner's key, found before
+	 * the lock (for the own build the verifier inlines these array lookups). */
+	slot_index = h1 & (cfg->flow_slots - 1);
+	flow = bpf_map_lookup_elem(NATRA_MAP_FLOWS, &slot_index);
+	owner = bpf_map_lookup_elem(NATRA_MAP_FLOW_KEYS, &slot_index);
 
 	if (natra_lock(st))
 		goto lock_failed;
