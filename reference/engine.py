@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from natra.reference import accel
 from natra.reference.ecn import mark_ce
-from natra.reference.hashing import HASH_SEEDS, columns, key_columns, key_hashes, murmur3_32, murmur3_32_keys
+from natra.reference.hashing import HASH_SEEDS, columns, hash_columns, key_hashes, murmur3_32_keys
 from natra.reference.key import ETH_P_IP, ETH_P_IPV6, KEY_LEN, parse_frame
 from natra.reference.tables import Tables, config_row
 
@@ -132,8 +132,9 @@ class Model:
                 charge_len: int | None = None):
         if self._fast is not None and (charge_len is None or charge_len == wire_len) and not self.shaping:
             return (*self._fast.step(key, wire_len, now_ns, direction, ect), 0)
-        cols = key_columns(key, self.width, self.depth)  # the spec shares the accelerator's tables
-        return self._step_spec(key, cols, wire_len, now_ns, direction, ect, charge_len)
+        h1, h2 = key_hashes(key)  # the spec shares the accelerator's tables
+        cols = hash_columns(h1, h2, self.width, self.depth)
+        return self._step_spec(key, h1, h2, cols, wire_len, now_ns, direction, ect, charge_len)
 
     def reconfigure(self, direction: int, config: ConfigValues) -> None:
         if (config.width, config.depth) != (self.width, self.depth):
@@ -144,14 +145,13 @@ class Model:
         return self.tables.snapshot()
 
     # ---- the specification ----------------------------------------------
-    def _claim_slot(self, key: bytes, epoch: int, counters: np.ndarray) -> int:
+    def _claim_slot(self, key: bytes, h1: int, h2: int, epoch: int, counters: np.ndarray) -> int:
         """The slot a heavy frame is decided with (-1: no table): its flow's own; else,
         while another live flow (counted in this window or the last) holds it, that
         flow's, shared (FLOW_OVERFLOW); else the frame's flow takes it, zeroed (FLOW_NEW)."""
         t = self.tables
         if t.capacity == 0:
             return -1
-        h1, h2 = key_hashes(key)
         slot = h1 & (t.capacity - 1)
         flow = t.flows[slot]
         if int(flow["h1"]) == h1 and int(flow["h2"]) == h2:
@@ -166,8 +166,9 @@ class Model:
         counters[L.C_FLOW_NEW] += 1
         return slot
 
-    def _heavy_class(self, d: int, key: bytes, epoch: int, classes: int) -> int:
-        """design.md "Shaping": the heavy class (0..classes-1) of this key, under the lock.
+    def _heavy_class(self, d: int, h1: int, epoch: int, classes: int) -> int:
+        """design.md "Shaping": the heavy class (0..classes-1) of the key whose h1 is given,
+        under the lock.
 
         The class the flow owns while that is live; else the first class from
         h1 % classes on that no live flow owns, which the flow then owns; else
@@ -175,7 +176,6 @@ class Model:
         """
         slots = self.tables.state[d]["slots"]
         n = min(max(classes, 1), L.MAX_CLASSES)
-        h1 = murmur3_32(key, L.HASH_SEED1)
         start = h1 % n
         found = free = -1
         for i in range(n):
@@ -195,7 +195,7 @@ class Model:
             slots[found]["until_epoch"] = epoch + 2
         return found
 
-    def _step_spec(self, key: bytes, cols: Sequence[int], wire_len: int, now: int, d: int,
+    def _step_spec(self, key: bytes, h1: int, h2: int, cols: Sequence[int], wire_len: int, now: int, d: int,
                    ect: bool, charge_len: int | None = None) -> tuple[int, bool, int, int]:
         t = self.tables
         cfg = t.config[d]
@@ -224,7 +224,7 @@ class Model:
             if int(cfg["flags"]) & L.CFG_SHAPE:
                 # Shaping: classify only; the qdisc queues and paces (no bucket here)
                 if heavy:
-                    cls = L.CLASS_HEAVY_BASE + self._heavy_class(d, key, epoch, int(cfg["classes"]))
+                    cls = L.CLASS_HEAVY_BASE + self._heavy_class(d, h1, epoch, int(cfg["classes"]))
                     verdict = L.V_PASS_HEAVY
                 else:
                     cls, verdict = L.CLASS_MICE, L.V_PASS_MOUSE
@@ -242,7 +242,7 @@ class Model:
                 st["backlog_nbit"], st["last_ns"] = backlog, last
             else:
                 # (the drain above touches other fields than the slot, so its place is free)
-                slot = self._claim_slot(key, epoch, counters)
+                slot = self._claim_slot(key, h1, h2, epoch, counters)
                 f = backlog + cost
                 if slot < 0:
                     counters[L.C_FLOW_MISSING] += 1
@@ -383,8 +383,9 @@ def process_batch(model: Model, batch: Batch) -> BatchResult:
     estimates = np.empty(n, dtype=np.uint64)
     classes = np.empty(n, dtype=np.uint8)
     now, wire, dirs, ect = (a.tolist() for a in (batch.now_ns, batch.wire_len, batch.direction, batch.ect))
-    keys = batch.keys
+    keys, h1s, h2s = batch.keys, h1.tolist(), (h2 | np.uint32(1)).tolist()
     for i in range(n):
-        v, h, e, c = model._step_spec(keys[i].tobytes(), cols[i], wire[i], now[i], dirs[i], ect[i])
+        v, h, e, c = model._step_spec(keys[i].tobytes(), h1s[i], h2s[i], cols[i], wire[i], now[i], dirs[i],
+                                      ect[i])
         verdicts[i], heavy[i], estimates[i], classes[i] = v, h, e, c
     return BatchResult(verdicts, heavy, estimates, classes)

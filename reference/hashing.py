@@ -115,6 +115,11 @@ def columns(h1, h2, width: int, depth: int) -> np.ndarray:
 
 
 def key_columns(key: bytes, width: int, depth: int) -> list[int]:
-    """The scalar twin of `columns` for one key (the per-packet spec path)."""
-    h1, h2 = key_hashes(key)
+    """The scalar twin of `columns` for one key."""
+    return hash_columns(*key_hashes(key), width, depth)
+
+
+def hash_columns(h1: int, h2: int, width: int, depth: int) -> list[int]:
+    """The scalar twin of `columns` for one key's hashes (the per-packet spec path)."""
+    h2 |= 1
     return [_fmix32((h1 + row * h2) & MASK32) & (width - 1) for row in range(depth)]

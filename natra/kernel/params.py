@@ -192,10 +192,7 @@ def flow_table_entries(params) -> int:
             continue
         per_window_bytes = p.rate_bps * p.window_ns // (8 * L.NS_PER_SEC)
         need += FLOW_TABLE_HEADROOM * (-(-per_window_bytes // p.threshold_bytes))
-    size = MIN_AUTO_FLOW_TABLE
-    while size < need and size < MAX_AUTO_FLOW_TABLE:
-        size *= 2
-    return size
+    return min(max(flow_slots(need), MIN_AUTO_FLOW_TABLE), MAX_AUTO_FLOW_TABLE)
 
 
 def flow_slots(entries: int | None) -> int | None:
