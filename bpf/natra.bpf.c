@@ -132,10 +132,17 @@ struct {
 	__type(value, struct natra_cell);
 } natra_sketch SEC(".maps");
 
-/* Placeholder size: the loader sets the Pod's flow slots before loading. */
+/* Placeholder size: the loader sets the Pod's flow slots before loading.
+ * BPF_F_MMAPABLE (kernels 5.5+) for where the values start, not for mmap: a
+ * plain array's values start 312 bytes into the kernel's struct bpf_array,
+ * 56 bytes into a cache line, so every 64-byte slot would straddle two lines
+ * and a heavy frame would miss twice; an mmapable array's values start on a
+ * page, so each slot is one line (docs/datapath-cost.md, "Slots on cache
+ * lines"). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct natra_flow);
 } natra_flows SEC(".maps");

@@ -178,7 +178,8 @@ struct natra_state {
  * never used, or whose flow was idle a whole window, is taken zeroed
  * (NATRA_C_FLOW_NEW).  Direct mapping: one lookup the verifier inlines, no
  * helper under the lock, and the same slot in the model (docs/design.md).
- * 64 bytes, one cache line; the owner's key, written only when a flow takes
+ * 64 bytes, one cache line (the map is mmapable so that its values start on
+ * a page: natra.bpf.c, natra_flows); the owner's key, written only when a flow takes
  * the slot and read only by tools, is apart in ARRAY natra_flow_keys at the
  * same index (struct natra_flow_key). */
 struct natra_flow {

@@ -6,6 +6,7 @@ removes every pin it makes, also when it fails.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import shutil
@@ -70,6 +71,21 @@ def test_maps_are_sized_from_the_config(load_natra, width, depth, flow_table):
         info = bpfsys.map_info(obj.map_fd(name))
         assert info["type"] == map_type
         assert info["name"] == name
+
+
+BPF_F_MMAPABLE = 1 << 10
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("variant", ["natra", "natra_compat", "natra_trace"])
+def test_flow_slots_each_fill_one_cache_line(load_natra, variant):
+    """natra_flows is mmapable for where the kernel puts its values, not for mmap: on a
+    page, so each 64-byte slot is one cache line (a plain array's values start 56 bytes
+    into a line, and every slot would straddle two: docs/datapath-cost.md)."""
+    obj = load_natra(_configs(), variant=variant)
+    info = bpfsys.map_info(obj.map_fd("natra_flows"))
+    assert info["map_flags"] & BPF_F_MMAPABLE
+    assert info["value_size"] == 64 == ctypes.sizeof(L.Flow)
 
 
 @pytest.mark.root
