@@ -35,8 +35,15 @@ Memory: the sum of `memlock` (the kernel's charge) of every map and program of
 one loaded object, read from /proc/self/fdinfo, for Natra at defaults and at
 the largest tuning, and for the peer.
 
-Needs root and `make bpf`. Usage:
-  python3 bench/peer_cost.py [--peer PATH] [--rounds 7] [--repeat 200000] [--shared] [--json]
+What the lock costs (--lock-cost): police and shape again, from a build of
+the same source with the lock's calls removed (-DNATRA_MEASURE_NO_LOCK,
+compiled into the temporary directory and deleted with it). That build is for
+measuring only: without the lock neither R*t+B nor "no false negatives" holds
+when CPUs share a direction, so it is never shipped, and its columns do not
+count towards the aim.
+
+Needs root and `make bpf` (and the repository's bpf/ for --lock-cost). Usage:
+  python3 bench/peer_cost.py [--peer PATH] [--rounds 7] [--repeat 200000] [--shared] [--lock-cost] [--json]
 (--shared adds each mode on the shared interim program, a Pod bound to one of its slots.)
 """
 
@@ -216,6 +223,24 @@ class Contender:
 MODE_SHAPE_UNLOCKED = "shape_unlocked"
 # Column labels of the printed table.
 MODE_LABELS = {MODE_POLICE: "police", MODE_SHAPE: "shape", MODE_SHAPE_UNLOCKED: "shape-u"}
+# --lock-cost: a mode from the build without the lock (measurement only, never shipped).
+NO_LOCK_SUFFIX = "_nolock"
+SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf", "natra.bpf.c")
+
+
+def shipped(mode: str) -> bool:
+    """Whether a mode is one a Pod can run (the aim counts only these)."""
+    return not mode.endswith(NO_LOCK_SUFFIX)
+
+
+def build_no_lock(tmp: str, source: str = SOURCE) -> str:
+    """Compile `source` without the lock into `tmp`; the object's path."""
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"--lock-cost needs the repository's {source}")
+    out = os.path.join(tmp, "natra_nolock.bpf.o")
+    subprocess.run(["clang", *CLANG_FLAGS, "-I", os.path.dirname(source), "-DNATRA_MEASURE_NO_LOCK",
+                    "-c", source, "-o", out], check=True, capture_output=True, text=True)
+    return out
 
 
 def natra_params(case: str, mode: str):
@@ -230,6 +255,7 @@ def natra_params(case: str, mode: str):
 
 
 NATRA_OBJECT: str | None = None  # --natra-object; None: the loader's choice for this kernel
+NO_LOCK_OBJECT: str | None = None  # --lock-cost: build_no_lock's object
 
 
 SHARED_SUFFIX = "_shared"  # --shared: the same mode on the shared interim program
@@ -237,7 +263,8 @@ TEST_RUN_IFINDEX = 1  # a test run's frames are on the loopback device
 
 
 def load_natra(case: str, mode: str, flow_table: int | None = None) -> tuple[Contender, BpfObject]:
-    base = mode.removesuffix(SHARED_SUFFIX)
+    base = mode.removesuffix(SHARED_SUFFIX).removesuffix(NO_LOCK_SUFFIX)
+    path = NATRA_OBJECT if shipped(mode) else NO_LOCK_OBJECT
     p = natra_params(case, base)
     table = flow_table or flow_table_entries([p, None])
     cfgs = [to_config(p, coarse_tick_ns=ticks.coarse_tick_ns()), to_config(None)]  # as the plugin does
@@ -250,7 +277,7 @@ def load_natra(case: str, mode: str, flow_table: int | None = None) -> tuple[Con
             obj.close()
             program.close()
     else:
-        obj = BpfObject.load(cfgs, flow_table=table, path=NATRA_OBJECT)
+        obj = BpfObject.load(cfgs, flow_table=table, path=path)
         close = obj.close
 
     def counts() -> dict:
@@ -423,9 +450,11 @@ def format_row(case: str, n: int, row: dict, modes) -> str:
 
 
 def mode_label(mode: str) -> str:
-    """A mode's short column label: 'shape-u', 'police+s' (on the shared program)."""
-    base = mode.removesuffix(SHARED_SUFFIX)
-    return MODE_LABELS.get(base, base) + ("+s" if mode.endswith(SHARED_SUFFIX) else "")
+    """A mode's short column label: 'shape-u', 'police+s' (on the shared program),
+    'police-n' (without the lock, measurement only)."""
+    base = mode.removesuffix(SHARED_SUFFIX).removesuffix(NO_LOCK_SUFFIX)
+    return (MODE_LABELS.get(base, base) + ("+s" if mode.endswith(SHARED_SUFFIX) else "")
+            + ("" if shipped(mode) else "-n"))
 
 
 def header(modes) -> str:
@@ -486,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
                          "sketchLock false)")
     ap.add_argument("--shared", action="store_true",
                     help="also each mode on the shared interim program (a Pod bound to one of its slots)")
+    ap.add_argument("--lock-cost", action="store_true",
+                    help="also police and shape from a build without the lock (measurement only: "
+                         "what the lock costs a frame)")
     ap.add_argument("--flow-table", type=int, help="Natra's flow-table entries instead of the derived size")
     ap.add_argument("--natra-object", help="Natra's object (e.g. natra/bpf/natra_compat.bpf.o); "
                     "default: what the loader picks for this kernel")
@@ -494,12 +526,22 @@ def main(argv: list[str] | None = None) -> int:
     modes = args.modes.split(",")
     if args.shared:
         modes += [m + SHARED_SUFFIX for m in list(modes)]
-    global NATRA_OBJECT
+    if args.lock_cost:
+        modes += [m + NO_LOCK_SUFFIX for m in (MODE_POLICE, MODE_SHAPE) if m in modes]
+    global NATRA_OBJECT, NO_LOCK_OBJECT
     NATRA_OBJECT = args.natra_object
     flow_counts = [int(x) for x in args.flows.split(",")]
     libbpf.lib()
     tmp = tempfile.mkdtemp(prefix="natra-peer-")
     try:
+        if args.lock_cost:
+            try:
+                NO_LOCK_OBJECT = build_no_lock(tmp)
+            except (OSError, subprocess.CalledProcessError) as e:
+                detail = getattr(e, "stderr", "") or str(e)
+                print(f"natra: --lock-cost: cannot build without the lock: {detail.strip()[-400:]}",
+                      file=sys.stderr)
+                return 2
         if args.no_peer:
             peer_path, how = None, "not measured (--no-peer)"
         else:

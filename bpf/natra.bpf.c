@@ -39,6 +39,7 @@
  * finds a Pod's five maps through the device the frame is on (skb->ifindex,
  * the Pod's host veth: its slot, then maps of maps), so a Pod can be limited
  * before its own copy is verified.  Its algorithm is this same code.
+ * -DNATRA_MEASURE_NO_LOCK drops the lock, for measuring its cost only.
  *
  * Must not know: how it is loaded, attached or pinned; Kubernetes.
  */
@@ -74,6 +75,20 @@ extern void bpf_res_spin_unlock(struct bpf_res_spin_lock *lock) __ksym;
 #endif
 
 /* Take / release a direction's lock; a non-zero return means not taken. */
+#ifdef NATRA_MEASURE_NO_LOCK
+/* Measurement only (bench/peer_cost.py --lock-cost builds it in a temporary
+ * directory): the lock's calls removed, to show what the lock costs a frame.
+ * Never built by `make` nor loaded by the plugin: without the lock neither
+ * R*t+B nor "no false negatives" holds when CPUs share a direction. */
+static __always_inline int natra_lock(struct natra_state *st)
+{
+	return 0;
+}
+
+static __always_inline void natra_unlock(struct natra_state *st)
+{
+}
+#else
 static __always_inline int natra_lock(struct natra_state *st)
 {
 #ifdef NATRA_RES_LOCK
@@ -92,6 +107,7 @@ static __always_inline void natra_unlock(struct natra_state *st)
 	bpf_spin_unlock(&st->lock);
 #endif
 }
+#endif /* NATRA_MEASURE_NO_LOCK */
 #endif /* !NATRA_PARSE_ONLY */
 
 /* TCX_NEXT is -1; this system's uapi headers predate tcx, so name it here. */
