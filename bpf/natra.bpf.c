@@ -872,13 +872,17 @@ static __always_inline int police(struct __sk_buff *skb, __u32 dir, const struct
 	}
 
 	/* Shaping reads the clock only to number sketch windows (the qdisc keeps
-	 * the rate), so the coarse clock serves: it lags by less than a tick and
-	 * reads no cycle counter.  Policing drains its buckets by the nanosecond:
-	 * a clock lagging by up to a tick lets up to R * tick more through, so it
-	 * reads the coarse clock only where the plan took R * tick off the
-	 * bucket (NATRA_CFG_COARSE_CLOCK), else the fine one. */
+	 * the rate), so a tick-grained clock serves: it lags by less than a tick
+	 * and reads no cycle counter.  Policing drains its buckets by the
+	 * nanosecond: a clock lagging by up to a tick lets up to R * tick more
+	 * through, so it reads one only where the plan took R * tick off the
+	 * bucket (NATRA_CFG_COARSE_CLOCK), else the fine one.  Of the two
+	 * tick-grained clocks the tick clock (natra.h) is the cheap one; the
+	 * coarse clock serves where the loader wrote no tick_ns. */
 	if (cfg->flags & NATRA_CFG_TEST_CLOCK)
 		s->now = skb->tstamp;
+	else if (cfg->tick_ns)
+		s->now = bpf_jiffies64() * cfg->tick_ns; /* the tick clock (natra.h) */
 	else if (cfg->flags & (NATRA_CFG_SHAPE | NATRA_CFG_COARSE_CLOCK))
 		s->now = natra_window_clock_ns();
 	else

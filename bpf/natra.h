@@ -80,9 +80,14 @@ struct natra_flow_key {
 /* Shaping mode: the program only classifies (skb->priority names an HTB class
  * of the direction's qdisc) and kernel queues pace; nothing is dropped here. */
 #define NATRA_CFG_SHAPE 0x08
-/* Policing reads the coarse clock (CLOCK_MONOTONIC_COARSE, which lags the fine
- * one by less than a timer tick): the plan set it only where it took R x tick
- * off the bucket, so R*t + B still holds (design.md, "Units"). */
+/* Policing reads a tick-grained clock (the tick clock below, or
+ * CLOCK_MONOTONIC_COARSE), which lags the fine one by less than a timer tick:
+ * the plan set it only where it took R x tick off the bucket, so R*t + B still
+ * holds (design.md, "Units").
+ * The tick clock: where natra_config.tick_ns is set (shaping, and policing
+ * with this flag), `now` is jiffies x tick_ns.  The kernel inlines the jiffies
+ * read into one load, where the coarse clock is a helper call (~15-20 ns a
+ * frame); both move once per timer tick.  tick_ns 0 keeps the coarse clock. */
 #define NATRA_CFG_COARSE_CLOCK 0x10
 /* Shaping without the direction's lock (the `sketchLock: false` option): the
  * sketch's conservative update runs unserialised; only a heavy frame takes the
@@ -117,7 +122,7 @@ struct natra_config {
 	__u32 qdisc_major;     /* shaping: major number of the direction's HTB handle */
 	__u32 redirect_ifindex;/* shaping out of the Pod: the IFB that queues; 0 = none */
 	__u32 flow_slots;      /* policing: slots of natra_flows, a power of two (the loader's) */
-	__u32 reserved;        /* 0 */
+	__u32 tick_ns;         /* ns per jiffy where `now` is the tick clock (below); 0 = not */
 };
 
 /* ---- Sketch cell (ARRAY natra_sketch, 2 * depth * width entries) -------- */

@@ -242,3 +242,22 @@ def test_json_document_round_trips_and_is_sorted():
     d = doc["pods"][0]["directions"][0]
     assert d["direction"] == "to_pod" and d["limit"]["rate_bps"] == 10_000_000
     assert {t["klass"] for t in d["traffic"]} == {"mouse", "heavy", "unclassified"}
+
+
+def test_a_direction_on_the_tick_clock_is_seen_at_the_tick_clock_now():
+    """A direction whose config has tick_ns stamps its state with jiffies x tick: its bucket
+    drains, and its census ages, by `tick_now`; the others by `now` (CLOCK_MONOTONIC)."""
+    rate, backlog = 10_000_000, 10**15
+    on_tick, mono = raw_dir(rate), raw_dir(rate)
+    on_tick.config["tick_ns"] = 4_000_000
+    tick_now, now = 10**16, 10**9  # the tick clock runs far ahead of CLOCK_MONOTONIC
+    for rd, stamp in ((on_tick, tick_now), (mono, now)):
+        rd.state.update(backlog_nbit=backlog, last_ns=stamp - 10**6, epoch=stamp // WINDOW,
+                        heavy_now=3, heavy_prev=0)
+    assert O.program_now(on_tick.config, now, tick_now) == tick_now
+    assert O.program_now(on_tick.config, now, None) == now  # a caller that has no tick clock
+    assert O.program_now(mono.config, now, tick_now) == now
+    for rd in (on_tick, mono):
+        view = O.build_view(pod({L.DIR_TO_POD: rd}), now=now, tick_now=tick_now).direction("to_pod")
+        assert view.backlog_bytes == (backlog - 10**6 * rate) // 8 // 10**9
+        assert view.heavy_active == 3

@@ -12,6 +12,7 @@ from natra.kernel.params import (
     DataPathParams,
     ParamError,
     burst_floor_raised,
+    clock_tick_ns,
     default_burst_bits,
     default_reserve_bits,
     params_for,
@@ -144,3 +145,16 @@ def test_an_unlocked_sketch_is_a_shaping_flag_and_policing_keeps_its_lock():
     assert unlocked.as_tuple()[:8] == shape.as_tuple()[:8]  # nothing else changes
     assert not police.flags & L.CFG_UNLOCKED  # its buckets need the lock
     assert police == to_config(params_for(100_000_000, mode="police"))
+
+
+@pytest.mark.parametrize("why, config, tick", [
+    ("shaping", to_config(params_for(100_000_000, mode="shape")), TICK_NS),
+    ("policing that gave a tick of rate up",
+     to_config(params_for(100_000_000), coarse_tick_ns=TICK_NS), TICK_NS),
+    ("policing on the fine clock", to_config(params_for(100_000_000)), 0),
+    ("the test clock", to_config(params_for(100_000_000, mode="shape"), test_clock=True), 0),
+    ("a direction not limited", to_config(None), 0),
+])
+def test_the_tick_clock_is_written_where_a_tick_grained_clock_is_allowed(why, config, tick):
+    assert clock_tick_ns(config, TICK_NS) == tick, why
+    assert clock_tick_ns(config, 0) == 0, why  # no tick known: the coarse clock, or the fine one

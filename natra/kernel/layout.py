@@ -139,7 +139,7 @@ class Config(ctypes.Structure):
         ("qdisc_major", ctypes.c_uint32),
         ("redirect_ifindex", ctypes.c_uint32),
         ("flow_slots", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("tick_ns", ctypes.c_uint32),
     ]
 
 

@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from natra.kernel import layout as L
-from natra.kernel import libbpf
+from natra.kernel import libbpf, ticks
 from natra.kernel.maps import write_config
-from natra.kernel.params import ConfigValues
+from natra.kernel.params import ConfigValues, clock_tick_ns
 
 OBJECT_DIR = Path(__file__).resolve().parents[1] / "bpf"  # natra/bpf, built by make bpf
 VARIANTS = ("natra", "natra_trace", "natra_parse", "natra_compat", "natra_shared",
@@ -202,8 +202,10 @@ class BpfObject:
             raise LoadError("config", f"sketch {full[0].width}x{full[0].depth} asked of an object "
                             f"loaded for {self._shape[1]}x{self._shape[2]}")
         try:
+            tick = ticks.coarse_tick_ns()
             for direction, cfg in enumerate(full):
-                write_config(self.map_fd("natra_config"), direction, cfg, flow_slots=self._shape[3])
+                write_config(self.map_fd("natra_config"), direction, cfg, flow_slots=self._shape[3],
+                             tick_ns=clock_tick_ns(cfg, tick))
         except OSError as e:
             raise LoadError("write config", str(e)) from e
 

@@ -52,21 +52,26 @@ _CONFIG_NAMES = ("rate_bps", "tau_nbit", "heavy_line_nbit", "early_line_nbit", "
                  "threshold_bytes", "width", "depth", "flags", "classes", "qdisc_major", "redirect_ifindex")
 
 
-def write_config(fd: int, direction: int, config: ConfigValues, flow_slots: int) -> None:
+def write_config(fd: int, direction: int, config: ConfigValues, flow_slots: int,
+                 tick_ns: int = 0) -> None:
     """struct natra_config of `config`, with the size of the object's flow table (the
-    loader's, not the plan's: the program finds a heavy flow's slot from it)."""
+    loader's, not the plan's: the program finds a heavy flow's slot from it) and the
+    node's tick where the direction reads the tick clock (params.clock_tick_ns)."""
     value = L.Config(*config.as_tuple())
     value.flow_slots = flow_slots
+    value.tick_ns = tick_ns
     bpfsys.map_update(fd, _key(direction), bytes(value))
 
 
 def read_config(fd: int, direction: int) -> ConfigValues:
-    """The plan's part of a direction's config (flow_slots is the object's own)."""
+    """The plan's part of a direction's config (flow_slots and tick_ns are the object's
+    and the node's: `config_fields` has them)."""
     fields = _fields(L.Config, _lookup(fd, direction, L.Config))
     return ConfigValues(*(fields[name] for name in _CONFIG_NAMES))
 
 
-def _config_dict(fd: int, direction: int) -> dict:
+def config_fields(fd: int, direction: int) -> dict:
+    """Every field of a direction's struct natra_config, by name."""
     return _fields(L.Config, _lookup(fd, direction, L.Config))
 
 
@@ -157,7 +162,7 @@ def snapshot(obj_or_fds: HasMapFds | dict[str, int]) -> dict:
     def fd(name: str) -> int:
         return obj_or_fds[name] if isinstance(obj_or_fds, dict) else obj_or_fds.map_fd(name)
 
-    configs = [_config_dict(fd("natra_config"), d) for d in range(L.NDIRS)]
+    configs = [config_fields(fd("natra_config"), d) for d in range(L.NDIRS)]
     width, depth = configs[0]["width"], configs[0]["depth"]
     return {
         "config": configs,

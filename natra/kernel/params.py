@@ -258,6 +258,17 @@ def coarse_clock_slack(params: DataPathParams, tick_ns: int) -> int:
     return slack if 4 * slack <= heavy_zone else 0
 
 
+def clock_tick_ns(config: ConfigValues, tick_ns: int) -> int:
+    """natra_config.tick_ns for a direction on a node whose timer tick is `tick_ns`: the
+    tick where the program may read a tick-grained clock (shaping, and policing whose
+    plan took a tick of rate off its bucket), which it then reads as jiffies x tick
+    (bpf/natra.h, "the tick clock"); 0 where it must not (the fine clock, the test
+    clock, a direction not limited) or the tick is unknown."""
+    if tick_ns <= 0 or not config.flags & L.CFG_ENABLED or config.flags & L.CFG_TEST_CLOCK:
+        return 0
+    return tick_ns if config.flags & (L.CFG_SHAPE | L.CFG_COARSE_CLOCK) else 0
+
+
 def promised_burst_bits(config: ConfigValues, tick_ns: int) -> int:
     """The B of the R*t + B a config keeps: its bucket, plus the tick of rate it gave up
     to read the coarse clock."""

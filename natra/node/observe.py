@@ -404,8 +404,16 @@ def not_limited(records, views: list[PodView] | None = None) -> list[NotLimited]
     return sorted(out, key=lambda n: (n.namespace, n.pod, n.container_id, n.direction))
 
 
-def build_view(raw: RawPod, now: int, top: int = DEFAULT_TOP) -> PodView:
-    """The PodView of one container at time `now` (ns, CLOCK_MONOTONIC)."""
+def program_now(config: dict, now: int, tick_now: int | None) -> int:
+    """Now on the clock a direction's program stamps its state with: the tick clock
+    (jiffies x tick, `tick_now`) where its config has a tick_ns, else CLOCK_MONOTONIC
+    (`now`; the coarse clock is the same clock, a tick behind at most)."""
+    return tick_now if config.get("tick_ns") and tick_now is not None else now
+
+
+def build_view(raw: RawPod, now: int, top: int = DEFAULT_TOP, tick_now: int | None = None) -> PodView:
+    """The PodView of one container at time `now` (ns, CLOCK_MONOTONIC), with `tick_now`
+    (ns, the data path's tick clock) for directions that read that clock."""
     meta = raw.meta or {}
     limited = tuple(d for d in DIRECTIONS if d in raw.directions
                     and raw.directions[d].config.get("flags", 0) & L.CFG_ENABLED)
@@ -420,9 +428,10 @@ def build_view(raw: RawPod, now: int, top: int = DEFAULT_TOP) -> PodView:
         rd = raw.directions[d]
         cfg, counters = rd.config, rd.counters
         window = cfg.get("window_ns", 0)
-        hitters = [heavy_hitter(k, f, window, now) for k, f in per_dir.get(d, [])]
+        dnow = program_now(cfg, now, tick_now)
+        hitters = [heavy_hitter(k, f, window, dnow) for k, f in per_dir.get(d, [])]
         traffic = traffic_of(counters)
-        backlog = drained_backlog(rd.state.get("backlog_nbit", 0), rd.state.get("last_ns", 0), now,
+        backlog = drained_backlog(rd.state.get("backlog_nbit", 0), rd.state.get("last_ns", 0), dnow,
                                   cfg.get("rate_bps", 0))
         mode, fallback, device = direction_mode(meta, L.DIRECTION_NAMES[d]) if d in limited \
             else (MODE_POLICE, None, "")
@@ -440,7 +449,7 @@ def build_view(raw: RawPod, now: int, top: int = DEFAULT_TOP) -> PodView:
             dropped_bytes=sum(t.bytes for t in traffic if t.action == ACTION_DROP),
             marked_packets=sum(t.packets for t in traffic if t.action == ACTION_MARK),
             backlog_bytes=backlog // L.NBIT_PER_BYTE,
-            heavy_active=heavy_census(rd.state, window, now) if d in limited else 0,
+            heavy_active=heavy_census(rd.state, window, dnow) if d in limited else 0,
             flow_entries=len(hitters),
             heavy_hitters=rank(hitters, top),
             mode=mode, fallback=fallback, device=device,
@@ -579,7 +588,8 @@ def read_pod(container_id: str, root: str | None = None, qdiscs: dict | None = N
         except FileNotFoundError:
             pass  # a Pod limited by a version before the array of flow slots: its table is not read
         directions = {
-            d: RawDirection(config=_fields(maps.read_config(fds["natra_config"], d)),
+            d: RawDirection(config={**_fields(maps.read_config(fds["natra_config"], d)),
+                                    "tick_ns": maps.config_fields(fds["natra_config"], d)["tick_ns"]},
                             state=_fields(maps.read_state(fds["natra_state"], d)),
                             counters=list(maps.read_counters(fds["natra_counters"], d)))
             for d in DIRECTIONS
@@ -700,14 +710,17 @@ def _all_qdiscs() -> dict | None:
         return None
 
 
-def collect(root: str | None = None, now: int | None = None, top: int = DEFAULT_TOP) -> list[PodView]:
-    """A PodView for every container with a pin directory under `root`."""
+def collect(root: str | None = None, now: int | None = None, top: int = DEFAULT_TOP,
+            tick_now: int | None = None) -> list[PodView]:
+    """A PodView for every container with a pin directory under `root`, at `now`
+    (CLOCK_MONOTONIC) and `tick_now` (the tick clock; both read here when not given)."""
     import time
 
-    from natra.kernel import pins
+    from natra.kernel import pins, ticks
 
     containers = pins.list_containers(root)
     qdiscs = _all_qdiscs() if containers else None
     raws = [r for r in (read_pod(cid, root, qdiscs) for cid in containers) if r is not None]
     stamp = time.monotonic_ns() if now is None else now
-    return [build_view(r, stamp, top) for r in raws]
+    tick_stamp = ticks.tick_clock_ns() if tick_now is None else tick_now
+    return [build_view(r, stamp, top, tick_stamp) for r in raws]

@@ -386,14 +386,18 @@ CLOCK_MONOTONIC_COARSE = 6  # clock id (time.h); bpf_ktime_get_coarse_ns reads t
 
 
 @pytest.mark.root
-def test_without_the_test_clock_shaping_numbers_windows_by_the_coarse_clock_and_policing_by_the_fine_one(
+def test_without_the_test_clock_shaping_numbers_windows_by_a_tick_clock_and_policing_by_the_fine_one(
         load_natra):
-    """Shaping only numbers sketch windows, so it reads the cheap coarse clock; policing
-    drains its bucket by the ns and reads the fine one, unless its config says the plan
-    took a tick of rate off its bucket (NATRA_CFG_COARSE_CLOCK). With a 1 ns window a
-    frame's window number is the clock it read. A fine clock is (almost always) past the
-    coarse clock's last tick, so each check fails for the wrong clock with a chance of
-    ~run time / tick per round; five rounds each."""
+    """Shaping only numbers sketch windows, so it reads a cheap tick-grained clock;
+    policing drains its bucket by the ns and reads the fine one, unless its config says
+    the plan took a tick of rate off its bucket (NATRA_CFG_COARSE_CLOCK). The loader
+    writes the node's tick (natra_config.tick_ns) for both: the program then reads the
+    tick clock, jiffies x tick; with tick_ns 0 it reads the coarse clock. With a 1 ns
+    window a frame's window number is the clock it read. The tick clock's readings are
+    multiples of the tick near times(2)'s jiffies, which the others almost never are;
+    a fine clock is (almost always) past the coarse clock's last tick, so each check
+    fails for the wrong clock with a chance of ~run time / tick per round; five rounds
+    each."""
     import dataclasses
     import time
 
@@ -408,9 +412,26 @@ def test_without_the_test_clock_shaping_numbers_windows_by_the_coarse_clock_and_
     assert coarse_police.flags & L.CFG_COARSE_CLOCK
     obj_coarse_police = load_natra([dataclasses.replace(coarse_police, window_ns=1), idle])
     assert obj_shape.path.endswith("natra.bpf.o")  # the compat build keeps the fine clock
+    tick = ticks.coarse_tick_ns()
+    assert tick > 0
+    for obj in (obj_shape, obj_coarse_police):
+        assert maps.config_fields(obj.map_fd("natra_config"), L.DIR_TO_POD)["tick_ns"] == tick
+    assert maps.config_fields(obj_police.map_fd("natra_config"), L.DIR_TO_POD)["tick_ns"] == 0
+    coarse = []  # the same two configs with tick_ns 0, on objects of their own (a state
+    for obj in (obj_shape, obj_coarse_police):  # stamped by one clock stays ahead of the other)
+        again = load_natra([maps.read_config(obj.map_fd("natra_config"), d) for d in range(L.NDIRS)])
+        fd = again.map_fd("natra_config")
+        maps.write_config(fd, L.DIR_TO_POD, maps.read_config(fd, L.DIR_TO_POD),
+                          flow_slots=maps.config_fields(fd, L.DIR_TO_POD)["flow_slots"], tick_ns=0)
+        coarse.append(again)
     for i in range(5):
         frame = tcp4(sport=40000 + i)
-        for obj in (obj_shape, obj_coarse_police):
+        for obj in (obj_shape, obj_coarse_police):  # the tick clock
+            _send(obj, frame, 0)
+            epoch = maps.read_state(obj.map_fd("natra_state"), L.DIR_TO_POD)["epoch"]
+            assert epoch % tick == 0, (i, epoch, tick)
+            assert abs(epoch - ticks.tick_clock_ns()) <= 20_000_000 + tick, (i, epoch, ticks.tick_clock_ns())
+        for obj in coarse:  # tick_ns 0: the coarse clock
             before = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
             _send(obj, frame, 0)
             after = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
