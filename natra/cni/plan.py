@@ -52,7 +52,7 @@ class Attachment:
     # shaped direction the policing parameters it falls back to when its tree cannot be built.
     params: tuple[P.DataPathParams | None, ...] = (None, None)
     fallback: tuple[P.DataPathParams | None, ...] = (None, None)
-    clock_tick_ns: int = 0  # the node's timer tick: policed directions may read the coarse clock
+    clock_tick_ns: int = 0  # the node's timer tick: policed directions may read a tick-grained clock
 
     def shaped(self) -> dict[int, P.DataPathParams]:
         """Directions the plan shapes, with their (shaping) parameters."""
@@ -229,7 +229,7 @@ def _keep(config: Mapping) -> frozenset[tuple[str, str]]:
 
 def make_plan(request: Request, env: Mapping[str, str] | None = None, *, clock_tick_ns: int = 0) -> Plan:
     """What `request` should do. `env` only supplies location fallbacks (NATRA_*);
-    `clock_tick_ns`, the node's timer tick, lets policed directions read the coarse clock
+    `clock_tick_ns`, the node's timer tick, lets policed directions read a tick-grained clock
     (0: the fine one)."""
     notes = list(request.warnings)
     try:
