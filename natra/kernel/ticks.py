@@ -6,8 +6,9 @@ policed bucket that reads a tick-grained clock (natra.kernel.params.to_config), 
 the loader writes it where the program reads the tick clock, jiffies x tick
 (bpf/natra.h). `tick_clock_ns`: that clock as user space can read it, for tools that
 compare the program's times with now.
-Rule: one cheap syscall, read once per process; 0 when it cannot be read (the
-data path then keeps the fine clock).
+Rule: `coarse_tick_ns` is one cheap syscall, read once per process; 0 when it
+cannot be read (the data path then keeps the fine clock). `tick_clock_ns` is one
+times(2) per call, off the CNI path (status and the exporter).
 Must not know: Pods, configs.
 """
 

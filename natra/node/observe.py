@@ -588,8 +588,7 @@ def read_pod(container_id: str, root: str | None = None, qdiscs: dict | None = N
         except FileNotFoundError:
             pass  # a Pod limited by a version before the array of flow slots: its table is not read
         directions = {
-            d: RawDirection(config={**_fields(maps.read_config(fds["natra_config"], d)),
-                                    "tick_ns": maps.config_fields(fds["natra_config"], d)["tick_ns"]},
+            d: RawDirection(config=maps.config_fields(fds["natra_config"], d),  # tick_ns included
                             state=_fields(maps.read_state(fds["natra_state"], d)),
                             counters=list(maps.read_counters(fds["natra_counters"], d)))
             for d in DIRECTIONS
