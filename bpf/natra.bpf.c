@@ -484,21 +484,13 @@ static __always_inline void count_frame(struct natra_counters *ctr, const struct
 
 #ifndef NATRA_PARSE_ONLY
 
-/* ---- Hashing: MurmurHash3 x86_32 over the ten key words ------------------------- */
+/* ---- Hashing: vector multiply-shift over the ten key words (natra.h) ------------ */
 
-#define MURMUR_C1 0xcc9e2d51u
-#define MURMUR_C2 0x1b873593u
-#define MURMUR_ROUND_ADD 0xe6546b64u
 #define MURMUR_FMIX1 0x85ebca6bu
 #define MURMUR_FMIX2 0xc2b2ae35u
 #define NATRA_KEY_WORDS 10
 
-static __always_inline __u32 rotl32(__u32 x, __u32 r)
-{
-	return (x << r) | (x >> (32 - r));
-}
-
-/* MurmurHash3's finaliser; also spreads each row's column over all 32 bits. */
+/* MurmurHash3's finaliser: spreads each row's column over all 32 bits. */
 static __always_inline __u32 fmix32(__u32 h)
 {
 	h ^= h >> 16;
@@ -509,22 +501,20 @@ static __always_inline __u32 fmix32(__u32 h)
 	return h;
 }
 
-static __always_inline __u32 murmur3_key(const __u32 *words, __u32 seed)
+/* The high half of b + sum m_i * w_i (mod 2^64).  The ten products are
+ * independent, so the hash costs one multiplication's latency and a few adds,
+ * where a chained hash (MurmurHash3) costs ten rounds one after another; the
+ * multipliers are constants, so products of constant words fold away. */
+static __always_inline __u32 flow_hash(const __u32 *words, __u32 seed)
 {
-	__u32 h = seed;
+	__u64 sum = NATRA_HASH_WORD(seed, NATRA_HASH_OFFSET);
 	int i;
 
-	/* Bound: the key is exactly NATRA_KEY_WORDS blocks, no tail. */
+	/* Bound: the key is exactly NATRA_KEY_WORDS words. */
 #pragma unroll
-	for (i = 0; i < NATRA_KEY_WORDS; i++) {
-		__u32 k = words[i] * MURMUR_C1;
-
-		k = rotl32(k, 15) * MURMUR_C2;
-		h ^= k;
-		h = rotl32(h, 13) * 5 + MURMUR_ROUND_ADD;
-	}
-	h ^= NATRA_KEY_WORDS * 4;
-	return fmix32(h);
+	for (i = 0; i < NATRA_KEY_WORDS; i++)
+		sum += (__u64)words[i] * NATRA_HASH_WORD(seed, i);
+	return sum >> 32;
 }
 
 /* Bytes 8-11 of an IPv4-mapped address (00 00 ff ff) read as a LE u32. */
@@ -532,7 +522,7 @@ static __always_inline __u32 murmur3_key(const __u32 *words, __u32 seed)
 
 /* h1 and h2 (forced odd) of a key.  For an IPv4 key six of the ten words are
  * known constants (the IPv4-mapped prefixes), so the compiler folds their
- * rounds: the same hash, less work on the common path. */
+ * products: the same hash, less work on the common path. */
 static __always_inline void key_hashes(const struct parsed *p, __u32 *h1, __u32 *h2)
 {
 	if (p->l3 == NATRA_L3_IPV4) {
@@ -542,12 +532,12 @@ static __always_inline void key_hashes(const struct parsed *p, __u32 *h1, __u32 
 			p->words[8], p->words[9],
 		};
 
-		*h1 = murmur3_key(w, NATRA_HASH_SEED1);
-		*h2 = murmur3_key(w, NATRA_HASH_SEED2) | 1;
+		*h1 = flow_hash(w, NATRA_HASH_SEED1);
+		*h2 = flow_hash(w, NATRA_HASH_SEED2) | 1;
 		return;
 	}
-	*h1 = murmur3_key(p->words, NATRA_HASH_SEED1);
-	*h2 = murmur3_key(p->words, NATRA_HASH_SEED2) | 1;
+	*h1 = flow_hash(p->words, NATRA_HASH_SEED1);
+	*h2 = flow_hash(p->words, NATRA_HASH_SEED2) | 1;
 }
 
 /* ---- Arithmetic of design.md ------------------------------------------------------ */

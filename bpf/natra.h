@@ -48,10 +48,24 @@
 /* One byte costs this many nano-bits: 8 bits * 1e9. */
 #define NATRA_NBIT_PER_BYTE 8000000000ULL
 
-/* Seeds of the two MurmurHash3 (x86_32) passes over the flow key. Row i of
- * the sketch uses column (h1 + i * h2) & (width - 1), h2 forced odd. */
+/* The flow-key hash (design.md, "The hash"): vector multiply-shift,
+ *   hash(key, seed) = ((b + sum_i m_i * w_i) mod 2^64) >> 32
+ * over the key's ten little-endian u32 words w_i, with the multipliers m_0..9
+ * and the offset b the first eleven outputs of SplitMix64 seeded with `seed`
+ * (output i = mix64(seed + (i + 1) * gamma)).  h1 = hash(key, SEED1),
+ * h2 = hash(key, SEED2) | 1; row r of the sketch uses column
+ * fmix32(h1 + r * h2) & (width - 1). */
 #define NATRA_HASH_SEED1 0x4e415452u /* "NATR" */
 #define NATRA_HASH_SEED2 0x41534b45u /* "ASKE" */
+#define NATRA_SPLITMIX_GAMMA 0x9e3779b97f4a7c15ULL
+#define NATRA_MIX64_A(z) (((z) ^ ((z) >> 30)) * 0xbf58476d1ce4e5b9ULL)
+#define NATRA_MIX64_B(z) (((z) ^ ((z) >> 27)) * 0x94d049bb133111ebULL)
+#define NATRA_MIX64_C(z) ((z) ^ ((z) >> 31))
+/* Multiplier i (0..9) of the hash with this seed, or with i = 10 its offset;
+ * a constant expression, folded by the compiler. */
+#define NATRA_HASH_WORD(seed, i) \
+	NATRA_MIX64_C(NATRA_MIX64_B(NATRA_MIX64_A((__u64)(seed) + ((__u64)(i) + 1) * NATRA_SPLITMIX_GAMMA)))
+#define NATRA_HASH_OFFSET 10 /* NATRA_HASH_WORD(seed, 10) is b */
 
 /* ---- Flow key: 40 bytes, hashed as ten little-endian 32-bit words -------- */
 /* IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d).  Ports and the
@@ -138,7 +152,7 @@ struct natra_cell {
  * heavy in window until_epoch - 2, so a flow that stops sending frees its
  * class within two windows.  0 = never used. */
 struct natra_slot {
-	__u32 flow_hash;   /* h1 (MurmurHash3, NATRA_HASH_SEED1) of the owner's key */
+	__u32 flow_hash;   /* h1 (the flow-key hash with NATRA_HASH_SEED1) of the owner's key */
 	__u32 pad;
 	__u64 until_epoch; /* window number; live while now / window_ns < until_epoch */
 };

@@ -340,36 +340,25 @@ void natra_parse_many(const __u8 *data, const __u64 *off, __u64 n, __u8 *keys, _
 	}
 }
 
-/* ---- MurmurHash3 x86_32 over the 40-byte key (design.md "The hash") ---- */
-static inline __u32 rotl32(__u32 x, int r)
+/* ---- The flow-key hash: vector multiply-shift (natra.h, design.md "The hash") ---- */
+static __u32 flow_hash(const __u8 *key, __u32 seed)
 {
-	return x << r | x >> (32 - r);
-}
-
-static __u32 murmur3_key(const __u8 *key, __u32 seed)
-{
-	__u32 h = seed, k;
+	__u64 sum = NATRA_HASH_WORD(seed, NATRA_HASH_OFFSET), w;
 	int i;
 
 	for (i = 0; i < KEY_LEN / 4; i++) {
-		k = (__u32)key[4 * i] | (__u32)key[4 * i + 1] << 8 | (__u32)key[4 * i + 2] << 16 |
-		    (__u32)key[4 * i + 3] << 24;
-		k *= 0xcc9e2d51u;
-		k = rotl32(k, 15);
-		k *= 0x1b873593u;
-		h ^= k;
-		h = rotl32(h, 13);
-		h = h * 5 + 0xe6546b64u;
+		w = (__u64)key[4 * i] | (__u64)key[4 * i + 1] << 8 | (__u64)key[4 * i + 2] << 16 |
+		    (__u64)key[4 * i + 3] << 24;
+		sum += w * NATRA_HASH_WORD(seed, i);
 	}
-	h ^= KEY_LEN;
-	return fmix32(h);
+	return (__u32)(sum >> 32);
 }
 
 /* The per-packet API: returns verdict | heavy << 8, *est the sketch estimate. */
 int natra_step(struct natra_model *m, const __u8 *key, __u64 wire_len, __u64 now, __u32 d, __u32 ect,
 	       __u64 *est)
 {
-	return step(m, key, murmur3_key(key, NATRA_HASH_SEED1), murmur3_key(key, NATRA_HASH_SEED2),
+	return step(m, key, flow_hash(key, NATRA_HASH_SEED1), flow_hash(key, NATRA_HASH_SEED2),
 		    wire_len, now, d, (int)ect, est);
 }
 

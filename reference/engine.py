@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from natra.reference import accel
 from natra.reference.ecn import mark_ce
-from natra.reference.hashing import HASH_SEEDS, columns, hash_columns, key_hashes, murmur3_32_keys
+from natra.reference.hashing import HASH_SEEDS, columns, flow_hash_keys, hash_columns, key_hashes
 from natra.reference.key import ETH_P_IP, ETH_P_IPV6, KEY_LEN, parse_frame
 from natra.reference.tables import Tables, config_row
 
@@ -371,8 +371,8 @@ class BatchResult:
 def process_batch(model: Model, batch: Batch) -> BatchResult:
     """Decide every row in order; same verdicts and final state as the per-packet API."""
     n = len(batch)
-    h1 = murmur3_32_keys(batch.keys, HASH_SEEDS[0])
-    h2 = murmur3_32_keys(batch.keys, HASH_SEEDS[1])
+    h1 = flow_hash_keys(batch.keys, HASH_SEEDS[0])
+    h2 = flow_hash_keys(batch.keys, HASH_SEEDS[1])
     if model._fast is not None and not model.shaping:
         result = model._fast.run(batch, h1, h2)
         result.classes = np.zeros(n, dtype=np.uint8)

@@ -1,32 +1,32 @@
-"""The sketch's hash: MurmurHash3 x86_32 and Kirsch-Mitzenmacher columns.
+"""The sketch's hash: vector multiply-shift and Kirsch-Mitzenmacher columns.
 
 Owns: the bit-exact definition of which sketch cells a flow key touches
-(docs/design.md, "The hash"): h1 = murmur3_32(key, SEED1), h2 = murmur3_32(key,
-SEED2) | 1, column(row) = fmix32((h1 + row * h2) mod 2^32) & (width - 1).
-Rule: 32-bit unsigned arithmetic everywhere, written from the public
-description of the algorithm; tests/test_hashing.py pins it to published
-vectors and checks the numpy version against the scalar one.
+(docs/design.md, "The hash"): flow_hash(key, seed) = ((b + sum_i m_i * w_i)
+mod 2^64) >> 32 over the key's ten little-endian u32 words, its multipliers
+and offset the first eleven SplitMix64 outputs of the seed; h1 =
+flow_hash(key, SEED1), h2 = flow_hash(key, SEED2) | 1, column(row) =
+fmix32((h1 + row * h2) mod 2^32) & (width - 1).
+Rule: unsigned arithmetic masked to its width everywhere; tests/test_hashing.py
+pins it to an implementation that shares no code with this one and checks the
+numpy version against the scalar one.
 Must not know: what a key contains, the sketch's cells, the policy.
 """
 
 from __future__ import annotations
+
+from functools import cache
 
 import numpy as np
 
 from natra.kernel import layout as L
 
 MASK32 = 0xFFFFFFFF
-C1 = 0xCC9E2D51
-C2 = 0x1B873593
-ROUND_ADD = 0xE6546B64
+MASK64 = 0xFFFFFFFFFFFFFFFF
 FMIX1 = 0x85EBCA6B
 FMIX2 = 0xC2B2AE35
 HASH_SEEDS = (L.HASH_SEED1, L.HASH_SEED2)
-KEY_WORDS = 10  # a 40-byte flow key is ten little-endian 32-bit blocks, no tail
-
-
-def _rotl32(x: int, r: int) -> int:
-    return ((x << r) | (x >> (32 - r))) & MASK32
+KEY_WORDS = 10  # a 40-byte flow key is ten little-endian 32-bit words
+KEY_LEN = 4 * KEY_WORDS
 
 
 def _fmix32(h: int) -> int:
@@ -38,56 +38,46 @@ def _fmix32(h: int) -> int:
     return h
 
 
-def _mix_block(k: int) -> int:
-    k = (k * C1) & MASK32
-    k = _rotl32(k, 15)
-    return (k * C2) & MASK32
+def splitmix64(seed: int, i: int) -> int:
+    """Output i (from 0) of SplitMix64 whose state starts at `seed`."""
+    z = (seed + (i + 1) * L.SPLITMIX_GAMMA) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
 
 
-def murmur3_32(data: bytes, seed: int) -> int:
-    """MurmurHash3 x86_32 of any byte string."""
-    h = seed & MASK32
-    nblocks = len(data) // 4
-    for i in range(nblocks):
-        h ^= _mix_block(int.from_bytes(data[4 * i:4 * i + 4], "little"))
-        h = _rotl32(h, 13)
-        h = (h * 5 + ROUND_ADD) & MASK32
-    tail = data[4 * nblocks:]
-    if tail:
-        h ^= _mix_block(int.from_bytes(tail, "little"))
-    h ^= len(data) & MASK32
-    return _fmix32(h)
+@cache
+def hash_words(seed: int) -> tuple[tuple[int, ...], int]:
+    """(the ten multipliers, the offset) of the hash with this seed."""
+    return tuple(splitmix64(seed, i) for i in range(KEY_WORDS)), splitmix64(seed, L.HASH_OFFSET)
 
 
-def _rotl32_np(x: np.ndarray, r: int) -> np.ndarray:
-    return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
+def flow_hash(key: bytes, seed: int) -> int:
+    """The 32-bit hash of one 40-byte flow key."""
+    if len(key) != KEY_LEN:
+        raise ValueError(f"a flow key is {KEY_LEN} bytes, got {len(key)}")
+    mults, total = hash_words(seed)
+    for i, m in enumerate(mults):
+        total += m * int.from_bytes(key[4 * i:4 * i + 4], "little")
+    return (total & MASK64) >> 32
 
 
-def murmur3_32_keys(keys: np.ndarray, seed: int) -> np.ndarray:
-    """murmur3_32 of each 40-byte row of `keys` ((n, 40) uint8) -> uint32[n]."""
+def flow_hash_keys(keys: np.ndarray, seed: int) -> np.ndarray:
+    """flow_hash of each 40-byte row of `keys` ((n, 40) uint8) -> uint32[n]."""
     keys = np.ascontiguousarray(keys, dtype=np.uint8)
-    if keys.ndim != 2 or keys.shape[1] != 4 * KEY_WORDS:
-        raise ValueError(f"keys must have shape (n, {4 * KEY_WORDS}), got {keys.shape}")
-    words = keys.view("<u4").astype(np.uint32)
-    h = np.full(keys.shape[0], seed & MASK32, dtype=np.uint32)
-    with np.errstate(over="ignore"):
-        for i in range(KEY_WORDS):
-            k = words[:, i] * np.uint32(C1)
-            k = _rotl32_np(k, 15) * np.uint32(C2)
-            h ^= k
-            h = _rotl32_np(h, 13) * np.uint32(5) + np.uint32(ROUND_ADD)
-        h ^= np.uint32(4 * KEY_WORDS)
-        h ^= h >> np.uint32(16)
-        h *= np.uint32(FMIX1)
-        h ^= h >> np.uint32(13)
-        h *= np.uint32(FMIX2)
-        h ^= h >> np.uint32(16)
-    return h
+    if keys.ndim != 2 or keys.shape[1] != KEY_LEN:
+        raise ValueError(f"keys must have shape (n, {KEY_LEN}), got {keys.shape}")
+    words = keys.view("<u4").astype(np.uint64)
+    mults, offset = hash_words(seed)
+    total = np.full(keys.shape[0], offset, dtype=np.uint64)
+    for i, m in enumerate(mults):
+        total += words[:, i] * np.uint64(m)  # uint64 arrays wrap: mod 2^64
+    return (total >> np.uint64(32)).astype(np.uint32)
 
 
 def key_hashes(key: bytes) -> tuple[int, int]:
     """(h1, h2) of one flow key, h2 already forced odd."""
-    return murmur3_32(key, L.HASH_SEED1), murmur3_32(key, L.HASH_SEED2) | 1
+    return flow_hash(key, L.HASH_SEED1), flow_hash(key, L.HASH_SEED2) | 1
 
 
 def _fmix32_np(h: np.ndarray) -> np.ndarray:

@@ -160,7 +160,7 @@ def full_collision_false_positives(workload: W.Workload, estimates: np.ndarray, 
     whenever h1 and h2 agreed in their low bits; the finaliser on each row's
     column (docs/design.md, "The hash") makes it a true D-way coincidence.
     """
-    from natra.reference.hashing import columns, murmur3_32_keys
+    from natra.reference.hashing import columns, flow_hash_keys
 
     truth = metrics.window_truth(workload.now_ns, workload.wire_len, workload.flow_id, params.window_ns)
     est = metrics.pair_max(truth, estimates).astype(np.int64)
@@ -169,7 +169,7 @@ def full_collision_false_positives(workload: W.Workload, estimates: np.ndarray, 
     if not false_pos.any():
         return 0
     keys = workload.flows.keys
-    cols = columns(murmur3_32_keys(keys, L.HASH_SEED1), murmur3_32_keys(keys, L.HASH_SEED2),
+    cols = columns(flow_hash_keys(keys, L.HASH_SEED1), flow_hash_keys(keys, L.HASH_SEED2),
                    params.width, params.depth)
     _, cells = np.unique(cols, axis=0, return_inverse=True)  # the flow's whole column set, as an id
     cells = cells.reshape(-1).astype(np.int64)
@@ -184,11 +184,11 @@ def full_collision_key_pairs(keys: np.ndarray, width: int, depth: int) -> int:
     Whatever their traffic, such a pair can never be told apart by the sketch.
     With independent rows this is about n^2 / (2 W^D) pairs for n keys.
     """
-    from natra.reference.hashing import columns, murmur3_32_keys
+    from natra.reference.hashing import columns, flow_hash_keys
 
     if len(keys) < 2:
         return 0
-    cols = columns(murmur3_32_keys(keys, L.HASH_SEED1), murmur3_32_keys(keys, L.HASH_SEED2), width, depth)
+    cols = columns(flow_hash_keys(keys, L.HASH_SEED1), flow_hash_keys(keys, L.HASH_SEED2), width, depth)
     bits = max(width - 1, 1).bit_length()
     if bits * depth <= PACKED_TAG_BITS:  # one integer per key: a much faster unique
         tags = np.zeros(len(cols), dtype=np.uint64)

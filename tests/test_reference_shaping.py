@@ -13,7 +13,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from natra.reference.engine import Model
-from natra.reference.hashing import murmur3_32
+from natra.reference.hashing import flow_hash
 
 from natra.kernel import layout as L
 from natra.kernel.params import DataPathParams, to_config
@@ -69,7 +69,7 @@ def test_more_heavy_flows_than_classes_share_by_hash(classes, extra, start):
         heavy_class(model, f, start)
     for f in range(classes, classes + extra):
         cls = heavy_class(model, f, start)
-        assert cls == L.CLASS_HEAVY_BASE + murmur3_32(key(f), L.HASH_SEED1) % classes
+        assert cls == L.CLASS_HEAVY_BASE + flow_hash(key(f), L.HASH_SEED1) % classes
 
 
 @settings(max_examples=200, deadline=None)
@@ -86,7 +86,7 @@ def test_a_stopped_flow_frees_its_class_within_two_windows(classes, start, quiet
     if quiet >= 2:
         assert newcomer == owned[0]
     else:
-        h1 = murmur3_32(key(10_000), L.HASH_SEED1)
+        h1 = flow_hash(key(10_000), L.HASH_SEED1)
         assert newcomer == L.CLASS_HEAVY_BASE + h1 % classes  # nothing free yet: shared
 
 

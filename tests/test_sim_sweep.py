@@ -155,10 +155,10 @@ def test_rate_parser_is_the_cni_grammar():
 
 def _colliding_pair(width: int, depth: int):
     """Two flows whose keys share every sketch column at this width and depth."""
-    from natra.reference.hashing import columns, murmur3_32_keys
+    from natra.reference.hashing import columns, flow_hash_keys
 
     flows = W.make_flows(np.random.default_rng(5), np.zeros(4000, dtype=np.int8))
-    cols = columns(murmur3_32_keys(flows.keys, L.HASH_SEED1), murmur3_32_keys(flows.keys, L.HASH_SEED2),
+    cols = columns(flow_hash_keys(flows.keys, L.HASH_SEED1), flow_hash_keys(flows.keys, L.HASH_SEED2),
                    width, depth)
     seen = {}
     for i, tag in enumerate(map(tuple, cols.tolist())):
