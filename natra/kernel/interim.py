@@ -7,11 +7,15 @@ them (the own build loaded without programs) and entered in the copy's maps of
 maps ahead of need by `fill_slot`, because entering a map in a map of maps
 waits for an RCU grace period (~8 ms here, per map). `bind` writes a Pod's
 config into a filled slot's maps and names that slot for the Pod's host veth
-ifindex in a plain hash (no grace period): a few ms, no verifier. `unbind`
+ifindex in a plain hash (no grace period): a few ms, no verifier. The name is
+also entered in a direct-mapped array in front of the hash (entry ifindex %
+4096: ifindex | slot << 32) when that entry is free, because the program
+finds a Pod there without a hash lookup (~30 ns of every frame). `unbind`
 takes the name out again, found through the shared program's id alone, so a
 process other than the one that bound it (the plugin's own, or a restarted
 agent) can; the copy that handed the slot out refills it with fresh maps once
-it sees the name gone (`reclaim`).
+it sees the name gone (`reclaim`), and first clears any array entry still
+naming the slot, so no entry can lead a frame to a refilled slot.
 The shared copy's frames find their Pod by `skb->ifindex`, the device the
 hook runs on: the host veth, on both hooks. An ifindex is only unique in one
 network namespace: one shared copy serves the host veths of one namespace.
@@ -35,8 +39,11 @@ from natra.kernel import layout as L
 from natra.kernel.params import ConfigValues
 
 BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
 SLOTS = 256  # NATRA_SHARED_SLOTS in bpf/natra.bpf.c
 IF_SLOT_MAP = "natra_if_slot"
+IF_CACHE_MAP = "natra_if_cache"
+IF_CACHE_ENTRIES = 4096  # NATRA_SHARED_CACHE in bpf/natra.bpf.c
 # The shared copy's map of maps for each of a Pod's maps (bpf/natra.bpf.c).
 OUTER_NAMES = {name: "natra_slot_" + name.removeprefix("natra_") for name in L.MAP_NAMES}
 SHARED_OF = {"natra.bpf.o": "natra_shared.bpf.o", "natra_compat.bpf.o": "natra_shared_compat.bpf.o"}
@@ -54,11 +61,35 @@ def _key(ifindex: int) -> bytes:
     return struct.pack("=I", ifindex)
 
 
+def cache_key(ifindex: int) -> bytes:
+    """The direct-mapped array's entry for an ifindex."""
+    return _key(ifindex % IF_CACHE_ENTRIES)
+
+
+def cache_entry(ifindex: int, slot: int) -> bytes:
+    """What that entry holds while the Pod of `ifindex` is bound to `slot` (0 when free)."""
+    return struct.pack("=Q", ifindex | slot << 32)
+
+
+FREE_ENTRY = struct.pack("=Q", 0)
+
+
+def _clear_entry(cache_fd: int, ifindex: int, slot: int | None) -> None:
+    """Free the array entry of `ifindex` while it names that ifindex (and `slot`, if given)."""
+    held = bpfsys.map_lookup(cache_fd, cache_key(ifindex), 8)
+    if held is None or held == FREE_ENTRY:
+        return
+    value = struct.unpack("=Q", held)[0]
+    if value & 0xFFFFFFFF == ifindex and (slot is None or value >> 32 == slot):
+        bpfsys.map_update(cache_fd, cache_key(ifindex), FREE_ENTRY)
+
+
 class SharedProgram:
     """One verified copy of the shared build, serving the Pods of one shape from its slots."""
 
     def __init__(self, obj: int, own_path: str, configs: Sequence[ConfigValues], flow_table: int,
-                 prog_fds: dict[int, int], outer_fds: dict[str, int], if_slot_fd: int, log_bufs: list):
+                 prog_fds: dict[int, int], outer_fds: dict[str, int], if_slot_fd: int, if_cache_fd: int,
+                 log_bufs: list):
         self._obj = obj
         self.own_path = own_path  # the own build a slot's maps are made from
         self._configs = list(configs)  # what a fresh slot's maps hold until a Pod's config replaces it
@@ -66,6 +97,7 @@ class SharedProgram:
         self._prog_fds = prog_fds
         self._outer_fds = outer_fds
         self._if_slot_fd = if_slot_fd
+        self._if_cache_fd = if_cache_fd
         self._log_bufs = log_bufs
         self._lock = threading.Lock()  # guards the slot lists below
         self._filled: list[tuple[int, loader.BpfObject]] = []  # slots ready to bind, with their maps
@@ -108,13 +140,15 @@ class SharedProgram:
                 prog_fds = {d: libbpf.program_fd(p) for d, p in progs.items()}
                 outer_fds = {name: libbpf.map_fd(m) for name, m in outers.items()}
                 if_slot_fd = libbpf.map_fd(libbpf.find_map(obj, IF_SLOT_MAP))
+                if_cache_fd = libbpf.map_fd(libbpf.find_map(obj, IF_CACHE_MAP))
             except libbpf.LibbpfError as e:
                 libbpf.object_close(obj)
                 raise loader.LoadError("shared build", str(e)) from e
             except BaseException:
                 libbpf.object_close(obj)
                 raise
-            return cls(obj, templates.path, configs, flow_table, prog_fds, outer_fds, if_slot_fd, log_bufs)
+            return cls(obj, templates.path, configs, flow_table, prog_fds, outer_fds, if_slot_fd, if_cache_fd,
+                       log_bufs)
         finally:
             templates.close()
 
@@ -201,6 +235,9 @@ class SharedProgram:
             try:
                 maps.configure(configs)
                 bpfsys.map_update(self._if_slot_fd, _key(ifindex), _key(slot))
+                held = bpfsys.map_lookup(self._if_cache_fd, cache_key(ifindex), 8)
+                if held == FREE_ENTRY:  # else another bound Pod holds it: the hash names this one
+                    bpfsys.map_update(self._if_cache_fd, cache_key(ifindex), cache_entry(ifindex, slot))
             except (OSError, loader.LoadError) as e:
                 maps.close()  # the slot's entries still hold its maps: reclaim refills it
                 raise loader.LoadError("bind to the shared program", str(e)) from e
@@ -219,7 +256,7 @@ class SharedProgram:
                     named[struct.unpack("=I", value)[0]] = struct.unpack("=I", key)[0]
             gone = [slot for slot, ifindex in self._bound.items() if named.get(slot) != ifindex]
             for slot in gone:
-                del self._bound[slot]
+                _clear_entry(self._if_cache_fd, self._bound.pop(slot), slot)
                 self._unused.append(slot)
             return len(gone)
 
@@ -295,9 +332,9 @@ class BoundPod:
 
 def unbind(prog_ids: Iterable[int], ifindex: int, slot: int | None = None) -> bool:
     """Take `ifindex`'s slot name out of the shared programs `prog_ids` (a program that is
-    gone has taken its maps with it); with `slot`, only while it names that slot (the
-    ifindex may since have been given to another Pod's veth, bound to another slot).
-    True if a name went."""
+    gone has taken its maps with it), from the hash and from the array in front of it;
+    with `slot`, only while it names that slot (the ifindex may since have been given to
+    another Pod's veth, bound to another slot). True if a name went from a hash."""
     removed = False
     for prog_id in prog_ids:
         try:
@@ -321,6 +358,8 @@ def unbind(prog_ids: Iterable[int], ifindex: int, slot: int | None = None) -> bo
                     named = bpfsys.map_lookup(mfd, _key(ifindex), 4)
                     if named is not None and (slot is None or named == _key(slot)):
                         removed = bpfsys.map_delete(mfd, _key(ifindex)) or removed
+                elif info["type"] == BPF_MAP_TYPE_ARRAY and info["name"] == IF_CACHE_MAP:
+                    _clear_entry(mfd, ifindex, slot)
             finally:
                 os.close(mfd)
     return removed

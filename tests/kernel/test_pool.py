@@ -248,3 +248,74 @@ def test_a_take_whose_binding_fails_loads_in_line_and_the_slot_is_refilled():
         assert program.reclaim() == 1 and objects.shared_once() and program.has_free_slot()
     finally:
         objects.stop()
+
+
+def _frames_counted(bound) -> int:
+    from natra.kernel import layout as L
+
+    return maps.read_counters(bound.map_fd("natra_counters"), L.DIR_TO_POD)[L.C_FRAMES]
+
+
+def test_a_pod_whose_array_entry_another_holds_is_found_through_the_hash():
+    """The shared program finds a Pod in a direct-mapped array (entry ifindex % 4096) before its
+    hash of slot names. Two Pods whose ifindexes share an entry: the first bound holds it, the
+    second is named in the hash only; real frames through BPF_PROG_TEST_RUN (which runs them on
+    ifindex 1) reach each Pod's own maps either way. Taking a name out frees the entry, and a
+    slot given back frees an entry still naming it before the slot can be refilled."""
+    import struct
+
+    from natra.kernel import bpfsys, interim, testrun
+    from natra.kernel import layout as L
+
+    eth = bytes.fromhex("020000000002" "020000000001" "0800")
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 46, 0, 0x4000, 64, 6, 0,
+                     bytes([10, 1, 0, 1]), bytes([10, 2, 0, 1]))
+    frame = eth + ip + struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 5 << 4, 0x10, 65535, 0, 0) + bytes(6)
+    test_run_ifindex, twin = 1, 1 + interim.IF_CACHE_ENTRIES
+
+    def entry(ifindex: int) -> bytes | None:
+        return bpfsys.map_lookup(program._if_cache_fd, interim.cache_key(ifindex), 8)
+
+    def run_frames(n: int) -> None:
+        for _ in range(n):
+            testrun.run(program.prog_fd(L.DIR_TO_POD), frame, now_ns=0)
+
+    program = interim.SharedProgram.load(configs(1_000_000), flow_table=512)
+    bound = []
+    try:
+        assert program.fill_slot() and program.fill_slot() and program.fill_slot()
+        holder = program.bind(configs(1_000_000), twin)
+        bound.append(holder)
+        assert entry(twin) == interim.cache_entry(twin, holder.slot)
+        run_frames(3)  # ifindex 1: the entry names 4097, the hash names nobody: untouched
+        assert _frames_counted(holder) == 0
+
+        other = program.bind(configs(1_000_000), test_run_ifindex)
+        bound.append(other)
+        assert entry(test_run_ifindex) == interim.cache_entry(twin, holder.slot)  # not taken over
+        run_frames(5)  # found through the hash
+        assert (_frames_counted(other), _frames_counted(holder)) == (5, 0)
+
+        assert interim.unbind(program.prog_ids().values(), twin, holder.slot)
+        assert entry(twin) == interim.FREE_ENTRY
+        assert program.reclaim() == 1
+        third = program.bind(configs(1_000_000), 1 + 2 * interim.IF_CACHE_ENTRIES)
+        bound.append(third)
+        assert entry(test_run_ifindex) == interim.cache_entry(1 + 2 * interim.IF_CACHE_ENTRIES, third.slot)
+        run_frames(2)
+        assert (_frames_counted(other), _frames_counted(third)) == (7, 0)
+
+        # A name taken out of the hash alone (as a process that knows nothing of the array
+        # would): the slot's reclaim frees the entry before the slot can be refilled.
+        bpfsys.map_delete(program._if_slot_fd, struct.pack("=I", third.ifindex))
+        assert program.reclaim() == 1
+        assert entry(test_run_ifindex) == interim.FREE_ENTRY
+        run_frames(1)
+        assert _frames_counted(other) == 8
+        assert interim.unbind(program.prog_ids().values(), test_run_ifindex, other.slot)
+        run_frames(1)  # no name anywhere: passed untouched
+        assert _frames_counted(other) == 8
+    finally:
+        for b in bound:
+            b.close()
+        program.close()
