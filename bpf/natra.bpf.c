@@ -966,7 +966,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u32 dir)
 	__u32 ifindex = skb->ifindex;
 	__u32 at = ifindex & (NATRA_SHARED_CACHE - 1);
 	__u64 *cached = bpf_map_lookup_elem(&natra_if_cache, &at);
-	__u64 entry = cached ? *(volatile __u64 *)cached : 0; /* one load: never half of two entries */
+	/* One 8-byte load: the ifindex and the slot of one write. */
+	__u64 entry = cached ? *(volatile __u64 *)cached : 0;
 	__u32 slot;
 	void *m_counters, *m_config;
 

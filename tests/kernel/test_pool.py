@@ -283,6 +283,10 @@ def test_a_pod_whose_array_entry_another_holds_is_found_through_the_hash():
     program = interim.SharedProgram.load(configs(1_000_000), flow_table=512)
     bound = []
     try:
+        # The array is the one bpf/natra.bpf.c declares (NATRA_SHARED_CACHE), as this side sizes it.
+        info = bpfsys.map_info(program._if_cache_fd)
+        assert (info["name"], info["max_entries"], info["value_size"]) == \
+            (interim.IF_CACHE_MAP, interim.IF_CACHE_ENTRIES, 8)
         assert program.fill_slot() and program.fill_slot() and program.fill_slot()
         holder = program.bind(configs(1_000_000), twin)
         bound.append(holder)
